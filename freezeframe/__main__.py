@@ -1,0 +1,5 @@
+import sys
+
+from freezeframe.cli import main
+
+sys.exit(main())

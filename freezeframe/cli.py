@@ -1,0 +1,90 @@
+"""Command line: `python -m freezeframe <train|quickstart> ...`, the commands MLproject's entry points run.
+
+Each MLproject parameter has a flag of the same name. An empty value means "as in the experiment
+file", so a parameter given to `mlflow run -P` overrides the file and an omitted one does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from pipelines.config import RunConfig, load_config
+from pipelines.errors import ConfigError, FreezeframeError
+
+# MLproject parameter / flag name → config key. Types are checked by the config loader.
+RUN_FLAGS = {
+    "backbone": "model.backbone", "weights": "model.weights", "freeze": "model.freeze",
+    "dataset": "data.dataset", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+    "image_size": "data.image_size", "seed": "seed", "max_samples": "data.max_samples",
+    "resume": "train.resume", "log_model": "tracking.log_model",
+}
+DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, and it closes a launcher run like any other bad input
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="freezeframe", description="Tracked transfer-learning runs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = sub.add_parser("train", help="one run: one backbone, one freeze policy")
+    _add_run_flags(train)
+    quick = sub.add_parser("quickstart", help="the same run frozen and unfrozen, as children of one parent")
+    _add_run_flags(quick)
+    quick.add_argument("--policies", default="frozen,unfrozen", help="comma-separated freeze policies")
+    return parser
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment YAML file")
+    for flag, key in RUN_FLAGS.items():
+        parser.add_argument(f"--{flag}", default="", metavar="VALUE", help=f"overrides {key} ('' = from the file)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set train.weight_decay=0.05")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items() if getattr(args, flag) != ""}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        overrides[key.strip()] = value
+    return load_config(args.experiment or DEFAULT_EXPERIMENT, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="freezeframe: %(message)s")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `mlflow run` cancellation end runs as KILLED
+    try:
+        args = build_parser().parse_args(argv)
+        cfg = config_from_args(args)
+        from freezeframe import commands  # after parsing: `--help` and config errors stay instant
+
+        return commands.COMMANDS[args.command](args, cfg)
+    except FreezeframeError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _close_launcher_run(message)
+        print(f"freezeframe: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("freezeframe: interrupted", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _close_launcher_run(message: str) -> None:
+    from tracking.session import fail_launcher_run
+
+    try:
+        fail_launcher_run(message)
+    except Exception as exc:  # noqa: BLE001 - the store itself may be the problem; the error above matters more
+        print(f"freezeframe: could not mark the launcher's run FAILED: {exc}", file=sys.stderr)

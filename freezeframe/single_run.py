@@ -1,0 +1,28 @@
+"""One tracked run: the function that train, quickstart (and later compare and search) all call."""
+
+from __future__ import annotations
+
+from pipelines.config import RunConfig
+from pipelines.run import PreparedRun, RunOutcome, execute, prepare
+from tracking.registry import is_registry_uri, resolve_state_dict
+from tracking.run_logger import MlflowTracker, run_name
+from tracking.session import tracked_run
+
+
+def prepare_run(cfg: RunConfig) -> PreparedRun:
+    """Validate and build everything (registry weights included) before any MLflow run is opened."""
+    state = resolve_state_dict(cfg.model.weights) if is_registry_uri(cfg.model.weights) else None
+    return prepare(cfg, state_dict=state)
+
+
+def run_tracked(prepared: PreparedRun, entry_point: str, parent_run_id: str | None = None,
+                attach: bool = True, listeners: tuple = ()) -> tuple[str, RunOutcome]:
+    """Train inside an MLflow run that ends FINISHED, or FAILED/KILLED with the reason."""
+    cfg = prepared.cfg
+    with tracked_run(run_name(prepared), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
+                     attach=attach) as run:
+        tracker = MlflowTracker(run.info.run_id)
+        tracker.log_setup(prepared, entry_point)
+        outcome = execute(prepared, listeners=(tracker, *listeners))
+        tracker.log_outcome(outcome)
+    return run.info.run_id, outcome

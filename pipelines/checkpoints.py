@@ -1,0 +1,59 @@
+"""Per-epoch checkpoints in a local run folder, so an interrupted run loses at most one epoch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+FILENAME = "last.pt"
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # last completed epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    best_confusion: torch.Tensor | None = None
+
+
+def save(folder: Path, state: TrainState, model, optimizer, scheduler, scaler, generator) -> Path:
+    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "epoch": state.epoch, "history": state.history, "best_epoch": state.best_epoch,
+        "best_value": state.best_value, "best_state": state.best_state, "best_confusion": state.best_confusion,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict(), "generator": generator.get_state() if generator is not None else None,
+    }
+    path = folder / FILENAME
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(folder: Path, model, optimizer, scheduler, scaler, generator) -> TrainState | None:
+    path = folder / FILENAME
+    if not path.is_file():
+        log.warning("resume: no checkpoint at %s, starting from epoch 1", path)
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload["scheduler"] is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    scaler.load_state_dict(payload["scaler"])
+    if generator is not None and payload["generator"] is not None:
+        generator.set_state(payload["generator"])
+    log.warning("resumed from %s after epoch %d", path, payload["epoch"])
+    return TrainState(payload["epoch"], payload["history"], payload["best_epoch"], payload["best_value"],
+                      payload["best_state"], payload["best_confusion"])

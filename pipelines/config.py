@@ -1,0 +1,250 @@
+"""One typed, frozen config tree for a run, loaded from YAML plus dotted overrides.
+
+Unknown keys and values of the wrong type are rejected with a one-line ConfigError that names the
+key and, for a typo, the closest valid key. PyYAML reads `1e-3` as a string, so numbers are cast
+here rather than trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "timm/tf_efficientnet_lite0"  # "timm/<name>" or "torchvision/<name>"
+    weights: str = "imagenet"  # none | imagenet | path to .pth/.safetensors | models:/<name>/<v|@alias>
+    freeze: str = "frozen"  # unfrozen | frozen | last_n:K
+    drop_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"  # digits | fashion-mnist | imagefolder:<path> | a torchvision dataset name
+    image_size: int = 96  # CPU-friendly; the backbone's own mean/std/interpolation still apply
+    max_samples: int = 0  # cap on each split, for quick runs; 0 = no cap
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    augment: bool = False  # random resized crop + flip on train; off keeps the train transform deterministic
+    num_workers: int = 0
+    root: str = ""  # where downloadable datasets live; "" = ~/.cache/freezeframe/datasets
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "cosine"  # cosine | constant
+    label_smoothing: float = 0.0
+    monitor: str = "val/acc"  # metric that picks the best epoch and drives early stopping
+    early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 = off
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    amp: bool = True  # mixed precision; only ever applied on CUDA
+    channels_last: bool = True
+    checkpoint_dir: str = "checkpoints"  # one sub-folder per run config, holding last.pt
+    resume: bool = False  # continue from the checkpoint of the same config, if there is one
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment_name: str = "freezeframe"
+    run_name: str = ""  # "" = "<backbone> · <freeze> · seed <seed>"
+    log_model: bool = True  # mlflow.pytorch.log_model at the end; off saves a few seconds per run
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "constant")
+MONITORS = {"val/acc": "max", "val/f1_macro": "max", "val/loss": "min"}
+# Keys that change neither the data nor the model, so two runs differing only there are the same run.
+_NOT_IN_DIGEST = ("tracking", "train.resume", "train.checkpoint_dir", "train.device", "data.num_workers")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the experiment file, then dotted overrides (`{"train.lr": 0.01}`)."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path:
+        raw = read_yaml(path)
+        source = str(path)
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    cfg = _build(RunConfig, raw, prefix="", source=source)
+    validate(cfg)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: '{part}' is not a section")
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, raw[name], f"{prefix}{name}.", source)
+        else:
+            values[name] = coerce(raw[name], kind, f"{prefix}{name}", source)
+    return cls(**values)
+
+
+def coerce(value: Any, kind: Any, key: str, source: str = "config") -> Any:
+    """Cast a YAML/CLI value to the field's type, or fail with a one-line message naming the key."""
+    bad = ConfigError(f"{source}: {key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    if isinstance(kind, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise bad
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(str(value).strip())  # MLflow's float-typed params arrive as "5.0"
+        except ValueError:
+            raise bad from None
+        if not number.is_integer():
+            raise bad
+        return int(number)
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if number != number:  # NaN is never a valid setting
+            raise bad
+        return number
+    if kind is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise bad
+        return str(value)
+    raise ConfigError(f"{source}: {key} has an unsupported type {kind}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks that do not need the model or the data (those come when they are built)."""
+    from pipelines.freezing import parse_policy  # local: keeps `import pipelines.config` light
+
+    t, d = cfg.train, cfg.data
+    checks = [
+        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+        (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
+        (t.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0"),
+        (t.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got '{t.optimizer}'"),
+        (t.scheduler in SCHEDULERS, f"train.scheduler must be one of {SCHEDULERS}, got '{t.scheduler}'"),
+        (t.monitor in MONITORS, f"train.monitor must be one of {tuple(MONITORS)}, got '{t.monitor}'"),
+        (d.image_size >= 16, f"data.image_size must be >= 16, got {d.image_size}"),
+        (d.max_samples >= 0, f"data.max_samples must be >= 0 (0 = no cap), got {d.max_samples}"),
+        (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
+        (0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+         "data.val_fraction and data.test_fraction must each be in (0, 1) and sum to less than 1"),
+        (0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}"),
+        ("/" in cfg.model.backbone, f"model.backbone must be 'timm/<name>' or 'torchvision/<name>', "
+                                    f"got '{cfg.model.backbone}'"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    parse_policy(cfg.model.freeze)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """`{"train.lr": 0.001, ...}`: the keys MLflow shows as params columns."""
+    out: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def digest(cfg: RunConfig) -> str:
+    """A stable hash of everything that changes results (not where or how it is logged)."""
+    relevant = {
+        k: v for k, v in flatten(cfg).items()
+        if not any(k == skip or k.startswith(skip + ".") for skip in _NOT_IN_DIGEST)
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,162 @@
+"""Datasets by name, read into one shape: images (uint8 tensors, or image files) with integer labels.
+
+`digits` (sklearn's bundled load_digits, the offline default), `fashion-mnist` (Debian's
+dataset-fashion-mnist files when present, else torchvision's download), `imagefolder:<path>` (one
+sub-folder per class), and torchvision dataset names (`cifar10`, `mnist`, ...) for online users.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from pipelines.errors import DataError
+
+log = logging.getLogger(__name__)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+# torchvision datasets with an official test split, keyed by the lower-case names users type.
+TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "kmnist": "KMNIST",
+               "svhn": "SVHN", "stl10": "STL10"}
+BUILTIN = ("digits", "fashion-mnist", "imagefolder:<path>")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass
+class RawDataset:
+    """Images and labels before any split. `images` is a uint8 tensor [N, C, H, W] or a list of file paths."""
+
+    name: str
+    images: torch.Tensor | list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    source: str  # where it came from, for MLflow dataset lineage
+    test_start: int | None = None  # rows from here on are the dataset's own test split
+    skipped: int = 0  # unreadable image files left out
+
+
+def load_dataset(name: str, root: str = "") -> RawDataset:
+    root_dir = Path(root).expanduser() if root else Path.home() / ".cache" / "freezeframe" / "datasets"
+    if name == "digits":
+        return _digits()
+    if name == "fashion-mnist":
+        return _fashion_mnist(root_dir)
+    if name.startswith("imagefolder:"):
+        return _image_folder(Path(name.removeprefix("imagefolder:")).expanduser())
+    if name in TORCHVISION:
+        return _torchvision(name, root_dir)
+    known = ["digits", "fashion-mnist", *TORCHVISION]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise DataError(f"unknown dataset '{name}' (valid: {', '.join([*BUILTIN, *TORCHVISION])}){hint}")
+
+
+def _digits() -> RawDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 8x8 images with values 0..16: scale to the 0..255 range every other source uses.
+    images = torch.from_numpy(np.round(bunch.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
+    return RawDataset("digits", images, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names],
+                      source="sklearn.datasets.load_digits")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _fashion_mnist(root: Path) -> RawDataset:
+    files = [DEBIAN_FASHION_MNIST / f"{p}-{k}-idx{d}-ubyte.gz"
+             for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+    if all(f.is_file() for f in files):
+        train_x, train_y, test_x, test_y = (_read_idx(f) for f in files)
+        source = str(DEBIAN_FASHION_MNIST)
+    else:
+        try:
+            train = torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+            test = torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        except Exception as exc:  # noqa: BLE001 - offline downloads fail with many error types
+            raise DataError(
+                f"fashion-mnist not found: install Debian's dataset-fashion-mnist (files under "
+                f"{DEBIAN_FASHION_MNIST}) or go online for torchvision's download into {root} "
+                f"({type(exc).__name__})") from None
+        train_x, train_y, test_x, test_y = train.data.numpy(), train.targets.numpy(), test.data.numpy(), \
+            test.targets.numpy()
+        source = str(root / "FashionMNIST")
+    images = torch.from_numpy(np.concatenate([train_x, test_x])).unsqueeze(1)
+    labels = np.concatenate([train_y, test_y]).astype(np.int64)
+    return RawDataset("fashion-mnist", images, labels, FASHION_CLASSES, source, test_start=len(train_x))
+
+
+def _torchvision(name: str, root: Path) -> RawDataset:
+    cls = getattr(torchvision.datasets, TORCHVISION[name])
+    splits = [{"split": "train"}, {"split": "test"}] if name in ("svhn", "stl10") else [{"train": True},
+                                                                                         {"train": False}]
+    try:
+        parts = [cls(str(root), download=True, **kw) for kw in splits]
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot download {name} into {root} ({type(exc).__name__}: {exc}); offline, use "
+                        "digits, fashion-mnist or imagefolder:<path>") from None
+    arrays, labels = [], []
+    for part in parts:
+        data = torch.as_tensor(np.asarray(part.data))
+        if data.ndim == 3:  # N, H, W (MNIST family)
+            data = data.unsqueeze(1)
+        elif data.shape[-1] in (1, 3):  # N, H, W, C (CIFAR)
+            data = data.permute(0, 3, 1, 2)
+        arrays.append(data.contiguous())
+        labels.append(np.asarray(getattr(part, "targets", getattr(part, "labels", None))))
+    classes = list(getattr(parts[0], "classes", [])) or [str(c) for c in sorted(set(labels[0].tolist()))]
+    return RawDataset(name, torch.cat(arrays), np.concatenate(labels).astype(np.int64), classes,
+                      source=str(root / TORCHVISION[name]), test_start=len(arrays[0]))
+
+
+def _image_folder(root: Path) -> RawDataset:
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    paths, labels, skipped = [], [], 0
+    for index, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.rglob("*")):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            if _readable(path):
+                paths.append(str(path))
+                labels.append(index)
+            else:
+                skipped += 1
+    if not paths:
+        raise DataError(f"image folder {root} holds no readable images ({skipped} unreadable)")
+    empty = [d.name for i, d in enumerate(class_dirs) if i not in set(labels)]
+    if empty:
+        raise DataError(f"image folder {root}: class folders without readable images: {', '.join(empty[:5])}")
+    if skipped:
+        # Decision: skip and count rather than fail, so one bad file does not sink a large folder.
+        log.warning("skipped %d unreadable image file(s) under %s", skipped, root)
+    return RawDataset(f"imagefolder:{root.name}", paths, np.array(labels, dtype=np.int64),
+                      [d.name for d in class_dirs], source=str(root.resolve()), skipped=skipped)
+
+
+def _readable(path: Path) -> bool:
+    """Decode the whole file: verify() alone misses truncated image data."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False

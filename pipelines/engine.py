@@ -1,0 +1,173 @@
+"""The training loop: device-agnostic, seeded, checkpointed each epoch, reporting through listeners.
+
+The engine logs nothing itself. Each epoch's metrics go to every listener (the MLflow tracker,
+Optuna's pruning reporter, ...) as a plain dict; the end result comes back as a FitResult.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import timm.optim
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pipelines import checkpoints
+from pipelines.config import MONITORS, TrainConfig
+from pipelines.errors import TrainingError
+from pipelines.metrics import compute, make_metrics
+from pipelines.runtime import autocast_context, grad_scaler
+
+
+class Listener(Protocol):
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one dict per epoch, "epoch" included
+    best_epoch: int
+    best_value: float
+    test: dict[str, float]
+    confusion: dict[str, torch.Tensor]  # "val" (best epoch) and "test"
+    test_predictions: tuple[np.ndarray, np.ndarray]  # (y_true, y_pred)
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+    train_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """timm's factory: only parameters that require grad, and no weight decay on norms and biases."""
+    kwargs = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
+    return timm.optim.create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          **kwargs)
+
+
+def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_classes: int,
+        device: torch.device, checkpoint_dir: Path | None = None,
+        listeners: tuple[Listener, ...] = ()) -> FitResult:
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                 if cfg.scheduler == "cosine" else None)
+    scaler = grad_scaler(device, cfg.amp)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    metrics = make_metrics(num_classes, device)
+    mode = MONITORS[cfg.monitor]
+    state = checkpoints.TrainState(best_value=-math.inf if mode == "max" else math.inf)
+    if cfg.resume and checkpoint_dir is not None:
+        state = checkpoints.load(checkpoint_dir, model, optimizer, scheduler, scaler,
+                                 loaders["train"].generator) or state
+    resumed_from = state.epoch
+    for past in state.history:  # a resumed run re-reports what it already did, so nothing is lost
+        for listener in listeners:
+            listener.on_epoch_end(int(past["epoch"]), past)
+
+    step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp)
+    stopped_early, started = False, time.perf_counter()
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        tick = time.perf_counter()
+        train_metrics, _ = step.run_epoch(loaders["train"], train=True, desc=f"epoch {epoch}/{cfg.epochs} train")
+        train_seconds = time.perf_counter() - tick
+        val_metrics, val_confusion = step.run_epoch(loaders["val"], train=False, desc=f"epoch {epoch} val")
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        epoch_s = time.perf_counter() - tick
+        row = {"epoch": epoch, **train_metrics, **val_metrics, "lr": lr, "perf/epoch_s": epoch_s,
+               "perf/images_per_s": len(loaders["train"].dataset) / max(train_seconds, 1e-9)}
+        value = row[cfg.monitor]
+        if (value > state.best_value) if mode == "max" else (value < state.best_value):
+            state.best_value, state.best_epoch = value, epoch
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            state.best_confusion = val_confusion
+        state.epoch = epoch
+        state.history.append(row)
+        if checkpoint_dir is not None:
+            checkpoints.save(checkpoint_dir, state, model, optimizer, scheduler, scaler, loaders["train"].generator)
+        tqdm.write(_summary(row, cfg.epochs))
+        for listener in listeners:
+            listener.on_epoch_end(epoch, row)
+        if cfg.early_stopping_patience and epoch - state.best_epoch >= cfg.early_stopping_patience:
+            stopped_early = True
+            break
+
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)  # test the best epoch, not the last one
+    test_metrics, test_confusion, y_true, y_pred = step.evaluate_with_predictions(loaders["test"])
+    return FitResult(
+        history=state.history, best_epoch=state.best_epoch, best_value=state.best_value, test=test_metrics,
+        confusion={"val": state.best_confusion, "test": test_confusion}, test_predictions=(y_true, y_pred),
+        stopped_early=stopped_early, resumed_from_epoch=resumed_from,
+        train_seconds=time.perf_counter() - started,
+    )
+
+
+def _summary(row: dict[str, float], epochs: int) -> str:
+    return (f"epoch {int(row['epoch'])}/{epochs}  train/loss {row['train/loss']:.4f}  "
+            f"train/acc {row['train/acc']:.4f}  val/loss {row['val/loss']:.4f}  val/acc {row['val/acc']:.4f}  "
+            f"{row['perf/epoch_s']:.1f}s  {row['perf/images_per_s']:.0f} img/s")
+
+
+class _Stepper:
+    """One pass over a loader, training or evaluating, with the run's device/AMP/memory-format choices."""
+
+    def __init__(self, model, optimizer, scaler, criterion, metrics, device, memory_format, amp):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.criterion, self.metrics, self.device = criterion, metrics, device
+        self.memory_format, self.amp = memory_format, amp
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+        non_blocking = self.device.type == "cuda"
+        return (x.to(self.device, memory_format=self.memory_format, non_blocking=non_blocking),
+                y.to(self.device, non_blocking=non_blocking))
+
+    def run_epoch(self, loader: DataLoader, train: bool, desc: str, keep_predictions: bool = False):
+        split = "train" if train else ("val" if not keep_predictions else "test")
+        self.model.train(train)
+        loss_sum, count, preds, targets = 0.0, 0, [], []
+        grad_mode = torch.enable_grad() if train else torch.inference_mode()
+        with grad_mode:
+            for x, y in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+                x, y = self._to_device(x, y)
+                with autocast_context(self.device, self.amp):
+                    logits = self.model(x)
+                    loss = self.criterion(logits, y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"{split} loss became {loss.item()} at batch {count // len(y) + 1} "
+                                        f"(lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr")
+                if train:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                logits = logits.detach().float()
+                self.metrics.update(logits, y)
+                loss_sum += loss.item() * len(y)
+                count += len(y)
+                if keep_predictions:
+                    preds.append(logits.argmax(1).cpu())
+                    targets.append(y.cpu())
+        values, confusion = compute(self.metrics, split)
+        values[f"{split}/loss"] = loss_sum / max(count, 1)
+        if keep_predictions:
+            return values, confusion, torch.cat(targets).numpy(), torch.cat(preds).numpy()
+        return values, confusion
+
+    def evaluate_with_predictions(self, loader: DataLoader):
+        return self.run_epoch(loader, train=False, desc="test", keep_predictions=True)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A CPU copy for export, so logging never moves the live model."""
+    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()

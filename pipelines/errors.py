@@ -1,0 +1,25 @@
+"""User-facing errors: each one is printed as a single line, without a traceback."""
+
+
+class FreezeframeError(Exception):
+    """Bad input or an unusable environment, reported before (or instead of) training."""
+
+
+class ConfigError(FreezeframeError):
+    """An experiment file or override that does not fit the config schema."""
+
+
+class UnknownNameError(FreezeframeError):
+    """A name-keyed factory was asked for a name it does not know."""
+
+
+class WeightsError(FreezeframeError):
+    """Weights that cannot be found, downloaded or loaded into the model."""
+
+
+class DataError(FreezeframeError):
+    """A dataset that cannot be found, read or split."""
+
+
+class TrainingError(FreezeframeError):
+    """Training that cannot go on (a NaN loss, for instance)."""

@@ -1,0 +1,143 @@
+"""Freeze policies: which stages train, and BatchNorm kept in inference mode where frozen.
+
+Policies: `unfrozen` | `frozen` (head only) | `last_n:K` (the last K stages plus the head).
+Stages are timm's own coarse `group_matcher` groups; for torchvision models, the model's natural
+top-level stages (resnet's layer1..4, mobilenet's features[i], ...).
+
+Frozen BatchNorm layers become timm's FrozenBatchNorm2d, so their running statistics cannot move
+even under `model.train()` (the classic silent bug when only requires_grad is switched off).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from timm.models import group_parameters
+from timm.utils.model import freeze as timm_freeze
+from torch import nn
+
+from pipelines.errors import ConfigError
+
+POLICIES = ("unfrozen", "frozen", "last_n:K")
+_MIN_STAGES = 4
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str  # unfrozen | frozen | last_n
+    n: int = 0
+
+    def __str__(self) -> str:
+        return f"last_n:{self.n}" if self.kind == "last_n" else self.kind
+
+
+@dataclass(frozen=True)
+class FreezeReport:
+    policy: str
+    stages_total: int
+    stages_trainable: int
+    params_trainable: int
+    params_total: int
+
+
+def parse_policy(text: str) -> Policy:
+    if text in ("unfrozen", "frozen"):
+        return Policy(text)
+    match = re.fullmatch(r"last_n:(\d+)", text)
+    if match and int(match[1]) >= 1:
+        return Policy("last_n", int(match[1]))
+    raise ConfigError(f"unknown freeze policy '{text}' (valid: {', '.join(POLICIES)}, with K >= 1)")
+
+
+def head_prefix(model: nn.Module) -> str:
+    """Module path of the classifier: timm's get_classifier(), else the model's last Linear."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        for name, module in model.named_modules():
+            if module is head:
+                return name
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"cannot find the classifier of {type(model).__name__}")
+    return linears[-1]
+
+
+def stages(model: nn.Module) -> list[list[str]]:
+    """Parameter names grouped by stage, input side first, head excluded."""
+    head = head_prefix(model)
+    if hasattr(model, "group_matcher"):
+        groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
+    else:
+        groups = _natural_stages(model, head)
+    groups = [[p for p in g if not _under(p, head)] for g in groups]
+    return [g for g in groups if g]
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _natural_stages(model: nn.Module, head: str) -> list[list[str]]:
+    # Start from the top-level children and split the largest one until there are a few stages:
+    # resnet keeps layer1..4, mobilenet's single `features` opens into its blocks, ViT's encoder
+    # into its layers.
+    prefixes = _parametrized_children(model, "", head)
+    while len(prefixes) < _MIN_STAGES:
+        sizes = [sum(p.numel() for p in model.get_submodule(p).parameters()) for p in prefixes]
+        largest = prefixes[sizes.index(max(sizes))]
+        inner = _parametrized_children(model.get_submodule(largest), largest + ".", head)
+        if len(inner) < 2:
+            break
+        prefixes[prefixes.index(largest):prefixes.index(largest) + 1] = inner
+    groups: list[list[str]] = [[] for _ in prefixes]
+    loose: list[str] = []  # parameters held by a container itself (a class token, say) join the first stage
+    for pname, _ in model.named_parameters():
+        owner = next((i for i, p in enumerate(prefixes) if _under(pname, p)), None)
+        (groups[owner] if owner is not None else loose).append(pname)
+    if groups:
+        groups[0] = loose + groups[0]
+    return groups
+
+
+def _parametrized_children(module: nn.Module, prefix: str, head: str) -> list[str]:
+    """Children holding parameters; a child that contains the head opens up around it."""
+    out = []
+    for name, child in module.named_children():
+        path = prefix + name
+        if _under(head, path) and path != head:
+            out += _parametrized_children(child, path + ".", head)
+        elif path != head and any(True for _ in child.parameters()):
+            out.append(path)
+    return out
+
+
+def apply_policy(model: nn.Module, policy: Policy | str) -> FreezeReport:
+    """Set requires_grad per the policy and freeze BatchNorm wherever all its parameters are frozen."""
+    policy = parse_policy(policy) if isinstance(policy, str) else policy
+    groups = stages(model)
+    params_total = sum(p.numel() for p in model.parameters())
+    if policy.kind == "last_n" and policy.n > len(groups):
+        raise ConfigError(f"freeze last_n:{policy.n} but {type(model).__name__} has only {len(groups)} stages")
+    trainable_stages = {"unfrozen": len(groups), "frozen": 0, "last_n": policy.n}[policy.kind]
+    frozen = {name for group in groups[: len(groups) - trainable_stages] for name in group}
+    set_frozen(model, frozen)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return FreezeReport(str(policy), len(groups), trainable_stages, trainable, params_total)
+
+
+def set_frozen(model: nn.Module, frozen: set[str]) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad = name not in frozen
+    frozen_bn = [
+        name for name, m in model.named_modules()
+        if isinstance(m, _BATCHNORM) and all(f"{name}.{p}" in frozen for p, _ in m.named_parameters())
+    ]
+    if frozen_bn:
+        timm_freeze(model, submodules=frozen_bn, include_bn_running_stats=True)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What the optimizer gets: never a frozen parameter."""
+    return [p for p in model.parameters() if p.requires_grad]

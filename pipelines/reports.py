@@ -1,0 +1,53 @@
+"""Figures of a run, as matplotlib Figures (the tracker decides where they go)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs are scripts, not notebooks
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+
+def confusion_figure(matrix: torch.Tensor, class_names: list[str], title: str) -> Figure:
+    size = max(5.0, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=class_names)
+    display.plot(ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if len(class_names) > 6 else 0)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(history: list[dict[str, float]], title: str) -> Figure:
+    """Loss, accuracy and macro-F1 per epoch, train against val."""
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, metric in zip(axes, ("loss", "acc", "f1_macro")):
+        for split, style in (("train", "--"), ("val", "-")):
+            ax.plot(epochs, [row[f"{split}/{metric}"] for row in history], style, marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def samples_figure(images: torch.Tensor, labels: list[int], class_names: list[str], title: str) -> Figure:
+    """The inputs as the model sees them (resized, denormalised), with their labels."""
+    grid = make_grid(images[:32], nrow=8, padding=2, pad_value=1.0).permute(1, 2, 0).numpy()
+    fig, ax = plt.subplots(figsize=(10, 10 * grid.shape[0] / grid.shape[1] + 0.8))
+    ax.imshow(grid)
+    ax.axis("off")
+    names = [class_names[i] for i in labels[:32]]
+    rows = [" ".join(f"{n[:10]:>10}" for n in names[i:i + 8]) for i in range(0, len(names), 8)]
+    ax.set_title(title + "\n" + "\n".join(rows), fontsize=7, family="monospace")
+    fig.tight_layout()
+    return fig

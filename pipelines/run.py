@@ -1,0 +1,104 @@
+"""The single-run function that train, compare and search all call: prepare (validate), then execute.
+
+`prepare` builds the data, model and freeze policy and fails fast on bad input, before any
+tracking run is touched; `execute` trains and returns everything a tracker may want to log.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sklearn.metrics import classification_report
+
+from pipelines import config as config_mod
+from pipelines.backbones import Backbone, build_backbone
+from pipelines.config import RunConfig
+from pipelines.data import DataBundle, build_data, denormalize, make_loaders
+from pipelines.datasets import load_dataset
+from pipelines.engine import FitResult, Listener, fit
+from pipelines.errors import ConfigError
+from pipelines.freezing import FreezeReport, apply_policy
+from pipelines.runtime import resolve_device, seed_everything
+from pipelines.weights import check_source
+
+
+@dataclass
+class PreparedRun:
+    cfg: RunConfig
+    backbone: Backbone
+    data: DataBundle
+    freeze: FreezeReport
+    device: torch.device
+    config_digest: str
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        name = slug(f"{self.backbone.full_name}-{self.cfg.model.freeze}-seed{self.cfg.seed}-{self.config_digest}")
+        return Path(self.cfg.train.checkpoint_dir) / name
+
+
+@dataclass
+class RunOutcome:
+    prepared: PreparedRun
+    fit: FitResult
+    report_text: str
+    report_dict: dict
+    sample_images: torch.Tensor  # a train batch denormalised to [0, 1], as the model sees it
+    sample_labels: list[int]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a name: no separators, no '..', nothing that can leave its folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "run"
+
+
+def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -> PreparedRun:
+    """Everything that can reject the input, in the order a user would fix it."""
+    device = resolve_device(cfg.train.device)
+    if state_dict is None:
+        check_source(cfg.model.weights)
+    raw = load_dataset(cfg.data.dataset, cfg.data.root)
+    seed_everything(cfg.seed)  # the fresh head's initialisation is part of the experiment
+    backbone = build_backbone(cfg.model.backbone, len(raw.class_names), cfg.model.weights,
+                              cfg.model.drop_rate, state_dict=state_dict)
+    _check_image_size(backbone, cfg.data.image_size)
+    data = build_data(cfg.data, raw, backbone.preprocessing, cfg.seed)
+    freeze = apply_policy(backbone.model, cfg.model.freeze)
+    return PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
+
+
+def _check_image_size(backbone: Backbone, size: int) -> None:
+    model = backbone.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, size, size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"data.image_size {size} does not fit {backbone.full_name}: {first}") from None
+    finally:
+        model.train(was_training)
+
+
+def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunOutcome:
+    cfg = prepared.cfg
+    seed_everything(cfg.seed)
+    loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
+                           pin_memory=prepared.device.type == "cuda")
+    sample_x, sample_y = next(iter(make_loaders(prepared.data, 32, 0, cfg.seed)["train"]))
+    result = fit(prepared.backbone.model, loaders, cfg.train, len(prepared.data.class_names), prepared.device,
+                 checkpoint_dir=prepared.checkpoint_dir, listeners=listeners)
+    y_true, y_pred = result.test_predictions
+    names = prepared.data.class_names
+    kwargs = dict(labels=list(range(len(names))), target_names=names, zero_division=0)
+    return RunOutcome(
+        prepared=prepared, fit=result,
+        report_text=classification_report(y_true, y_pred, digits=4, **kwargs),
+        report_dict=classification_report(y_true, y_pred, output_dict=True, **kwargs),
+        sample_images=denormalize(sample_x, prepared.backbone.preprocessing),
+        sample_labels=sample_y.tolist(),
+    )

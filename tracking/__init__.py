@@ -1,0 +1,6 @@
+"""All of freezeframe's MLflow code: run lifecycle, logging, registry. Nothing else imports mlflow."""
+
+import os
+
+# Set before mlflow is imported anywhere in this process: no telemetry from users' runs or tests.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -1,0 +1,179 @@
+"""What one run logs: params, tags, dataset lineage, per-epoch metrics, artifacts and the model.
+
+The MLflow UI compares runs by these names, so they are stable: `train/loss`, `val/acc`, `test/*`,
+`model/params_trainable`, `perf/images_per_s`; params are the resolved config flattened
+(`train.lr`); tags carry the comparison axes (backbone, freeze, weights, dataset, seed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import time
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from pipelines import config as config_mod
+from pipelines import reports
+from pipelines.engine import copy_model
+from pipelines.run import PreparedRun, RunOutcome
+from tracking.session import git_commit
+
+_VERSIONED = ("torch", "torchvision", "timm", "torchmetrics", "mlflow", "scikit-learn", "optuna")
+
+
+def run_name(prepared: PreparedRun) -> str:
+    cfg = prepared.cfg
+    return cfg.tracking.run_name or f"{prepared.backbone.full_name} · {cfg.model.freeze} · seed {cfg.seed}"
+
+
+def run_tags(prepared: PreparedRun, entry_point: str) -> dict[str, str]:
+    cfg = prepared.cfg
+    tags = {
+        "backbone": prepared.backbone.full_name, "source": prepared.backbone.source,
+        "weights": cfg.model.weights, "freeze": cfg.model.freeze, "dataset": cfg.data.dataset,
+        "seed": str(cfg.seed), "entry_point": entry_point, "config_digest": prepared.config_digest,
+        "split_digest": prepared.data.split_digest, "device": str(prepared.device),
+    }
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    for package in _VERSIONED:
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return tags
+
+
+class MlflowTracker:
+    """An engine listener: each epoch's metrics go to the active run in one log_batch call."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.client = MlflowClient()
+        self.seconds = 0.0  # time spent logging, reported by the benchmark
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        tick = time.perf_counter()
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        self.seconds += time.perf_counter() - tick
+
+    def log_setup(self, prepared: PreparedRun, entry_point: str) -> None:
+        """Before training: the config, tags, dataset lineage and model size, so a dying run still says what it was."""
+        tick = time.perf_counter()
+        cfg = prepared.cfg
+        params = {k: str(v) for k, v in config_mod.flatten(cfg).items()}
+        params.update({f"data.n_{split}": str(n) for split, n in prepared.data.sizes().items()})
+        params["data.num_classes"] = str(len(prepared.data.class_names))
+        self.client.log_batch(self.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()],
+                              tags=[mlflow.entities.RunTag(k, v) for k, v in run_tags(prepared, entry_point).items()])
+        freeze = prepared.freeze
+        self.log_metrics({"model/params_trainable": freeze.params_trainable, "model/params_total": freeze.params_total,
+                          "model/stages_trainable": freeze.stages_trainable, "model/stages_total": freeze.stages_total,
+                          "data/skipped_files": prepared.data.raw.skipped})
+        mlflow.log_text(config_mod.to_yaml(cfg), "config.yaml")
+        _log_dataset(prepared)
+        self.seconds += time.perf_counter() - tick
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def log_outcome(self, outcome: RunOutcome) -> None:
+        tick = time.perf_counter()
+        fit, prepared = outcome.fit, outcome.prepared
+        names = prepared.data.class_names
+        self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{prepared.cfg.train.monitor}": fit.best_value,
+                          "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early)},
+                         step=fit.best_epoch)
+        if fit.resumed_from_epoch:
+            mlflow.set_tag("resumed_from_epoch", str(fit.resumed_from_epoch))
+        title = run_name(prepared)
+        figures = {"plots/training_curves.png": reports.curves_figure(fit.history, title),
+                   "plots/confusion_matrix_test.png": reports.confusion_figure(fit.confusion["test"], names,
+                                                                               f"test · {title}"),
+                   "plots/input_samples.png": reports.samples_figure(outcome.sample_images, outcome.sample_labels,
+                                                                     names, f"inputs as the model sees them · {title}")}
+        if fit.confusion.get("val") is not None:
+            figures["plots/confusion_matrix_val.png"] = reports.confusion_figure(
+                fit.confusion["val"], names, f"val (best epoch {fit.best_epoch}) · {title}")
+        for path, figure in figures.items():
+            mlflow.log_figure(figure, path)
+            plt.close(figure)
+        mlflow.log_text(outcome.report_text, "reports/classification_report.txt")
+        mlflow.log_dict(outcome.report_dict, "reports/classification_report.json")
+        mlflow.log_dict({"history": fit.history}, "reports/history.json")
+        self.seconds += time.perf_counter() - tick  # model export is optional: the benchmark times it apart
+        if prepared.cfg.tracking.log_model:
+            log_model(prepared)
+        else:
+            _log_state_dict(prepared)
+
+
+def _log_dataset(prepared: PreparedRun) -> None:
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    raw = prepared.data.raw
+    source = CodeDatasetSource(tags={"source": raw.source, "split_digest": prepared.data.split_digest})
+    for split, n in prepared.data.sizes().items():
+        digest = f"{prepared.data.split_digest}-{split}"[:36]
+        dataset = MetaDataset(source=source, name=f"{raw.name}-{split}", digest=digest)
+        mlflow.log_input(dataset, context=split, tags={"rows": str(n)})
+
+
+def model_metadata(prepared: PreparedRun) -> dict:
+    """What predict needs to preprocess an image exactly as in training, stored with the model."""
+    prep = prepared.backbone.preprocessing
+    return {"class_names": prepared.data.class_names, "image_size": prepared.cfg.data.image_size,
+            "mean": list(prep.mean), "std": list(prep.std), "interpolation": prep.interpolation,
+            "backbone": prepared.backbone.full_name, "freeze": prepared.cfg.model.freeze}
+
+
+def log_model(prepared: PreparedRun) -> None:
+    model = copy_model(prepared.backbone.model)
+    example, _ = prepared.data.datasets["val"][0]
+    example = example.unsqueeze(0).numpy().astype(np.float32)
+    with torch.inference_mode():
+        output = model(torch.from_numpy(example)).numpy()
+    requirements = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "torchvision", "timm")]
+    # pickle, not MLflow 3's default torch.export (pt2): an export specialises the batch dimension to the
+    # example's and loses the module structure that `models:/` weights and fine-tuning rely on.
+    with _quiet("mlflow.pytorch"):  # its pickle advice is for untrusted files; these are the user's own
+        mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
+                                 input_example=example, pip_requirements=requirements,
+                                 serialization_format="pickle",
+                                 metadata={"freezeframe": json.dumps(model_metadata(prepared))})
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _log_state_dict(prepared: PreparedRun) -> None:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model_state.pt"
+        torch.save(copy_model(prepared.backbone.model).state_dict(), path)
+        mlflow.log_artifact(str(path), "checkpoint")
+        mlflow.log_dict(model_metadata(prepared), "checkpoint/metadata.json")

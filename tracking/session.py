@@ -1,0 +1,95 @@
+"""Run lifecycle: attach to the run `mlflow run` made, or start one; always end it with a true status.
+
+A run ends FINISHED, FAILED (with the one-line error as the `error` tag) or KILLED on Ctrl-C or
+SIGTERM: never left RUNNING by our own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+ERROR_TAG = "error"
+_UNREAD = object()
+_launcher_run_id: object | str | None = _UNREAD
+
+
+def launcher_run_id() -> str | None:
+    """The run `mlflow run` created for this process, if any; read before start_run consumes the variable."""
+    global _launcher_run_id
+    if _launcher_run_id is _UNREAD:
+        _launcher_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    return _launcher_run_id  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def tracked_run(run_name: str, experiment_name: str, tags: dict[str, str] | None = None,
+                parent_run_id: str | None = None, attach: bool = True) -> Iterator[mlflow.ActiveRun]:
+    """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child."""
+    global _launcher_run_id
+    run_id = launcher_run_id() if attach else None
+    if run_id:
+        _launcher_run_id = None  # one process attaches to the launcher's run once
+        run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
+    else:
+        if not os.environ.get("MLFLOW_EXPERIMENT_ID") and parent_run_id is None:
+            mlflow.set_experiment(experiment_name)
+        experiment_id = (MlflowClient().get_run(parent_run_id).info.experiment_id if parent_run_id else None)
+        run = mlflow.start_run(run_name=run_name, tags=tags, nested=parent_run_id is not None,
+                               parent_run_id=parent_run_id, experiment_id=experiment_id)
+    with _ended_on_exit(run.info.run_id):
+        yield run
+
+
+@contextlib.contextmanager
+def _ended_on_exit(run_id: str) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        end_run(run_id, RunStatus.to_string(RunStatus.KILLED), "interrupted")
+        raise
+    except BaseException as exc:
+        end_run(run_id, RunStatus.to_string(RunStatus.FAILED), one_line(exc))
+        raise
+    else:
+        end_run(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def end_run(run_id: str, status: str, error: str | None = None) -> None:
+    client = MlflowClient()
+    if error:
+        client.set_tag(run_id, ERROR_TAG, error[:5000])
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run(status)
+    else:
+        client.set_terminated(run_id, status)
+
+
+def fail_launcher_run(error: str) -> None:
+    """Bad input found before our run started: still close the run `mlflow run` opened for us."""
+    global _launcher_run_id
+    run_id = launcher_run_id()
+    if run_id:
+        _launcher_run_id = None
+        end_run(run_id, RunStatus.to_string(RunStatus.FAILED), error)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def git_commit() -> str | None:
+    """The code version, for runs started as plain scripts (mlflow run sets mlflow.source.git.commit)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

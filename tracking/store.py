@@ -1,0 +1,59 @@
+"""The tracking store: check that it answers, quickly, before any training starts."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+
+from pipelines.errors import FreezeframeError
+
+TIMEOUT_S = 3.0
+
+
+class TrackingError(FreezeframeError):
+    """The tracking store or registry cannot be used."""
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db
+
+
+def ensure_reachable(uri: str | None = None) -> str:
+    """Fail in seconds, with the URI in the message, rather than after a long retry loop mid-run."""
+    uri = uri or tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TIMEOUT_S) as reply:
+                reply.read(16)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"tracking server {uri} is unreachable ({reason}); start it (make ui) "
+                                "or unset MLFLOW_TRACKING_URI for the local sqlite store") from None
+    elif scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise TrackingError(f"tracking store {uri}: folder {folder} does not exist")
+    elif scheme.startswith(("postgresql", "mysql", "mssql")):
+        _check_database(uri)
+    elif scheme in ("", "file"):
+        raise TrackingError(f"tracking URI {uri} is a file store, which this MLflow no longer supports; "
+                            "use sqlite:///mlflow.db or a tracking server")
+    return uri
+
+
+def _check_database(uri: str) -> None:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(TIMEOUT_S)})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - drivers raise their own error types
+        first = str(exc).strip().splitlines()[0][:200]
+        raise TrackingError(f"tracking database {uri} is unreachable: {first}") from None
