@@ -71,7 +71,16 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
 
 
 def _check_image_size(backbone: Backbone, size: int) -> None:
+    """Smaller than the network's total stride, the last stage sees less than one pixel: reject it.
+
+    A dry forward pass then catches what the stride does not (a ViT's fixed input size, say).
+    """
     model = backbone.model
+    feature_info = getattr(model, "feature_info", None)
+    stride = feature_info[-1].get("reduction", 32) if feature_info else 32
+    if size < stride:
+        raise ConfigError(f"data.image_size {size} is too small for {backbone.full_name}: "
+                          f"it must be at least its total stride, {stride}")
     was_training = model.training
     model.eval()
     try:

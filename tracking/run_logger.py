@@ -73,7 +73,9 @@ class MlflowTracker:
         """Before training: the config, tags, dataset lineage and model size, so a dying run still says what it was."""
         tick = time.perf_counter()
         cfg = prepared.cfg
-        params = {k: str(v) for k, v in config_mod.flatten(cfg).items()}
+        # Top-level keys get a "run." prefix: `mlflow run` already logged its -P values under bare names
+        # (`seed`), and MLflow refuses to change a param's value.
+        params = {(k if "." in k else f"run.{k}"): str(v) for k, v in config_mod.flatten(cfg).items()}
         params.update({f"data.n_{split}": str(n) for split, n in prepared.data.sizes().items()})
         params["data.num_classes"] = str(len(prepared.data.class_names))
         self.client.log_batch(self.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()],

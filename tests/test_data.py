@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.backbones import Preprocessing
+from pipelines.config import DataConfig
+from pipelines.data import build_data, make_loaders, make_transform, split_indices
+from pipelines.datasets import DEBIAN_FASHION_MNIST, load_dataset
+from pipelines.errors import DataError
+
+PREP = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
+
+
+def test_digits_split_is_stratified_disjoint_and_seeded():
+    raw = load_dataset("digits")
+    a = split_indices(raw, 0.15, 0.15, seed=0)
+    b = split_indices(raw, 0.15, 0.15, seed=0)
+    c = split_indices(raw, 0.15, 0.15, seed=1)
+    assert sum(len(v) for v in a.values()) == len(raw.labels) == 1797
+    assert not set(a["train"]) & set(a["val"]) and not set(a["train"]) & set(a["test"])
+    assert all(np.array_equal(a[s], b[s]) for s in a)
+    assert not np.array_equal(a["test"], c["test"])
+    # stratified: each class's share of the test split is within a point of its share overall
+    overall = np.bincount(raw.labels) / len(raw.labels)
+    test_share = np.bincount(raw.labels[a["test"]]) / len(a["test"])
+    assert np.abs(overall - test_share).max() < 0.01
+
+
+def test_max_samples_caps_each_split():
+    raw = load_dataset("digits")
+    splits = split_indices(raw, 0.15, 0.15, seed=0, max_samples=50)
+    assert {len(v) for v in splits.values()} == {50}
+    assert len(np.unique(raw.labels[splits["train"]])) == 10
+
+
+def test_bundle_digest_and_tensors():
+    raw = load_dataset("digits")
+    cfg = DataConfig(image_size=40, max_samples=30)
+    one, two = build_data(cfg, raw, PREP, seed=0), build_data(cfg, raw, PREP, seed=0)
+    assert one.split_digest == two.split_digest
+    assert build_data(cfg, raw, PREP, seed=3).split_digest != one.split_digest
+    x, y = next(iter(make_loaders(one, 8, 0, seed=0)["train"]))
+    assert x.shape == (8, 3, 40, 40) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert -1.0 <= x.min() and x.max() <= 1.0  # mean=std=0.5 maps [0, 1] to [-1, 1]
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_keeps_its_test_split():
+    raw = load_dataset("fashion-mnist")
+    assert raw.images.shape == (70000, 1, 28, 28) and raw.source == str(DEBIAN_FASHION_MNIST)
+    assert raw.class_names[9] == "Ankle boot" and raw.test_start == 60000
+    splits = split_indices(raw, 0.1, 0.15, seed=0)
+    assert len(splits["test"]) == 10000 and splits["test"].min() == 60000
+
+
+def test_unknown_dataset_suggests():
+    with pytest.raises(DataError, match="did you mean digits"):
+        load_dataset("digit")
+
+
+def make_folder(root, per_class=4, classes=("cat", "dog"), mode="RGB"):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new(mode, (20, 16), color=i * 40).save(root / name / f"{i}.png")
+    return root
+
+
+def test_image_folder_skips_and_counts_corrupt_files(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=6)
+    (root / "cat" / "truncated.png").write_bytes((root / "cat" / "0.png").read_bytes()[:40])
+    (root / "dog" / "empty.jpg").write_bytes(b"")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    raw = load_dataset(f"imagefolder:{root}")
+    assert raw.class_names == ["cat", "dog"] and len(raw.images) == 12 and raw.skipped == 2
+    data = build_data(DataConfig(image_size=32, val_fraction=0.25, test_fraction=0.25), raw, PREP, seed=0)
+    x, _ = data.datasets["train"][0]
+    assert x.shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_image_modes_become_three_channels(tmp_path, mode):
+    root = make_folder(tmp_path / "imgs", per_class=4, mode=mode)
+    raw = load_dataset(f"imagefolder:{root}")
+    data = build_data(DataConfig(image_size=24, val_fraction=0.25, test_fraction=0.25), raw, PREP, seed=0)
+    assert data.datasets["test"][0][0].shape == (3, 24, 24)
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="image folder not found"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
+    (tmp_path / "empty" / "cat").mkdir()
+    with pytest.raises(DataError, match="no readable images"):
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
+
+
+def test_transform_uses_backbone_normalisation():
+    image = torch.full((1, 8, 8), 255, dtype=torch.uint8)
+    prep = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+    out = make_transform(prep, 16, augment=False)(image)
+    expected = torch.tensor([(1 - m) / s for m, s in zip(prep.mean, prep.std)])
+    assert out.shape == (3, 16, 16)
+    assert torch.allclose(out[:, 8, 8], expected, atol=1e-4)
