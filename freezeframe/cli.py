@@ -10,7 +10,9 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
+import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
 from pipelines.config import RunConfig, load_config
 from pipelines.errors import ConfigError, FreezeframeError
 
@@ -22,6 +24,7 @@ RUN_FLAGS = {
     "resume": "train.resume", "log_model": "tracking.log_model",
 }
 DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +58,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if not sep:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
         overrides[key.strip()] = value
-    return load_config(args.experiment or DEFAULT_EXPERIMENT, overrides)
+    return load_config(resolve_experiment(args.experiment or DEFAULT_EXPERIMENT), overrides)
+
+
+def resolve_experiment(path: str) -> Path:
+    """Relative to the working folder, else to the project (so the shipped experiments work from anywhere)."""
+    given = Path(path)
+    if given.is_absolute() or given.exists():
+        return given
+    shipped = PROJECT_ROOT / given
+    return shipped if shipped.exists() else given
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,3 +4,5 @@ import os
 
 # Set before mlflow is imported anywhere in this process: no telemetry from users' runs or tests.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's INFO lines (database migrations, experiment creation) drown a one-line error; warnings stay.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

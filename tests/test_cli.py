@@ -1,0 +1,125 @@
+"""The command line, in-process: MLproject agrees with the parser, and bad input gets one line and no run."""
+
+import shlex
+
+import pytest
+import yaml
+
+from freezeframe.cli import RUN_FLAGS, build_parser, main
+from tests.conftest import ROOT, runs_in, tiny_overrides
+
+MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())
+
+
+@pytest.mark.parametrize("entry", sorted(MLPROJECT["entry_points"]))
+def test_mlproject_entry_matches_the_parser(entry):
+    spec = MLPROJECT["entry_points"][entry]
+    params = spec["parameters"]
+    for name, param in params.items():
+        assert param["type"] in ("string", "float", "path", "uri"), name
+        assert "default" in param, f"{entry}.{name} has no default"
+        assert f"--{name} {{{name}}}" in spec["command"], f"{entry}.{name} is not passed to the command"
+    # Every placeholder is a declared parameter, and the command parses with MLflow's defaults filled in.
+    command = spec["command"].format(**{k: shlex.quote(str(v["default"])) for k, v in params.items()})
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "freezeframe"]
+    args = build_parser().parse_args(argv[3:])
+    for name in params:
+        assert hasattr(args, name), f"parser has no --{name}"
+
+
+def test_train_entry_exposes_every_run_flag():
+    assert set(RUN_FLAGS) <= set(MLPROJECT["entry_points"]["train"]["parameters"])
+
+
+def cli_args(tmp_path, *given):
+    """The tiny settings as --set flags, except for keys the test gives through their own flag."""
+    taken = {RUN_FLAGS[a[2:]] for a in given if a.startswith("--") and a[2:] in RUN_FLAGS}
+    flags = []
+    for key, value in tiny_overrides(tmp_path).items():
+        if key not in taken:
+            flags += ["--set", f"{key}={value}"]
+    return [*flags, *given]
+
+
+BAD_INPUTS = [
+    (["--backbone", "timm/resnet19"], "unknown backbone 'timm/resnet19'; closest: timm/resnet18"),
+    (["--dataset", "digitz"], "unknown dataset 'digitz'"),
+    (["--dataset", "imagefolder:/no/such/folder"], "image folder not found"),
+    (["--batch_size", "0"], "train.batch_size must be >= 1"),
+    (["--lr", "abc"], "train.lr must be float, got 'abc'"),
+    (["--image_size", "16"], "data.image_size 16 is too small for timm/test_resnet"),
+    (["--freeze", "half"], "unknown freeze policy 'half'"),
+    (["--weights", "models:/nothing-here/3"], "cannot load models:/nothing-here/3"),
+    (["--weights", "/no/such.pth"], "weights file not found"),
+    (["--set", "train.lrr=1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+    (["--epochs", "2.5"], "train.epochs must be int"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS, ids=[m.split()[0] + str(i) for i, (_, m) in
+                                                           enumerate(BAD_INPUTS)])
+def test_bad_input_one_line_and_no_run(tracking_store, tmp_path, capsys, extra, message):
+    code = main(["train", *cli_args(tmp_path, *extra)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("freezeframe: error: ") and message in err and "\n" not in err
+    assert "Traceback" not in err
+    assert [r for r in runs_in(tracking_store) if r.info.status == "RUNNING"] == []
+
+
+def test_unknown_experiment_key_in_file(tracking_store, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochz: 3\n")
+    assert main(["train", "--experiment", str(path)]) == 2
+    assert "unknown key 'train.epochz' (did you mean 'train.epochs'?)" in capsys.readouterr().err
+
+
+def test_weights_that_do_not_fit(tracking_store, tmp_path, capsys):
+    import torch
+
+    path = tmp_path / "resnet18.pth"
+    from pipelines.backbones import build_backbone
+
+    torch.save(build_backbone("torchvision/resnet18", 10).model.state_dict(), path)
+    assert main(["train", *cli_args(tmp_path, "--weights", str(path))]) == 2
+    assert "do not fit" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_uri(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.chdir(tmp_path)
+    import mlflow
+
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    assert main(["train", *cli_args(tmp_path)]) == 2
+    assert "tracking server http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
+
+
+def test_corrupt_images_are_skipped_and_counted(tracking_store, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (24, 24), color=(i * 30, 0, 0) if name == "a" else (0, 0, i * 30)).save(
+                root / name / f"{i}.png")
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["train", *cli_args(tmp_path, "--dataset", f"imagefolder:{root}", "--epochs", "1",
+                 "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25")]) == 0
+    (run,) = runs_in(tracking_store)
+    assert run.info.status == "FINISHED" and run.data.metrics["data/skipped_files"] == 1
+
+
+def test_quickstart_makes_a_parent_with_one_child_per_policy(tracking_store, tmp_path, capsys):
+    assert main(["quickstart", *cli_args(tmp_path, "--epochs", "1"), "--policies", "frozen,last_n:1"]) == 0
+    runs = runs_in(tracking_store)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["freeze"] for r in children) == ["frozen", "last_n:1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {"frozen/test_acc", "last_n:1/test_acc"} <= set(parent.data.metrics)
+    assert parent.data.tags["best_run_id"] in {r.info.run_id for r in children}
+    assert "| timm/test_resnet | frozen |" in capsys.readouterr().out

@@ -1,0 +1,67 @@
+"""`mlflow run . --env-manager local` in a subprocess, read back through MlflowClient from a tmp sqlite store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, runs_in
+
+pytestmark = pytest.mark.e2e
+
+
+def mlflow_run(tmp_path: Path, entry: str, **params: str) -> subprocess.CompletedProcess:
+    # Checkpoints and artifacts stay in tmp: the experiment file names the checkpoint folder.
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(f"train:\n  checkpoint_dir: {tmp_path / 'checkpoints'}\n  batch_size: 16\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", entry, "--env-manager", "local",
+           "--experiment-name", "e2e"]
+    tiny = {"experiment": str(experiment), "backbone": "timm/test_resnet", "weights": "none", "image_size": "32",
+            "max_samples": "40"}
+    for key, value in {**tiny, **params}.items():
+        cmd += ["-P", f"{key}={value}"]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_entry_point(tmp_path):
+    done = mlflow_run(tmp_path, "train", epochs="2", lr="0.01", log_model="true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "2"  # logged by `mlflow run` itself
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.backbone"] == "timm/test_resnet"
+    assert run.data.tags["mlflow.project.entryPoint"] == "train" and run.data.tags["entry_point"] == "train"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/f1_macro")] == [1, 2]
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "plots", "reports"} <= top
+    import mlflow
+
+    assert mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                       filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert list((tmp_path / "checkpoints").glob("*/last.pt"))
+
+
+def test_main_entry_point_runs_frozen_and_unfrozen(tmp_path):
+    done = mlflow_run(tmp_path, "main", epochs="1", log_model="false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["freeze"] for r in children) == ["frozen", "unfrozen"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_bad_input_through_mlflow_run_leaves_no_running_run(tmp_path):
+    done = mlflow_run(tmp_path, "train", backbone="timm/resnet19")
+    assert done.returncode != 0
+    assert "freezeframe: error: unknown backbone 'timm/resnet19'" in done.stderr
+    assert "Traceback" not in done.stderr.split("freezeframe: error")[0][-2000:]
+    (run,) = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FAILED" and "unknown backbone" in run.data.tags["error"]

@@ -1,0 +1,108 @@
+"""Tracking against a real sqlite store: what a run logs, how it ends, and the registry as a weights source."""
+
+import time
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from freezeframe.single_run import prepare_run, run_tracked
+from pipelines.config import load_config
+from tests.conftest import runs_in, tiny_overrides
+from tracking.store import TrackingError, ensure_reachable
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_a_run_logs_params_tags_metrics_artifacts(tracking_store, tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"tracking.log_model": True}))
+    run_id, outcome = run_tracked(prepare_run(cfg), entry_point="train")
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "timm/test_resnet · unfrozen · seed 0"
+    assert run.data.params["model.backbone"] == "timm/test_resnet" and run.data.params["train.lr"] == "0.01"
+    assert run.data.params["run.seed"] == "0" and run.data.params["data.n_test"] == "40"
+    tags = run.data.tags
+    for key in ("backbone", "source", "weights", "freeze", "dataset", "seed", "entry_point", "config_digest",
+                "split_digest", "version.torch", "version.timm", "version.torchvision", "version.mlflow"):
+        assert key in tags, key
+    assert tags["source"] == "timm" and tags["freeze"] == "unfrozen"
+    assert [m.step for m in client.get_metric_history(run_id, "val/acc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
+    assert run.data.metrics["test/acc"] == pytest.approx(outcome.fit.test["test/acc"])
+    assert run.data.metrics["model/params_trainable"] == run.data.metrics["model/params_total"] > 0
+    paths = artifact_paths(client, run_id)
+    for expected in ("config.yaml", "plots/training_curves.png", "plots/confusion_matrix_test.png",
+                     "plots/confusion_matrix_val.png", "plots/input_samples.png",
+                     "reports/classification_report.txt", "reports/classification_report.json"):
+        assert expected in paths, expected
+    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert inputs == {"digits-train", "digits-val", "digits-test"}
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    assert len(models) == 1
+    loaded = mlflow.pyfunc.load_model(models[0].model_uri)
+    example = outcome.prepared.data.datasets["test"][0][0].unsqueeze(0).numpy()
+    assert loaded.predict(example).shape == (1, 10)
+    assert loaded.metadata.signature is not None
+
+
+def test_a_failing_run_ends_failed_with_its_reason(tracking_store, tmp_path):
+    class Boom:
+        def on_epoch_end(self, epoch, metrics):
+            raise RuntimeError("disk full\nsecond line")
+
+    cfg = load_config(None, tiny_overrides(tmp_path))
+    with pytest.raises(RuntimeError):
+        run_tracked(prepare_run(cfg), entry_point="train", listeners=(Boom(),))
+    (run,) = runs_in(tracking_store)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: disk full"
+
+
+def test_interrupted_run_ends_killed(tracking_store, tmp_path):
+    class CtrlC:
+        def on_epoch_end(self, epoch, metrics):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tracked(prepare_run(load_config(None, tiny_overrides(tmp_path))), "train", listeners=(CtrlC(),))
+    (run,) = runs_in(tracking_store)
+    assert run.info.status == "KILLED"
+
+
+def test_registry_model_is_a_weights_source(tracking_store, tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"tracking.log_model": True}))
+    run_id, outcome = run_tracked(prepare_run(cfg), entry_point="train")
+    (logged,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    version = mlflow.register_model(logged.model_uri, "tiny-digits")
+    MlflowClient().set_registered_model_alias("tiny-digits", "champion", version.version)
+    source = outcome.prepared.backbone.model.state_dict()
+    for uri in ("models:/tiny-digits/1", "models:/tiny-digits@champion"):
+        transfer = load_config(None, tiny_overrides(tmp_path, **{"model.weights": uri}))
+        prepared = prepare_run(transfer)
+        target = prepared.backbone.model.state_dict()
+        assert all(source[k].equal(target[k]) for k in target if k.startswith("layer4") and "num_batches" not in k)
+
+
+def test_missing_registry_model_is_a_clear_error(tracking_store, tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"model.weights": "models:/no-such-model@champion"}))
+    with pytest.raises(TrackingError, match="cannot load models:/no-such-model@champion"):
+        prepare_run(cfg)
+    assert runs_in(tracking_store) == []
+
+
+def test_unreachable_tracking_server_fails_fast():
+    start = time.perf_counter()
+    with pytest.raises(TrackingError, match="unreachable"):
+        ensure_reachable("http://127.0.0.1:9")  # discard port: nothing listens there
+    assert time.perf_counter() - start < 5
+
+
+def test_file_store_is_rejected():
+    with pytest.raises(TrackingError, match="file store"):
+        ensure_reachable("file:///tmp/mlruns")
