@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from freezeframe.single_run import prepare_run, run_tracked
 from pipelines.config import RunConfig
 from pipelines.freezing import parse_policy
-from freezeframe.single_run import prepare_run, run_tracked
 from tracking import summary
 from tracking.session import tracked_run
 from tracking.store import ensure_reachable
@@ -16,8 +16,9 @@ from tracking.store import ensure_reachable
 def train(args: argparse.Namespace, cfg: RunConfig) -> int:
     ensure_reachable()
     prepared = prepare_run(cfg)
-    run_id, outcome = run_tracked(prepared, entry_point="train")
-    print(f"run {run_id}: test/acc {outcome.fit.test['test/acc']:.4f} (best epoch {outcome.fit.best_epoch})")
+    done = run_tracked(prepared, entry_point="train")
+    fit = done.outcome.fit
+    print(f"run {done.run_id}: test/acc {fit.test['test/acc']:.4f} (best epoch {fit.best_epoch})")
     return 0
 
 
@@ -33,9 +34,8 @@ def quickstart(args: argparse.Namespace, cfg: RunConfig) -> int:
     with tracked_run(f"quickstart · {cfg.model.backbone} · {cfg.data.dataset}", cfg.tracking.experiment_name,
                      tags={"entry_point": "quickstart", "dataset": cfg.data.dataset}) as parent:
         for prepared in arms:
-            run_id, outcome = run_tracked(prepared, entry_point="quickstart", parent_run_id=parent.info.run_id,
-                                          attach=False)
-            rows.append(summary.arm_row(prepared, run_id, outcome))
+            done = run_tracked(prepared, entry_point="quickstart", parent_run_id=parent.info.run_id, attach=False)
+            rows.append(summary.arm_row(prepared, done.run_id, done.outcome))
         summary.log_quickstart(rows)
     print(summary.markdown_table(rows))
     return 0

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pipelines.config import RunConfig
 from pipelines.run import PreparedRun, RunOutcome, execute, prepare
 from tracking.registry import is_registry_uri, resolve_state_dict
 from tracking.run_logger import MlflowTracker, run_name
 from tracking.session import tracked_run
+
+
+@dataclass
+class TrackedRun:
+    run_id: str
+    outcome: RunOutcome
+    logging_seconds: float  # time spent in MLflow calls (model export excluded), for the benchmark
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
@@ -16,7 +25,7 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
 
 
 def run_tracked(prepared: PreparedRun, entry_point: str, parent_run_id: str | None = None,
-                attach: bool = True, listeners: tuple = ()) -> tuple[str, RunOutcome]:
+                attach: bool = True, listeners: tuple = ()) -> TrackedRun:
     """Train inside an MLflow run that ends FINISHED, or FAILED/KILLED with the reason."""
     cfg = prepared.cfg
     with tracked_run(run_name(prepared), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
@@ -25,4 +34,4 @@ def run_tracked(prepared: PreparedRun, entry_point: str, parent_run_id: str | No
         tracker.log_setup(prepared, entry_point)
         outcome = execute(prepared, listeners=(tracker, *listeners))
         tracker.log_outcome(outcome)
-    return run.info.run_id, outcome
+    return TrackedRun(run.info.run_id, outcome, tracker.seconds)

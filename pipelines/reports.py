@@ -28,7 +28,7 @@ def curves_figure(history: list[dict[str, float]], title: str) -> Figure:
     """Loss, accuracy and macro-F1 per epoch, train against val."""
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, metric in zip(axes, ("loss", "acc", "f1_macro")):
+    for ax, metric in zip(axes, ("loss", "acc", "f1_macro"), strict=True):
         for split, style in (("train", "--"), ("val", "-")):
             ax.plot(epochs, [row[f"{split}/{metric}"] for row in history], style, marker="o", label=split)
         ax.set_xlabel("epoch")

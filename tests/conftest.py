@@ -29,6 +29,7 @@ def tracking_store(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; no test inherits it
 
 
 def tiny_overrides(tmp_path: Path, **extra) -> dict:

@@ -68,7 +68,7 @@ def test_bundled_lite0_weights_are_imagenet():
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
     photos = load_sample_images()
     top1 = {}
-    for path, array in zip(photos.filenames, photos.images):
+    for path, array in zip(photos.filenames, photos.images, strict=True):
         with torch.inference_mode():
             top1[path.rsplit("/", 1)[-1]] = int(model(transform(Image.fromarray(array)).unsqueeze(0)).argmax())
     assert top1 == {"china.jpg": 698, "flower.jpg": 985}

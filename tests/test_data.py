@@ -102,6 +102,6 @@ def test_transform_uses_backbone_normalisation():
     image = torch.full((1, 8, 8), 255, dtype=torch.uint8)
     prep = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
     out = make_transform(prep, 16, augment=False)(image)
-    expected = torch.tensor([(1 - m) / s for m, s in zip(prep.mean, prep.std)])
+    expected = torch.tensor([(1 - m) / s for m, s in zip(prep.mean, prep.std, strict=True)])
     assert out.shape == (3, 16, 16)
     assert torch.allclose(out[:, 8, 8], expected, atol=1e-4)

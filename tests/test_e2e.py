@@ -19,7 +19,8 @@ def mlflow_run(tmp_path: Path, entry: str, **params: str) -> subprocess.Complete
     experiment.write_text(f"train:\n  checkpoint_dir: {tmp_path / 'checkpoints'}\n  batch_size: 16\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_RUN_ID", None)
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
     cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", entry, "--env-manager", "local",
            "--experiment-name", "e2e"]
     tiny = {"experiment": str(experiment), "backbone": "timm/test_resnet", "weights": "none", "image_size": "32",

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
+from pipelines.config import load_config
 from pipelines.errors import TrainingError
 from pipelines.run import execute, prepare
 from tests.conftest import tiny_overrides
-from pipelines.config import load_config
 
 
 class Recorder:

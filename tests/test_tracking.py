@@ -21,7 +21,9 @@ def artifact_paths(client, run_id, path=None):
 
 def test_a_run_logs_params_tags_metrics_artifacts(tracking_store, tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, **{"tracking.log_model": True}))
-    run_id, outcome = run_tracked(prepare_run(cfg), entry_point="train")
+    done = run_tracked(prepare_run(cfg), entry_point="train")
+    run_id, outcome = done.run_id, done.outcome
+    assert 0 < done.logging_seconds < outcome.fit.train_seconds + 5
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -77,7 +79,8 @@ def test_interrupted_run_ends_killed(tracking_store, tmp_path):
 
 def test_registry_model_is_a_weights_source(tracking_store, tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, **{"tracking.log_model": True}))
-    run_id, outcome = run_tracked(prepare_run(cfg), entry_point="train")
+    done = run_tracked(prepare_run(cfg), entry_point="train")
+    run_id, outcome = done.run_id, done.outcome
     (logged,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
     version = mlflow.register_model(logged.model_uri, "tiny-digits")
     MlflowClient().set_registered_model_alias("tiny-digits", "champion", version.version)

@@ -96,7 +96,8 @@ class MlflowTracker:
         tick = time.perf_counter()
         fit, prepared = outcome.fit, outcome.prepared
         names = prepared.data.class_names
-        self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{prepared.cfg.train.monitor}": fit.best_value,
+        monitor = prepared.cfg.train.monitor
+        self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{monitor}": fit.best_value,
                           "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early)},
                          step=fit.best_epoch)
         if fit.resumed_from_epoch:

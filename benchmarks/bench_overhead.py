@@ -1,0 +1,124 @@
+"""freezeframe's overhead against a bare PyTorch loop, run alternately in one process.
+
+Both sides train the same backbone with the same weights, freeze policy, data, batches and epochs,
+evaluate on val every epoch and on test at the end. freezeframe adds torchmetrics, checkpoints,
+progress bars and MLflow logging (into a tmp sqlite store); the model export (log_model) is timed
+apart since it is optional. Prints the median wall-time ratio (goal <= 1.03) and MLflow's share.
+
+    .venv/bin/python benchmarks/bench_overhead.py --freeze frozen --epochs 3 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import tracking  # noqa: E402,F401 - MLflow environment defaults
+from freezeframe.single_run import prepare_run, run_tracked  # noqa: E402
+from pipelines import lite0_weights  # noqa: E402
+from pipelines.backbones import Preprocessing  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
+from pipelines.data import build_data, make_loaders  # noqa: E402
+from pipelines.datasets import load_dataset  # noqa: E402
+from pipelines.runtime import seed_everything  # noqa: E402
+
+
+def bare_pytorch(args) -> float:
+    """What a practitioner would write by hand: no metrics library, no checkpoints, no tracking."""
+    start = time.perf_counter()
+    seed_everything(0)
+    raw = load_dataset("digits")
+    model = timm.create_model(lite0_weights.TIMM_NAME, drop_rate=0.0)
+    model.load_state_dict(lite0_weights.load_state_dict())
+    model.reset_classifier(len(raw.class_names))
+    if args.freeze == "frozen":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("classifier.")
+    prep = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+    data = build_data(load_config(None, _overrides(args)).data, raw, prep, seed=0)
+    loaders = make_loaders(data, args.batch_size, 0, seed=0)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    criterion = nn.CrossEntropyLoss()
+    for _ in range(args.epochs):
+        model.train(args.freeze != "frozen")  # frozen: BatchNorm statistics stay fixed
+        for x, y in loaders["train"]:
+            loss = criterion(model(x.to(memory_format=torch.channels_last)), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _accuracy(model, loaders["val"])
+    _accuracy(model, loaders["test"])
+    return time.perf_counter() - start
+
+
+def _accuracy(model, loader) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            correct += (model(x.to(memory_format=torch.channels_last)).argmax(1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+def _overrides(args) -> dict:
+    return {"model.freeze": args.freeze, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+            "train.lr": args.lr, "train.scheduler": "constant", "train.weight_decay": 0.0,
+            "data.image_size": args.image_size, "data.max_samples": args.max_samples,
+            "tracking.log_model": False, "tracking.experiment_name": "bench"}
+
+
+def freezeframe_run(args, workdir: Path) -> tuple[float, float]:
+    """(wall seconds, seconds spent in MLflow logging) for one tracked run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    cfg = load_config(None, {**_overrides(args), "train.checkpoint_dir": str(workdir / "ckpt")})
+    start = time.perf_counter()
+    done = run_tracked(prepare_run(cfg), entry_point="benchmark", attach=False)
+    return time.perf_counter() - start, done.logging_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--freeze", default="frozen", choices=["frozen", "unfrozen"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--max-samples", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # MLflow's ./mlruns artifacts land in tmp
+        freezeframe_run(args, Path(tmp) / "warmup")  # first-call costs (imports, DB schema) off the clock
+        bare, ours, logging_s = [], [], []
+        for i in range(args.repeats):
+            bare.append(bare_pytorch(args))
+            wall, logged = freezeframe_run(args, Path(tmp) / f"r{i}")
+            ours.append(wall)
+            logging_s.append(logged)
+            print(f"repeat {i + 1}: bare {bare[-1]:.2f}s  freezeframe {wall:.2f}s  mlflow logging {logged:.2f}s",
+                  flush=True)
+    b, o = statistics.median(bare), statistics.median(ours)
+    print(f"\n{args.freeze}, {args.epochs} epochs, digits at {args.image_size}px, batch {args.batch_size}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"median wall: bare PyTorch {b:.2f}s, freezeframe {o:.2f}s → ratio {o / b:.3f} (goal <= 1.03)")
+    print(f"MLflow logging: {statistics.median(logging_s):.2f}s = {statistics.median(logging_s) / o:.1%} of the run")
+
+
+if __name__ == "__main__":
+    main()
