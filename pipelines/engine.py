@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from pipelines import checkpoints
 from pipelines.config import MONITORS, TrainConfig
 from pipelines.errors import TrainingError
+from pipelines.freezing import without_policy_hooks
 from pipelines.metrics import compute, make_metrics
 from pipelines.runtime import autocast_context, grad_scaler
 
@@ -169,5 +170,5 @@ class _Stepper:
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """A CPU copy for export, so logging never moves the live model."""
-    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+    """A CPU copy in eval mode for export, so logging never moves the live model."""
+    return without_policy_hooks(copy.deepcopy(model)).to("cpu", memory_format=torch.contiguous_format).eval()

@@ -4,8 +4,12 @@ Policies: `unfrozen` | `frozen` (head only) | `last_n:K` (the last K stages plus
 Stages are timm's own coarse `group_matcher` groups; for torchvision models, the model's natural
 top-level stages (resnet's layer1..4, mobilenet's features[i], ...).
 
-Frozen BatchNorm layers become timm's FrozenBatchNorm2d, so their running statistics cannot move
-even under `model.train()` (the classic silent bug when only requires_grad is switched off).
+A BatchNorm layer whose parameters are all frozen normalises with its running statistics and never
+updates them, even under `model.train()` (the classic silent bug when only requires_grad is switched
+off). A forward pre-hook enforces it, reading requires_grad at each call, so thawing a stage later
+(gradual unfreezing) brings its BatchNorm back to training mode with no extra bookkeeping. The hook
+keeps PyTorch's fused batch_norm kernel: timm's FrozenBatchNorm2d computes the same in several
+element-wise passes and made frozen Lite0 training 14% slower here.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import re
 from dataclasses import dataclass
 
 from timm.models import group_parameters
-from timm.utils.model import freeze as timm_freeze
 from torch import nn
 
 from pipelines.errors import ConfigError
@@ -130,12 +133,23 @@ def apply_policy(model: nn.Module, policy: Policy | str) -> FreezeReport:
 def set_frozen(model: nn.Module, frozen: set[str]) -> None:
     for name, param in model.named_parameters():
         param.requires_grad = name not in frozen
-    frozen_bn = [
-        name for name, m in model.named_modules()
-        if isinstance(m, _BATCHNORM) and all(f"{name}.{p}" in frozen for p, _ in m.named_parameters())
-    ]
-    if frozen_bn:
-        timm_freeze(model, submodules=frozen_bn, include_bn_running_stats=True)
+    for module in model.modules():
+        if isinstance(module, _BATCHNORM) and _hold_eval_if_frozen not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_hold_eval_if_frozen)
+
+
+def _hold_eval_if_frozen(module: nn.Module, args) -> None:
+    if module.training and not any(p.requires_grad for p in module.parameters(recurse=False)):
+        module.training = False
+
+
+def without_policy_hooks(model: nn.Module) -> nn.Module:
+    """Drop the hooks (in place) before export, so a pickled model needs no freezeframe code to load."""
+    for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is _hold_eval_if_frozen:
+                del module._forward_pre_hooks[key]
+    return model
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

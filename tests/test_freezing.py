@@ -75,3 +75,18 @@ def test_unfrozen_trains_everything():
     model = build_backbone("timm/test_resnet", 4).model
     report = apply_policy(model, "unfrozen")
     assert report.params_trainable == report.params_total
+
+
+def test_thawed_batchnorm_trains_again_and_export_drops_the_hook():
+    from pipelines.engine import copy_model
+
+    model = build_backbone("timm/test_resnet", 4).model
+    apply_policy(model, "frozen")
+    for p in model.parameters():  # what gradual unfreezing does to a stage
+        p.requires_grad = True
+    model.train()
+    before = model.state_dict()["conv1.1.running_mean"].clone()
+    model(torch.randn(8, 3, 32, 32) + 2)
+    assert not torch.equal(before, model.state_dict()["conv1.1.running_mean"])
+    exported = copy_model(model)
+    assert all(not m._forward_pre_hooks for m in exported.modules())

@@ -38,9 +38,11 @@ def tracked_run(run_name: str, experiment_name: str, tags: dict[str, str] | None
         _launcher_run_id = None  # one process attaches to the launcher's run once
         run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
     else:
-        if not os.environ.get("MLFLOW_EXPERIMENT_ID") and parent_run_id is None:
-            mlflow.set_experiment(experiment_name)
-        experiment_id = (MlflowClient().get_run(parent_run_id).info.experiment_id if parent_run_id else None)
+        if parent_run_id:
+            experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+        else:  # the config's experiment, unless the user's environment names one
+            experiment_id = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name)\
+                .experiment_id
         run = mlflow.start_run(run_name=run_name, tags=tags, nested=parent_run_id is not None,
                                parent_run_id=parent_run_id, experiment_id=experiment_id)
     with _ended_on_exit(run.info.run_id):
