@@ -47,7 +47,7 @@ def bare_pytorch(args) -> float:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("classifier.")
     prep = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
-    data = build_data(load_config(None, _overrides(args)).data, raw, prep, seed=0)
+    data = build_data(load_config(None, _overrides(args)).data, raw, prep)
     loaders = make_loaders(data, args.batch_size, 0, seed=0)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)

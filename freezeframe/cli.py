@@ -1,4 +1,4 @@
-"""Command line: `python -m freezeframe <train|quickstart> ...`, the commands MLproject's entry points run.
+"""Command line: `python -m freezeframe <train|compare|pretrain> ...`, the commands MLproject's entry points run.
 
 Each MLproject parameter has a flag of the same name. An empty value means "as in the experiment
 file", so a parameter given to `mlflow run -P` overrides the file and an omitted one does not.
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
-from pipelines.config import RunConfig, load_config
+from pipelines.config import RunConfig, load_experiment
 from pipelines.errors import ConfigError, FreezeframeError
 
 # MLproject parameter / flag name → config key. Types are checked by the config loader.
@@ -23,6 +23,8 @@ RUN_FLAGS = {
     "image_size": "data.image_size", "seed": "seed", "max_samples": "data.max_samples",
     "resume": "train.resume", "log_model": "tracking.log_model",
 }
+# The grid's own axes (backbone, weights, freeze, seed) come from its compare: section.
+COMPARE_FLAGS = ("dataset", "epochs", "batch_size", "lr", "image_size", "max_samples", "log_model")
 DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,28 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="one run: one backbone, one freeze policy")
     _add_run_flags(train)
-    quick = sub.add_parser("quickstart", help="the same run frozen and unfrozen, as children of one parent")
-    _add_run_flags(quick)
-    quick.add_argument("--policies", default="frozen,unfrozen", help="comma-separated freeze policies")
+    pre = sub.add_parser("pretrain", help="train on a source dataset and register the model for transfer")
+    _add_run_flags(pre)
+    pre.add_argument("--registered_model", default="", help="registry name ('' = <backbone>-<dataset>)")
+    pre.add_argument("--alias", default="pretrained", help="registry alias pointed at the new version")
+    comp = sub.add_parser("compare", help="a grid of backbones x freeze policies x seeds under one parent run")
+    _add_run_flags(comp, only=COMPARE_FLAGS)
     return parser
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment YAML file")
     for flag, key in RUN_FLAGS.items():
+        if only is not None and flag not in only:
+            continue
         parser.add_argument(f"--{flag}", default="", metavar="VALUE", help=f"overrides {key} ('' = from the file)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.weight_decay=0.05")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items() if getattr(args, flag) != ""}
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
+    """The run config and the experiment file's entry-point sections (compare:, search:)."""
+    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items() if getattr(args, flag, "") != ""}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
         overrides[key.strip()] = value
-    return load_config(resolve_experiment(args.experiment or DEFAULT_EXPERIMENT), overrides)
+    return load_experiment(resolve_experiment(args.experiment or DEFAULT_EXPERIMENT), overrides)
 
 
 def resolve_experiment(path: str) -> Path:
@@ -75,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `mlflow run` cancellation end runs as KILLED
     try:
         args = build_parser().parse_args(argv)
-        cfg = config_from_args(args)
+        cfg, sections = config_from_args(args)
         from freezeframe import commands  # after parsing: `--help` and config errors stay instant
 
-        return commands.COMMANDS[args.command](args, cfg)
+        return commands.COMMANDS[args.command](args, cfg, sections)
     except FreezeframeError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _close_launcher_run(message)

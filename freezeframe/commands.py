@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
+import sys
+
+import torch
 
 from freezeframe.single_run import prepare_run, run_tracked
-from pipelines.config import RunConfig
-from pipelines.freezing import parse_policy
-from tracking import summary
-from tracking.session import tracked_run
+from pipelines.compare import arm_config, parse_comparison
+from pipelines.config import RunConfig, digest
+from tracking import comparison, comparison_report
+from tracking.registry import register_run_model
 from tracking.store import ensure_reachable
 
 
-def train(args: argparse.Namespace, cfg: RunConfig) -> int:
+def train(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     ensure_reachable()
     prepared = prepare_run(cfg)
     done = run_tracked(prepared, entry_point="train")
@@ -22,23 +26,50 @@ def train(args: argparse.Namespace, cfg: RunConfig) -> int:
     return 0
 
 
-def quickstart(args: argparse.Namespace, cfg: RunConfig) -> int:
-    """The same run under each freeze policy, as nested children of one parent run."""
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    for policy in policies:
-        parse_policy(policy)
+def pretrain(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
+    """Train on a source dataset and register the model, so `weights=models:/<name>@<alias>` can start
+    another backbone's transfer run with no network."""
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, log_model=True))
     ensure_reachable()
-    # Every arm is built (and so validated) before the parent run opens or any training starts.
-    arms = [prepare_run(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze=p))) for p in policies]
-    rows = []
-    with tracked_run(f"quickstart · {cfg.model.backbone} · {cfg.data.dataset}", cfg.tracking.experiment_name,
-                     tags={"entry_point": "quickstart", "dataset": cfg.data.dataset}) as parent:
-        for prepared in arms:
-            done = run_tracked(prepared, entry_point="quickstart", parent_run_id=parent.info.run_id, attach=False)
-            rows.append(summary.arm_row(prepared, done.run_id, done.outcome))
-        summary.log_quickstart(rows)
-    print(summary.markdown_table(rows))
+    prepared = prepare_run(cfg)
+    done = run_tracked(prepared, entry_point="pretrain")
+    name = args.registered_model or f"{cfg.model.backbone.replace('/', '-')}-{cfg.data.dataset}"
+    test_acc = done.outcome.fit.test["test/acc"]
+    uri = register_run_model(done.run_id, name, args.alias,
+                             f"{cfg.model.backbone} pretrained on {cfg.data.dataset} "
+                             f"({cfg.train.epochs} epochs, test/acc {test_acc:.4f}), run {done.run_id}")
+    print(f"registered {uri} (test/acc {test_acc:.4f}); use it with -P weights={uri}")
     return 0
 
 
-COMMANDS = {"train": train, "quickstart": quickstart}
+def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
+    """Every arm of the grid as a child of one parent; a rerun only runs what is not FINISHED yet."""
+    spec = parse_comparison(sections.get("compare"), cfg, source=args.experiment)
+    arms = [(arm, arm_config(cfg, arm)) for arm in spec.arms]  # every arm validated before any starts
+    ensure_reachable()
+    tags = {"dataset": cfg.data.dataset, "experiment_file": args.experiment}
+    with comparison.comparison_parent(spec.name, cfg.tracking.experiment_name, tags) as parent:
+        parent_id = parent.info.run_id
+        comparison.close_stale_arms(parent_id)
+        done = comparison.finished_digests(parent_id)
+        for index, (arm, arm_cfg) in enumerate(arms, 1):
+            if digest(arm_cfg) in done:
+                print(f"[{index}/{len(arms)}] {arm.name}: FINISHED earlier (run {done[digest(arm_cfg)]}), skipped")
+                continue
+            print(f"[{index}/{len(arms)}] {arm.name}", flush=True)
+            arm_tags = {comparison.COMPARISON_TAG: spec.name, "arm": arm.name}
+            try:
+                run_tracked(arm_cfg, entry_point="compare", parent_run_id=parent_id, attach=False, tags=arm_tags)
+            except Exception as exc:  # noqa: BLE001 - an arm's failure is recorded on its run; the rest go on
+                print(f"[{index}/{len(arms)}] {arm.name} FAILED: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                      file=sys.stderr)
+            finally:
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # an out-of-memory arm must not starve the next one
+        rows = comparison_report.log_summary(parent_id, spec.name, comparison.arm_runs(parent_id))
+    print(comparison_report.markdown(rows, []))
+    return 0
+
+
+COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare}

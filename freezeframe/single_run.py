@@ -24,12 +24,17 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     return prepare(cfg, state_dict=state)
 
 
-def run_tracked(prepared: PreparedRun, entry_point: str, parent_run_id: str | None = None,
-                attach: bool = True, listeners: tuple = ()) -> TrackedRun:
-    """Train inside an MLflow run that ends FINISHED, or FAILED/KILLED with the reason."""
-    cfg = prepared.cfg
-    with tracked_run(run_name(prepared), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
-                     attach=attach) as run:
+def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id: str | None = None,
+                attach: bool = True, listeners: tuple = (), tags: dict[str, str] | None = None) -> TrackedRun:
+    """Train inside an MLflow run that ends FINISHED, or FAILED/KILLED with the reason.
+
+    Given a RunConfig, the run is prepared inside the MLflow run: a comparison arm whose weights do
+    not load ends as a FAILED child saying why, and the next arm goes on.
+    """
+    cfg = target.cfg if isinstance(target, PreparedRun) else target
+    with tracked_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
+                     attach=attach, tags=tags) as run:
+        prepared = target if isinstance(target, PreparedRun) else prepare_run(target)
         tracker = MlflowTracker(run.info.run_id)
         tracker.log_setup(prepared, entry_point)
         outcome = execute(prepared, listeners=(tracker, *listeners))

@@ -41,12 +41,16 @@ def save(folder: Path, state: TrainState, model, optimizer, scheduler, scaler, g
     return path
 
 
-def load(folder: Path, model, optimizer, scheduler, scaler, generator) -> TrainState | None:
+def read(folder: Path) -> dict | None:
     path = folder / FILENAME
     if not path.is_file():
         log.warning("resume: no checkpoint at %s, starting from epoch 1", path)
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def restore(payload: dict, model, optimizer, scheduler, scaler, generator) -> TrainState:
+    """Load a checkpoint read by `read` into live objects (whose parameter groups must match by now)."""
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None and payload["scheduler"] is not None:
@@ -54,6 +58,6 @@ def load(folder: Path, model, optimizer, scheduler, scaler, generator) -> TrainS
     scaler.load_state_dict(payload["scaler"])
     if generator is not None and payload["generator"] is not None:
         generator.set_state(payload["generator"])
-    log.warning("resumed from %s after epoch %d", path, payload["epoch"])
+    log.warning("resumed after epoch %d", payload["epoch"])
     return TrainState(payload["epoch"], payload["history"], payload["best_epoch"], payload["best_value"],
                       payload["best_state"], payload["best_confusion"])

@@ -26,8 +26,12 @@ from pipelines.errors import ConfigError
 class ModelConfig:
     backbone: str = "timm/tf_efficientnet_lite0"  # "timm/<name>" or "torchvision/<name>"
     weights: str = "imagenet"  # none | imagenet | path to .pth/.safetensors | models:/<name>/<v|@alias>
-    freeze: str = "frozen"  # unfrozen | frozen | last_n:K
+    freeze: str = "frozen"  # unfrozen | frozen | last_n:K | gradual
     drop_rate: float = 0.0
+    # gradual: start frozen; before each listed epoch thaw the next stage, last stage first, whose
+    # parameters train at lr * unfreeze_lr_mult (discriminative lr, as in fastai and Lightning).
+    unfreeze_at: tuple[int, ...] = (2, 3)
+    unfreeze_lr_mult: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,16 @@ class DataConfig:
     dataset: str = "digits"  # digits | fashion-mnist | imagefolder:<path> | a torchvision dataset name
     image_size: int = 96  # CPU-friendly; the backbone's own mean/std/interpolation still apply
     max_samples: int = 0  # cap on each split, for quick runs; 0 = no cap
+    split_seed: int = 0  # apart from the run's seed, so repeats over seeds share one split
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     augment: bool = False  # random resized crop + flip on train; off keeps the train transform deterministic
     num_workers: int = 0
     root: str = ""  # where downloadable datasets live; "" = ~/.cache/freezeframe/datasets
+    # frozen policy: compute the backbone's features once and train the head on them
+    # (memory | disk | off); disk keeps them under cache_dir, keyed by what determines them.
+    feature_cache: str = "memory"
+    cache_dir: str = ""  # "" = ~/.cache/freezeframe/features
 
 
 @dataclass(frozen=True)
@@ -78,24 +87,36 @@ class RunConfig:
 
 
 OPTIMIZERS = ("adamw", "sgd")
+FEATURE_CACHES = ("memory", "disk", "off")
 SCHEDULERS = ("cosine", "constant")
 MONITORS = {"val/acc": "max", "val/f1_macro": "max", "val/loss": "min"}
 # Keys that change neither the data nor the model, so two runs differing only there are the same run.
 _NOT_IN_DIGEST = ("tracking", "train.resume", "train.checkpoint_dir", "train.device", "data.num_workers")
 
 
+# Top-level sections of an experiment file read by other entry points (compare, search), not by a run.
+ENTRY_SECTIONS = ("compare", "search")
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Defaults, then the experiment file, then dotted overrides (`{"train.lr": 0.01}`)."""
+    return load_experiment(path, overrides)[0]
+
+
+def load_experiment(path: str | Path | None = None,
+                    overrides: dict[str, Any] | None = None) -> tuple[RunConfig, dict[str, Any]]:
+    """The run config and the entry-point sections (`compare:`, `search:`) of an experiment file."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path:
         raw = read_yaml(path)
         source = str(path)
+    sections = {name: raw.pop(name) for name in ENTRY_SECTIONS if name in raw}
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     cfg = _build(RunConfig, raw, prefix="", source=source)
     validate(cfg)
-    return cfg
+    return cfg, sections
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -150,6 +171,9 @@ def coerce(value: Any, kind: Any, key: str, source: str = "config") -> Any:
     bad = ConfigError(f"{source}: {key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
     if isinstance(kind, types.UnionType):
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if typing.get_origin(kind) is tuple:  # a YAML list, or "2,3" from the command line
+        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
+        return tuple(coerce(v, typing.get_args(kind)[0], f"{key}[{i}]", source) for i, v in enumerate(items))
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -209,17 +233,30 @@ def validate(cfg: RunConfig) -> None:
         (0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
          "data.val_fraction and data.test_fraction must each be in (0, 1) and sum to less than 1"),
         (0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}"),
+        (cfg.model.unfreeze_lr_mult > 0, f"model.unfreeze_lr_mult must be > 0, got {cfg.model.unfreeze_lr_mult}"),
+        (d.feature_cache in FEATURE_CACHES,
+         f"data.feature_cache must be one of {FEATURE_CACHES}, got '{d.feature_cache}'"),
         ("/" in cfg.model.backbone, f"model.backbone must be 'timm/<name>' or 'torchvision/<name>', "
                                     f"got '{cfg.model.backbone}'"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    parse_policy(cfg.model.freeze)
+    if parse_policy(cfg.model.freeze).kind == "gradual":
+        at = cfg.model.unfreeze_at
+        if not at or list(at) != sorted(set(at)) or at[0] < 2 or at[-1] > t.epochs:
+            raise ConfigError(f"model.unfreeze_at {list(at)} must be increasing epochs within 2..train.epochs "
+                              f"({t.epochs}): a stage thaws before the epoch named")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Plain YAML/JSON-ready values: tuples become lists."""
+    def plain(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: plain(v) for k, v in node.items()}
+        return list(node) if isinstance(node, tuple) else node
+
+    return plain(dataclasses.asdict(cfg))
 
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:

@@ -63,8 +63,8 @@ class ImageDataset(Dataset):
         return self.transform(image), int(self.raw.labels[row])
 
 
-def build_data(cfg: DataConfig, raw: RawDataset, preprocessing: Preprocessing, seed: int) -> DataBundle:
-    indices = split_indices(raw, cfg.val_fraction, cfg.test_fraction, seed, cfg.max_samples)
+def build_data(cfg: DataConfig, raw: RawDataset, preprocessing: Preprocessing) -> DataBundle:
+    indices = split_indices(raw, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_samples)
     train_tf = make_transform(preprocessing, cfg.image_size, augment=cfg.augment)
     eval_tf = make_transform(preprocessing, cfg.image_size, augment=False)
     datasets = {s: ImageDataset(raw, indices[s], train_tf if s == "train" else eval_tf) for s in SPLITS}

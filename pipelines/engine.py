@@ -54,8 +54,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_classes: int,
-        device: torch.device, checkpoint_dir: Path | None = None,
-        listeners: tuple[Listener, ...] = ()) -> FitResult:
+        device: torch.device, checkpoint_dir: Path | None = None, listeners: tuple[Listener, ...] = (),
+        thaw: dict[int, list[str]] | None = None, thaw_lr_mult: float = 1.0) -> FitResult:
+    """Train, validate each epoch, test the best epoch. `thaw` maps an epoch to parameters to unfreeze
+    before it (gradual unfreezing); they join the optimizer at lr * thaw_lr_mult."""
+    thaw = thaw or {}
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     optimizer = make_optimizer(model, cfg)
@@ -66,9 +69,11 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
     metrics = make_metrics(num_classes, device)
     mode = MONITORS[cfg.monitor]
     state = checkpoints.TrainState(best_value=-math.inf if mode == "max" else math.inf)
-    if cfg.resume and checkpoint_dir is not None:
-        state = checkpoints.load(checkpoint_dir, model, optimizer, scheduler, scaler,
-                                 loaders["train"].generator) or state
+    payload = checkpoints.read(checkpoint_dir) if cfg.resume and checkpoint_dir is not None else None
+    if payload is not None:
+        for epoch in sorted(e for e in thaw if e <= payload["epoch"]):  # same optimizer groups as when saved
+            _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
+        state = checkpoints.restore(payload, model, optimizer, scheduler, scaler, loaders["train"].generator)
     resumed_from = state.epoch
     for past in state.history:  # a resumed run re-reports what it already did, so nothing is lost
         for listener in listeners:
@@ -77,6 +82,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
     step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp)
     stopped_early, started = False, time.perf_counter()
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if epoch in thaw:
+            _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
         tick = time.perf_counter()
         train_metrics, _ = step.run_epoch(loaders["train"], train=True, desc=f"epoch {epoch}/{cfg.epochs} train")
         train_seconds = time.perf_counter() - tick
@@ -86,7 +93,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
             scheduler.step()
         epoch_s = time.perf_counter() - tick
         row = {"epoch": epoch, **train_metrics, **val_metrics, "lr": lr, "perf/epoch_s": epoch_s,
-               "perf/images_per_s": len(loaders["train"].dataset) / max(train_seconds, 1e-9)}
+               "perf/images_per_s": len(loaders["train"].dataset) / max(train_seconds, 1e-9),
+               "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
         value = row[cfg.monitor]
         if (value > state.best_value) if mode == "max" else (value < state.best_value):
             state.best_value, state.best_epoch = value, epoch
@@ -112,6 +120,19 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         stopped_early=stopped_early, resumed_from_epoch=resumed_from,
         train_seconds=time.perf_counter() - started,
     )
+
+
+def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: float) -> None:
+    params = dict(model.named_parameters())
+    new = [params[name] for name in names]
+    for param in new:
+        param.requires_grad = True  # their BatchNorm layers return to training mode (freezing's hook)
+    base_lr = optimizer.defaults["lr"] * lr_mult
+    first = optimizer.param_groups[0]
+    progress = first["lr"] / first.get("initial_lr", first["lr"])  # where the lr schedule is now
+    optimizer.add_param_group({"params": new, "lr": base_lr * progress, "initial_lr": base_lr})
+    if scheduler is not None:
+        scheduler.base_lrs.append(base_lr)
 
 
 def _summary(row: dict[str, float], epochs: int) -> str:

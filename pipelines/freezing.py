@@ -22,14 +22,14 @@ from torch import nn
 
 from pipelines.errors import ConfigError
 
-POLICIES = ("unfrozen", "frozen", "last_n:K")
+POLICIES = ("unfrozen", "frozen", "last_n:K", "gradual")
 _MIN_STAGES = 4
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)
 class Policy:
-    kind: str  # unfrozen | frozen | last_n
+    kind: str  # unfrozen | frozen | last_n | gradual
     n: int = 0
 
     def __str__(self) -> str:
@@ -46,7 +46,7 @@ class FreezeReport:
 
 
 def parse_policy(text: str) -> Policy:
-    if text in ("unfrozen", "frozen"):
+    if text in ("unfrozen", "frozen", "gradual"):
         return Policy(text)
     match = re.fullmatch(r"last_n:(\d+)", text)
     if match and int(match[1]) >= 1:
@@ -116,18 +116,27 @@ def _parametrized_children(module: nn.Module, prefix: str, head: str) -> list[st
     return out
 
 
-def apply_policy(model: nn.Module, policy: Policy | str) -> FreezeReport:
-    """Set requires_grad per the policy and freeze BatchNorm wherever all its parameters are frozen."""
+def apply_policy(model: nn.Module, policy: Policy | str, unfreeze_at: tuple[int, ...] = ()) -> FreezeReport:
+    """Set requires_grad per the policy; `gradual` starts frozen (see thaw_schedule for the rest)."""
     policy = parse_policy(policy) if isinstance(policy, str) else policy
     groups = stages(model)
     params_total = sum(p.numel() for p in model.parameters())
     if policy.kind == "last_n" and policy.n > len(groups):
         raise ConfigError(f"freeze last_n:{policy.n} but {type(model).__name__} has only {len(groups)} stages")
-    trainable_stages = {"unfrozen": len(groups), "frozen": 0, "last_n": policy.n}[policy.kind]
+    if policy.kind == "gradual" and len(unfreeze_at) > len(groups):
+        raise ConfigError(f"gradual: {len(unfreeze_at)} thaw epochs (model.unfreeze_at) but "
+                          f"{type(model).__name__} has only {len(groups)} stages")
+    trainable_stages = {"unfrozen": len(groups), "frozen": 0, "gradual": 0, "last_n": policy.n}[policy.kind]
     frozen = {name for group in groups[: len(groups) - trainable_stages] for name in group}
     set_frozen(model, frozen)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return FreezeReport(str(policy), len(groups), trainable_stages, trainable, params_total)
+
+
+def thaw_schedule(model: nn.Module, unfreeze_at: tuple[int, ...]) -> dict[int, list[str]]:
+    """Epoch → parameter names to thaw before it: the last stage first, then inwards."""
+    groups = stages(model)
+    return {epoch: groups[-(i + 1)] for i, epoch in enumerate(unfreeze_at)}
 
 
 def set_frozen(model: nn.Module, frozen: set[str]) -> None:

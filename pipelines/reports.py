@@ -51,3 +51,45 @@ def samples_figure(images: torch.Tensor, labels: list[int], class_names: list[st
     ax.set_title(title + "\n" + "\n".join(rows), fontsize=7, family="monospace")
     fig.tight_layout()
     return fig
+
+
+def arm_curves_figure(curves: dict[str, tuple[list[int], list[float]]], metric: str, title: str) -> Figure:
+    """One line per arm: how each backbone × policy × seed learned."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for label, (steps, values) in curves.items():
+        ax.plot(steps, values, marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(points: list[dict], title: str) -> Figure:
+    """Test accuracy against training time, one point per backbone × policy (mean ± std over seeds)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for p in points:
+        ax.errorbar(p["train_s"], p["test_acc"], yerr=p["test_acc_std"], fmt="o", capsize=3)
+        ax.annotate(p["label"], (p["train_s"], p["test_acc"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("training time per run (s)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def delta_figure(deltas: dict[str, float], title: str) -> Figure:
+    """Per backbone: unfrozen minus frozen test accuracy (above zero: fine-tuning paid off)."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(deltas) + 2), 4))
+    names = list(deltas)
+    values = [deltas[n] for n in names]
+    ax.bar(names, values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("test acc: unfrozen − frozen")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    return fig

@@ -6,7 +6,9 @@ tracking run is touched; `execute` trains and returns everything a tracker may w
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,13 +16,14 @@ import torch
 from sklearn.metrics import classification_report
 
 from pipelines import config as config_mod
+from pipelines import feature_cache
 from pipelines.backbones import Backbone, build_backbone
 from pipelines.config import RunConfig
 from pipelines.data import DataBundle, build_data, denormalize, make_loaders
 from pipelines.datasets import load_dataset
 from pipelines.engine import FitResult, Listener, fit
 from pipelines.errors import ConfigError
-from pipelines.freezing import FreezeReport, apply_policy
+from pipelines.freezing import FreezeReport, apply_policy, thaw_schedule
 from pipelines.runtime import resolve_device, seed_everything
 from pipelines.weights import check_source
 
@@ -33,6 +36,7 @@ class PreparedRun:
     freeze: FreezeReport
     device: torch.device
     config_digest: str
+    feature_cache: str = "off"  # memory | disk, or "off: <why>"
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -65,9 +69,12 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
     backbone = build_backbone(cfg.model.backbone, len(raw.class_names), cfg.model.weights,
                               cfg.model.drop_rate, state_dict=state_dict)
     _check_image_size(backbone, cfg.data.image_size)
-    data = build_data(cfg.data, raw, backbone.preprocessing, cfg.seed)
-    freeze = apply_policy(backbone.model, cfg.model.freeze)
-    return PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
+    data = build_data(cfg.data, raw, backbone.preprocessing)
+    freeze = apply_policy(backbone.model, cfg.model.freeze, cfg.model.unfreeze_at)
+    prepared = PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
+    blocked = feature_cache.blocker(prepared)
+    prepared.feature_cache = f"off: {blocked}" if blocked else cfg.data.feature_cache
+    return prepared
 
 
 def _check_image_size(backbone: Backbone, size: int) -> None:
@@ -96,11 +103,23 @@ def _check_image_size(backbone: Backbone, size: int) -> None:
 def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunOutcome:
     cfg = prepared.cfg
     seed_everything(cfg.seed)
-    loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
-                           pin_memory=prepared.device.type == "cuda")
     sample_x, sample_y = next(iter(make_loaders(prepared.data, 32, 0, cfg.seed)["train"]))
-    result = fit(prepared.backbone.model, loaders, cfg.train, len(prepared.data.class_names), prepared.device,
-                 checkpoint_dir=prepared.checkpoint_dir, listeners=listeners)
+    model, train_cfg, extra = prepared.backbone.model, cfg.train, {}
+    if prepared.feature_cache.startswith("off"):
+        loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
+                               pin_memory=prepared.device.type == "cuda")
+    else:  # the head trains on the backbone's features, computed once (pipelines/feature_cache.py)
+        tick = time.perf_counter()
+        found, origin = feature_cache.features(prepared, batch_size=max(64, cfg.train.batch_size))
+        extra = {"perf/feature_extraction_s": time.perf_counter() - tick, "feature_cache_source": origin}
+        loaders = feature_cache.head_loaders(found, cfg.train.batch_size, cfg.seed)
+        model = feature_cache.head_module(model)
+        train_cfg = dataclasses.replace(cfg.train, channels_last=False)  # features are [N, D]
+    thaw = thaw_schedule(model, cfg.model.unfreeze_at) if cfg.model.freeze == "gradual" else None
+    result = fit(model, loaders, train_cfg, len(prepared.data.class_names), prepared.device,
+                 checkpoint_dir=prepared.checkpoint_dir, listeners=listeners, thaw=thaw,
+                 thaw_lr_mult=cfg.model.unfreeze_lr_mult)
+    result.extra.update(extra)
     y_true, y_pred = result.test_predictions
     names = prepared.data.class_names
     kwargs = dict(labels=list(range(len(names))), target_names=names, zero_division=0)

@@ -32,6 +32,11 @@ def test_train_entry_exposes_every_run_flag():
     assert set(RUN_FLAGS) <= set(MLPROJECT["entry_points"]["train"]["parameters"])
 
 
+def test_main_runs_the_quickstart_comparison():
+    assert "freezeframe compare" in MLPROJECT["entry_points"]["main"]["command"]
+    assert MLPROJECT["entry_points"]["main"]["parameters"]["experiment"]["default"] == "experiments/quickstart.yaml"
+
+
 def cli_args(tmp_path, *given):
     """The tiny settings as --set flags, except for keys the test gives through their own flag."""
     taken = {RUN_FLAGS[a[2:]] for a in given if a.startswith("--") and a[2:] in RUN_FLAGS}
@@ -113,13 +118,3 @@ def test_corrupt_images_are_skipped_and_counted(tracking_store, tmp_path):
     assert run.info.status == "FINISHED" and run.data.metrics["data/skipped_files"] == 1
 
 
-def test_quickstart_makes_a_parent_with_one_child_per_policy(tracking_store, tmp_path, capsys):
-    assert main(["quickstart", *cli_args(tmp_path, "--epochs", "1"), "--policies", "frozen,last_n:1"]) == 0
-    runs = runs_in(tracking_store)
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["freeze"] for r in children) == ["frozen", "last_n:1"]
-    assert all(r.info.status == "FINISHED" for r in runs)
-    assert {"frozen/test_acc", "last_n:1/test_acc"} <= set(parent.data.metrics)
-    assert parent.data.tags["best_run_id"] in {r.info.run_id for r in children}
-    assert "| timm/test_resnet | frozen |" in capsys.readouterr().out

@@ -37,9 +37,10 @@ def test_max_samples_caps_each_split():
 def test_bundle_digest_and_tensors():
     raw = load_dataset("digits")
     cfg = DataConfig(image_size=40, max_samples=30)
-    one, two = build_data(cfg, raw, PREP, seed=0), build_data(cfg, raw, PREP, seed=0)
+    one, two = build_data(cfg, raw, PREP), build_data(cfg, raw, PREP)
     assert one.split_digest == two.split_digest
-    assert build_data(cfg, raw, PREP, seed=3).split_digest != one.split_digest
+    other = DataConfig(image_size=40, max_samples=30, split_seed=3)
+    assert build_data(other, raw, PREP).split_digest != one.split_digest
     x, y = next(iter(make_loaders(one, 8, 0, seed=0)["train"]))
     assert x.shape == (8, 3, 40, 40) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert -1.0 <= x.min() and x.max() <= 1.0  # mean=std=0.5 maps [0, 1] to [-1, 1]
@@ -74,7 +75,7 @@ def test_image_folder_skips_and_counts_corrupt_files(tmp_path):
     (root / "dog" / "notes.txt").write_text("not an image")
     raw = load_dataset(f"imagefolder:{root}")
     assert raw.class_names == ["cat", "dog"] and len(raw.images) == 12 and raw.skipped == 2
-    data = build_data(DataConfig(image_size=32, val_fraction=0.25, test_fraction=0.25), raw, PREP, seed=0)
+    data = build_data(DataConfig(image_size=32, val_fraction=0.25, test_fraction=0.25), raw, PREP)
     x, _ = data.datasets["train"][0]
     assert x.shape == (3, 32, 32)
 
@@ -83,7 +84,7 @@ def test_image_folder_skips_and_counts_corrupt_files(tmp_path):
 def test_image_modes_become_three_channels(tmp_path, mode):
     root = make_folder(tmp_path / "imgs", per_class=4, mode=mode)
     raw = load_dataset(f"imagefolder:{root}")
-    data = build_data(DataConfig(image_size=24, val_fraction=0.25, test_fraction=0.25), raw, PREP, seed=0)
+    data = build_data(DataConfig(image_size=24, val_fraction=0.25, test_fraction=0.25), raw, PREP)
     assert data.datasets["test"][0][0].shape == (3, 24, 24)
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, runs_in
@@ -17,16 +18,18 @@ def mlflow_run(tmp_path: Path, entry: str, **params: str) -> subprocess.Complete
     # Checkpoints and artifacts stay in tmp: the experiment file names the checkpoint folder.
     experiment = tmp_path / "tiny.yaml"
     experiment.write_text(f"train:\n  checkpoint_dir: {tmp_path / 'checkpoints'}\n  batch_size: 16\n")
+    params.setdefault("experiment", str(experiment))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(leaked, None)
     cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", entry, "--env-manager", "local",
            "--experiment-name", "e2e"]
-    tiny = {"experiment": str(experiment), "backbone": "timm/test_resnet", "weights": "none", "image_size": "32",
+    tiny = {"backbone": "timm/test_resnet", "weights": "none", "image_size": "32",
             "max_samples": "40"}
     for key, value in {**tiny, **params}.items():
-        cmd += ["-P", f"{key}={value}"]
+        if value is not None:  # None leaves a parameter out (main has no backbone parameter)
+            cmd += ["-P", f"{key}={value}"]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -49,14 +52,31 @@ def test_train_entry_point(tmp_path):
     assert list((tmp_path / "checkpoints").glob("*/last.pt"))
 
 
-def test_main_entry_point_runs_frozen_and_unfrozen(tmp_path):
-    done = mlflow_run(tmp_path, "main", epochs="1", log_model="false")
+def test_main_entry_point_runs_the_quickstart_comparison_and_a_rerun_starts_no_arm(tmp_path):
+    # the shipped quickstart grid (Lite0 frozen / last_n:2 / unfrozen), checkpoints in tmp, few images at 32 px
+    quickstart = yaml.safe_load((ROOT / "experiments" / "quickstart.yaml").read_text())
+    quickstart["train"]["checkpoint_dir"] = str(tmp_path / "checkpoints")
+    experiment = tmp_path / "quickstart.yaml"
+    experiment.write_text(yaml.safe_dump(quickstart))
+
+    def main_run():
+        return mlflow_run(tmp_path, "main", experiment=str(experiment), epochs="1", log_model="false",
+                          backbone=None, weights=None, max_samples="24")
+
+    done = main_run()
     assert done.returncode == 0, done.stderr[-3000:]
     runs = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["freeze"] for r in children) == ["frozen", "unfrozen"]
+    assert sorted(r.data.tags["freeze"] for r in children) == ["frozen", "last_n:2", "unfrozen"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+    again = main_run()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("FINISHED earlier") == 3
+    runs = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 3
+    (relaunch,) = [r for r in runs if r.data.tags.get("relaunch_of") == parent.info.run_id]
+    assert relaunch.info.status == "FINISHED"
 
 
 def test_bad_input_through_mlflow_run_leaves_no_running_run(tmp_path):

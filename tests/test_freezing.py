@@ -90,3 +90,45 @@ def test_thawed_batchnorm_trains_again_and_export_drops_the_hook():
     assert not torch.equal(before, model.state_dict()["conv1.1.running_mean"])
     exported = copy_model(model)
     assert all(not m._forward_pre_hooks for m in exported.modules())
+
+
+def test_gradual_thaws_the_last_stages_first_at_the_given_epochs(tmp_path):
+    from pipelines.config import load_config
+    from pipelines.run import execute, prepare
+    from tests.conftest import tiny_overrides
+
+    class Watch:
+        def __init__(self):
+            self.trainable = {}
+
+        def on_epoch_end(self, epoch, metrics):
+            self.trainable[epoch] = metrics["model/params_trainable"]
+
+    cfg = load_config(None, tiny_overrides(tmp_path, **{
+        "model.freeze": "gradual", "model.unfreeze_at": "2,3", "train.epochs": 3}))
+    prepared = prepare(cfg)
+    model = prepared.backbone.model
+    groups = stages(model)
+    size = {i: sum(dict(model.named_parameters())[n].numel() for n in g) for i, g in enumerate(groups)}
+    head = prepared.freeze.params_trainable
+    watch = Watch()
+    execute(prepared, listeners=(watch,))
+    assert watch.trainable == {1: head, 2: head + size[4], 3: head + size[4] + size[3]}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.unfreeze_at": "3,2"}, "must be increasing"),
+    ({"model.unfreeze_at": "1"}, "within 2..train.epochs"),
+    ({"model.unfreeze_at": "2,9"}, "within 2..train.epochs"),
+])
+def test_gradual_schedule_is_validated(overrides, message):
+    from pipelines.config import load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"model.freeze": "gradual", "train.epochs": 4, **overrides})
+
+
+def test_gradual_schedule_longer_than_the_stages():
+    model = build_backbone("timm/test_resnet", 4).model
+    with pytest.raises(ConfigError, match="6 thaw epochs .* only 5 stages"):
+        apply_policy(model, "gradual", unfreeze_at=(2, 3, 4, 5, 6, 7))

@@ -30,3 +30,19 @@ def resolve_state_dict(uri: str) -> dict[str, torch.Tensor]:
     if not isinstance(model, torch.nn.Module):
         raise TrackingError(f"{uri} is not a PyTorch model")
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def register_run_model(run_id: str, name: str, alias: str, description: str) -> str:
+    """Register the model a run logged, point `alias` at the new version; returns the `models:/` URI."""
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(run_id)
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run_id}'")
+    if not logged:
+        raise TrackingError(f"run {run_id} logged no model to register (was tracking.log_model off?)")
+    version = mlflow.register_model(logged[-1].model_uri, name, tags={"source_run_id": run_id})
+    client = MlflowClient()
+    client.update_model_version(name, version.version, description=description)
+    client.set_registered_model_alias(name, alias, version.version)
+    return f"models:/{name}@{alias}"

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import config as config_mod
 from pipelines import reports
+from pipelines.config import RunConfig
 from pipelines.engine import copy_model
 from pipelines.run import PreparedRun, RunOutcome
 from tracking.session import git_commit
@@ -30,9 +31,8 @@ from tracking.session import git_commit
 _VERSIONED = ("torch", "torchvision", "timm", "torchmetrics", "mlflow", "scikit-learn", "optuna")
 
 
-def run_name(prepared: PreparedRun) -> str:
-    cfg = prepared.cfg
-    return cfg.tracking.run_name or f"{prepared.backbone.full_name} · {cfg.model.freeze} · seed {cfg.seed}"
+def run_name(cfg: RunConfig) -> str:
+    return cfg.tracking.run_name or f"{cfg.model.backbone} · {cfg.model.freeze} · seed {cfg.seed}"
 
 
 def run_tags(prepared: PreparedRun, entry_point: str) -> dict[str, str]:
@@ -42,6 +42,7 @@ def run_tags(prepared: PreparedRun, entry_point: str) -> dict[str, str]:
         "weights": cfg.model.weights, "freeze": cfg.model.freeze, "dataset": cfg.data.dataset,
         "seed": str(cfg.seed), "entry_point": entry_point, "config_digest": prepared.config_digest,
         "split_digest": prepared.data.split_digest, "device": str(prepared.device),
+        "feature_cache": prepared.feature_cache[:250],
     }
     commit = git_commit()
     if commit:
@@ -102,7 +103,11 @@ class MlflowTracker:
                          step=fit.best_epoch)
         if fit.resumed_from_epoch:
             mlflow.set_tag("resumed_from_epoch", str(fit.resumed_from_epoch))
-        title = run_name(prepared)
+        numbers = {k: v for k, v in fit.extra.items() if isinstance(v, (int, float))}
+        if numbers:
+            self.log_metrics(numbers)
+        mlflow.set_tags({k: str(v) for k, v in fit.extra.items() if not isinstance(v, (int, float))})
+        title = run_name(prepared.cfg)
         figures = {"plots/training_curves.png": reports.curves_figure(fit.history, title),
                    "plots/confusion_matrix_test.png": reports.confusion_figure(fit.confusion["test"], names,
                                                                                f"test · {title}"),

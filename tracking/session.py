@@ -30,11 +30,15 @@ def launcher_run_id() -> str | None:
 
 @contextlib.contextmanager
 def tracked_run(run_name: str, experiment_name: str, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None, attach: bool = True) -> Iterator[mlflow.ActiveRun]:
-    """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child."""
+                parent_run_id: str | None = None, attach: bool = True,
+                resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child,
+    `resume_run_id` reopens an earlier run."""
     global _launcher_run_id
-    run_id = launcher_run_id() if attach else None
-    if run_id:
+    run_id = launcher_run_id() if attach and not resume_run_id else None
+    if resume_run_id:
+        run = mlflow.start_run(run_id=resume_run_id, tags=tags)
+    elif run_id:
         _launcher_run_id = None  # one process attaches to the launcher's run once
         run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
     else:
@@ -81,6 +85,18 @@ def fail_launcher_run(error: str) -> None:
     if run_id:
         _launcher_run_id = None
         end_run(run_id, RunStatus.to_string(RunStatus.FAILED), error)
+
+
+def hand_over_launcher_run(target_run_id: str, run_name: str) -> None:
+    """The launcher's run of a rerun: end it FINISHED, pointing at the run that does the work."""
+    global _launcher_run_id
+    run_id = launcher_run_id()
+    if run_id:
+        _launcher_run_id = None
+        client = MlflowClient()
+        client.set_tag(run_id, "relaunch_of", target_run_id)
+        client.set_tag(run_id, "mlflow.runName", run_name)
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,0 +1,121 @@
+"""The parent's summary of a comparison, built from its children as MLflow recorded them (so arms
+skipped on a rerun are summarised like the ones just run): tables, figures, metrics and tags."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+
+import matplotlib.pyplot as plt
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipelines import reports
+
+GROUP_COLUMNS = ("backbone", "freeze", "seeds", "best_val_acc", "test_acc", "test_f1_macro", "params_trainable",
+                 "train_s", "images_per_s")
+
+
+def arm_record(run: Run) -> dict:
+    m, t = run.data.metrics, run.data.tags
+    return {"backbone": t.get("backbone", "?"), "freeze": t.get("freeze", "?"), "seed": t.get("seed", "?"),
+            "status": run.info.status, "run_id": run.info.run_id, "error": t.get("error", ""),
+            "best_val_acc": m.get("best/val/acc"), "test_acc": m.get("test/acc"),
+            "test_f1_macro": m.get("test/f1_macro"), "params_trainable": m.get("model/params_trainable"),
+            "train_s": m.get("perf/train_s"), "images_per_s": m.get("perf/images_per_s")}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def group_rows(records: list[dict]) -> list[dict]:
+    """Mean ± std over seeds for each backbone × policy, from its FINISHED arms."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        if r["status"] == "FINISHED" and r["test_acc"] is not None:
+            groups.setdefault((r["backbone"], r["freeze"]), []).append(r)
+    rows = []
+    for (backbone, freeze), arms in groups.items():
+        row = {"backbone": backbone, "freeze": freeze, "seeds": len(arms)}
+        for key in ("best_val_acc", "test_acc", "test_f1_macro", "train_s", "images_per_s"):
+            values = [a[key] for a in arms if a[key] is not None]
+            row[key], row[f"{key}_std"] = _mean_std(values) if values else (float("nan"), 0.0)
+        row["params_trainable"] = int(arms[0]["params_trainable"] or 0)
+        rows.append(row)
+    return rows
+
+
+def _cell(row: dict, key: str) -> str:
+    if key in ("best_val_acc", "test_acc", "test_f1_macro"):
+        return f"{row[key]:.4f} ± {row[key + '_std']:.4f}"
+    if key in ("train_s", "images_per_s"):
+        return f"{row[key]:.1f}"
+    return str(row[key])
+
+
+def markdown(rows: list[dict], failed: list[dict]) -> str:
+    lines = ["| " + " | ".join(GROUP_COLUMNS) + " |", "|" + "---|" * len(GROUP_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r, c) for c in GROUP_COLUMNS) + " |" for r in rows]
+    if failed:
+        lines += ["", "Arms that did not finish:", "", "| arm | status | error | run_id |", "|---|---|---|---|"]
+        lines += [f"| {f['backbone']} · {f['freeze']} · seed {f['seed']} | {f['status']} | "
+                  f"{f['error'].replace('|', '/')} | {f['run_id']} |" for f in failed]
+    return "\n".join(lines)
+
+
+def csv_text(rows: list[dict]) -> str:
+    keys = ["backbone", "freeze", "seeds", "params_trainable"]
+    keys += [k for metric in ("best_val_acc", "test_acc", "test_f1_macro", "train_s", "images_per_s")
+             for k in (metric, f"{metric}_std")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def frozen_deltas(rows: list[dict]) -> dict[str, float]:
+    by = {(r["backbone"], r["freeze"]): r["test_acc"] for r in rows}
+    return {b: by[(b, "unfrozen")] - by[(b, "frozen")] for b, f in by if f == "frozen" and (b, "unfrozen") in by}
+
+
+def log_summary(parent_run_id: str, name: str, runs: list[Run]) -> list[dict]:
+    """Log the summary on the active parent run; returns the grouped rows."""
+    records = [arm_record(r) for r in runs]
+    rows = group_rows(records)
+    failed = [r for r in records if r["status"] != "FINISHED"]
+    mlflow.log_text(markdown(rows, failed), "summary/summary.md")
+    mlflow.log_text(csv_text(rows), "summary/summary.csv")
+    client = MlflowClient()
+    curves = {}
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "val/acc")
+        if history:
+            t = run.data.tags
+            curves[f"{t.get('backbone')} · {t.get('freeze')} · s{t.get('seed')}"] = (
+                [h.step for h in history], [h.value for h in history])
+    figures = {"plots/val_acc_curves.png": reports.arm_curves_figure(curves, "val/acc", f"{name}: val accuracy")}
+    if rows:
+        points = [{"label": f"{r['backbone']} · {r['freeze']}", "train_s": r["train_s"], "test_acc": r["test_acc"],
+                   "test_acc_std": r["test_acc_std"]} for r in rows]
+        figures["plots/accuracy_vs_time.png"] = reports.pareto_figure(points, f"{name}: accuracy vs training time")
+    deltas = frozen_deltas(rows)
+    if deltas:
+        figures["plots/frozen_vs_unfrozen.png"] = reports.delta_figure(deltas, f"{name}: what unfreezing buys")
+    for path, figure in figures.items():
+        mlflow.log_figure(figure, path)
+        plt.close(figure)
+    metrics = {f"delta/{backbone}": value for backbone, value in deltas.items()}
+    finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
+    tags = {"arms_total": str(len(records)), "arms_failed": str(len(failed))}
+    if finished:
+        best = max(finished, key=lambda r: r["test_acc"])
+        metrics["best/test_acc"] = best["test_acc"]
+        tags.update(best_arm=f"{best['backbone']} · {best['freeze']} · seed {best['seed']}", best_run_id=best["run_id"])
+    if metrics:
+        mlflow.log_metrics(metrics)
+    mlflow.set_tags(tags)
+    return rows
