@@ -64,19 +64,19 @@ def cache_key(prepared) -> str:
 def features(prepared, batch_size: int) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str]:
     """(split → (features, labels), where they came from: memory | disk | computed)."""
     key = cache_key(prepared)
+    path = _disk_path(prepared, key)
     if key in _MEMORY:
         _MEMORY.move_to_end(key)
-        return _MEMORY[key], "memory"
-    path = _disk_path(prepared, key)
-    if path is not None and path.is_file():
+        found, origin = _MEMORY[key], "memory"
+    elif path is not None and path.is_file():
         found, origin = torch.load(path, map_location="cpu", weights_only=True), "disk"
     else:
         found, origin = extract(prepared, batch_size), "computed"
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(found, tmp)
-            tmp.replace(path)
+    if path is not None and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(found, tmp)
+        tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
     _MEMORY[key] = found
     while len(_MEMORY) > _MEMORY_ENTRIES:
         _MEMORY.popitem(last=False)

@@ -1,0 +1,137 @@
+"""The compare entry point and its grid, in-process against a real sqlite store."""
+
+import pytest
+import torch
+
+from freezeframe.cli import main
+from pipelines.compare import Arm, arm_config, parse_comparison
+from pipelines.config import load_config
+from pipelines.errors import ConfigError
+from pipelines.run import execute, prepare
+from tests.conftest import runs_in, tiny_overrides
+
+
+def write_experiment(tmp_path, compare: str, **overrides) -> str:
+    lines = [f"{section}:\n" + "".join(f"  {k.split('.', 1)[1]}: {v}\n" for k, v in tiny_overrides(tmp_path,
+             **overrides).items() if k.startswith(section + "."))
+             for section in ("model", "data", "train", "tracking")]
+    path = tmp_path / "grid.yaml"
+    path.write_text("".join(lines) + "compare:\n" + compare)
+    return str(path)
+
+
+def test_grid_is_the_cartesian_product(tmp_path):
+    base = load_config(None, tiny_overrides(tmp_path))
+    spec = parse_comparison({"name": "g", "backbones": ["timm/test_resnet", {"name": "torchvision/resnet18",
+                                                                            "weights": "none"}],
+                             "freeze": ["frozen", "unfrozen"], "seeds": [0, 1]}, base)
+    assert len(spec.arms) == 8
+    assert spec.arms[0] == Arm("timm/test_resnet", "none", "frozen", 0)
+    assert Arm("torchvision/resnet18", "none", "unfrozen", 1) in spec.arms
+    cfg = arm_config(base, spec.arms[-1])
+    assert (cfg.model.backbone, cfg.model.freeze, cfg.seed) == ("torchvision/resnet18", "unfrozen", 1)
+
+
+def test_explicit_arms(tmp_path):
+    base = load_config(None, tiny_overrides(tmp_path))
+    spec = parse_comparison({"arms": [{"freeze": "frozen"}, {"freeze": "last_n:1", "seed": 3}]}, base)
+    assert [a.name for a in spec.arms] == ["timm/test_resnet · frozen · seed 0",
+                                           "timm/test_resnet · last_n:1 · seed 3"]
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"freeze": []}, "the comparison grid is empty"),
+    ({"seeds": []}, "compare.seeds is empty"),
+    ({"freeze": ["frozen", "frozen"]}, "duplicate arm 'timm/test_resnet · frozen · seed 0'"),
+    ({"freeze": ["semi"]}, "unknown freeze policy 'semi'"),
+    ({"arms": [{"freeze": "frozen"}], "seeds": [1]}, "either compare.arms or"),
+    ({"grid": []}, "unknown key 'compare.grid'"),
+    (None, "needs a 'compare:' section"),
+])
+def test_bad_grids(tmp_path, section, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_comparison(section, load_config(None, tiny_overrides(tmp_path)))
+
+
+def test_gradual_schedule_past_the_last_epoch_fails_before_any_arm(tracking_store, tmp_path, capsys):
+    path = write_experiment(tmp_path, "  freeze: [frozen, gradual]\n", **{"model.unfreeze_at": "[2, 5]"})
+    assert main(["compare", "--experiment", path]) == 2
+    assert "model.unfreeze_at [2, 5] must be increasing epochs within 2..train.epochs (2)" in capsys.readouterr().err
+    assert runs_in(tracking_store) == []
+
+
+def test_comparison_parent_children_summary_and_resume(tracking_store, tmp_path, capsys):
+    path = write_experiment(tmp_path, "  name: tiny\n  freeze: [frozen, unfrozen]\n  seeds: [0, 1]\n")
+    assert main(["compare", "--experiment", path]) == 0
+    runs = runs_in(tracking_store)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["split_digest"] for r in children} == {children[0].data.tags["split_digest"]}
+    assert {r.data.tags["comparison"] for r in children} == {"tiny"}
+    assert "timm/test_resnet · frozen · seed 1" in {r.info.run_name for r in children}
+    assert parent.info.run_name == "compare · tiny" and parent.data.tags["arms_failed"] == "0"
+    assert "delta/timm/test_resnet" in parent.data.metrics and parent.data.tags["best_run_id"]
+    from mlflow.tracking import MlflowClient
+
+    paths = {a.path for d in ("summary", "plots") for a in MlflowClient().list_artifacts(parent.info.run_id, d)}
+    assert paths == {"summary/summary.md", "summary/summary.csv", "plots/val_acc_curves.png",
+                     "plots/accuracy_vs_time.png", "plots/frozen_vs_unfrozen.png"}
+    table = capsys.readouterr().out
+    assert "| timm/test_resnet | frozen | 2 |" in table and " ± " in table
+    # the rerun: same parent, no new arm
+    assert main(["compare", "--experiment", path]) == 0
+    assert capsys.readouterr().out.count("FINISHED earlier") == 4
+    again = runs_in(tracking_store)
+    assert len(again) == 5 and {r.info.status for r in again} == {"FINISHED"}
+
+
+def test_a_failing_arm_fails_alone(tracking_store, tmp_path):
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not weights")
+    path = write_experiment(tmp_path, f"  backbones: [timm/test_resnet, {{name: timm/test_resnet, weights: {bad}}}]\n"
+                                      "  freeze: [frozen]\n")
+    assert main(["compare", "--experiment", path]) == 0
+    runs = runs_in(tracking_store)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    arms = {r.data.tags.get("weights"): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert arms["none"].info.status == "FINISHED"
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "cannot read weights file" in failed[0].data.tags["error"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["arms_failed"] == "1"
+    # the rerun runs only the failed arm again
+    assert main(["compare", "--experiment", path]) == 0
+    assert len([r for r in runs_in(tracking_store) if r.info.status == "FINISHED"]) == 2
+
+
+def test_feature_cache_matches_the_uncached_run(tmp_path):
+    results = {}
+    for mode in ("off", "memory"):
+        cfg = load_config(None, tiny_overrides(tmp_path / mode, **{
+            "model.freeze": "frozen", "data.feature_cache": mode, "train.epochs": 3}))
+        prepared = prepare(cfg)
+        assert prepared.feature_cache == ("off: data.feature_cache is off" if mode == "off" else "memory")
+        results[mode] = execute(prepared)
+    off, cached = results["off"].fit, results["memory"].fit
+    for a, b in zip(off.history, cached.history, strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-4)
+        assert a["val/acc"] == pytest.approx(b["val/acc"], abs=1e-6)
+    assert off.test["test/loss"] == pytest.approx(cached.test["test/loss"], abs=1e-4)
+    assert "perf/feature_extraction_s" in cached.extra
+    head = results["off"].prepared.backbone.model.fc.weight
+    assert torch.allclose(head, results["memory"].prepared.backbone.model.fc.weight, atol=1e-4)
+
+
+def test_feature_cache_is_off_with_augmentation_and_on_disk_when_asked(tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"model.freeze": "frozen", "data.augment": True}))
+    assert prepare(cfg).feature_cache.startswith("off: random augmentation")
+    disk = load_config(None, tiny_overrides(tmp_path, **{"model.freeze": "frozen", "data.feature_cache": "disk",
+                                                         "data.cache_dir": str(tmp_path / "cache")}))
+    first = execute(prepare(disk))
+    assert first.fit.extra["feature_cache_source"] in ("computed", "memory")
+    from pipelines import feature_cache
+
+    feature_cache._MEMORY.clear()
+    again = execute(prepare(disk))
+    assert again.fit.extra["feature_cache_source"] == "disk" and len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert again.fit.test == pytest.approx(first.fit.test)
