@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
@@ -32,6 +33,7 @@ def curves_figure(history: list[dict[str, float]], title: str) -> Figure:
         for split, style in (("train", "--"), ("val", "-")):
             ax.plot(epochs, [row[f"{split}/{metric}"] for row in history], style, marker="o", label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -59,6 +61,7 @@ def arm_curves_figure(curves: dict[str, tuple[list[int], list[float]]], metric: 
     for label, (steps, values) in curves.items():
         ax.plot(steps, values, marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)

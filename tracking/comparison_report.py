@@ -20,11 +20,17 @@ GROUP_COLUMNS = ("backbone", "freeze", "seeds", "best_val_acc", "test_acc", "tes
 
 def arm_record(run: Run) -> dict:
     m, t = run.data.metrics, run.data.tags
+    train_s, images_per_s = m.get("perf/train_s"), m.get("perf/images_per_s")
+    if train_s is not None and "perf/feature_extraction_s" in m:
+        # cached frozen arm: its cost is the extraction pass plus the head's training, per image seen
+        train_s += m["perf/feature_extraction_s"]
+        seen = float(run.data.params.get("data.n_train", 0)) * m.get("train/epochs_completed", 0)
+        images_per_s = seen / train_s if train_s else None
     return {"backbone": t.get("backbone", "?"), "freeze": t.get("freeze", "?"), "seed": t.get("seed", "?"),
             "status": run.info.status, "run_id": run.info.run_id, "error": t.get("error", ""),
             "best_val_acc": m.get("best/val/acc"), "test_acc": m.get("test/acc"),
             "test_f1_macro": m.get("test/f1_macro"), "params_trainable": m.get("model/params_trainable"),
-            "train_s": m.get("perf/train_s"), "images_per_s": m.get("perf/images_per_s")}
+            "train_s": train_s, "images_per_s": images_per_s}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -99,7 +99,8 @@ class MlflowTracker:
         names = prepared.data.class_names
         monitor = prepared.cfg.train.monitor
         self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{monitor}": fit.best_value,
-                          "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early)},
+                          "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early),
+                          "train/epochs_completed": len(fit.history)},
                          step=fit.best_epoch)
         if fit.resumed_from_epoch:
             mlflow.set_tag("resumed_from_epoch", str(fit.resumed_from_epoch))
