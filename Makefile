@@ -7,7 +7,9 @@ TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test lint ui lock clean
+OPTUNA_STORAGE ?= sqlite:///optuna.db
+
+.PHONY: install run test lint ui dashboard lock clean
 
 # The stamp makes a second install a no-op; editing requirements or the lock reinstalls.
 $(STAMP): requirements.txt constraints.txt
@@ -32,6 +34,9 @@ lint: install
 
 ui: install
 	$(BIN)/mlflow server --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
+
+dashboard: install
+	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port 8080
 
 lock: install
 	{ echo "# Full lock of the environment resolved from requirements.txt on Python 3.11 / x86_64 (make lock rewrites it)."; \

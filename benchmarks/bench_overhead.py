@@ -78,7 +78,8 @@ def _overrides(args) -> dict:
     return {"model.freeze": args.freeze, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
             "train.lr": args.lr, "train.scheduler": "constant", "train.weight_decay": 0.0,
             "data.image_size": args.image_size, "data.max_samples": args.max_samples,
-            "tracking.log_model": False, "tracking.experiment_name": "bench"}
+            "tracking.log_model": False, "tracking.experiment_name": "bench",
+            "data.feature_cache": "off"}  # like for like: benchmarks/bench_feature_cache.py measures the cache
 
 
 def freezeframe_run(args, workdir: Path, repeat: int) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Command line: `python -m freezeframe <train|compare|pretrain> ...`, the commands MLproject's entry points run.
+"""Command line: `python -m freezeframe <train|compare|search|pretrain> ...`, the commands MLproject's entry points run.
 
 Each MLproject parameter has a flag of the same name. An empty value means "as in the experiment
 file", so a parameter given to `mlflow run -P` overrides the file and an omitted one does not.
@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--alias", default="pretrained", help="registry alias pointed at the new version")
     comp = sub.add_parser("compare", help="a grid of backbones x freeze policies x seeds under one parent run")
     _add_run_flags(comp, only=COMPARE_FLAGS)
+    find = sub.add_parser("search", help="an Optuna study over batch sizes (multiples of 8), trials as child runs")
+    _add_run_flags(find, only=COMPARE_FLAGS)
+    for flag, text in (("n_trials", "trials this worker runs"), ("timeout", "seconds this worker may run"),
+                       ("storage", "Optuna storage URL ('' = sqlite:///optuna.db)"), ("study_name", "study name"),
+                       ("sampler", "tpe | random | grid"), ("pruner", "median | hyperband | none"),
+                       ("seed", "sampler seed")):
+        find.add_argument(f"--{flag}", default="", metavar="VALUE", help=f"{text} ('' = from the file)")
     return parser
 
 
@@ -60,7 +67,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     """The run config and the experiment file's entry-point sections (compare:, search:)."""
-    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items() if getattr(args, flag, "") != ""}
+    run_flags = RUN_FLAGS if args.command != "search" else {f: RUN_FLAGS[f] for f in COMPARE_FLAGS}
+    overrides = {key: getattr(args, flag) for flag, key in run_flags.items() if getattr(args, flag, "") != ""}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:

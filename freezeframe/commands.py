@@ -73,3 +73,75 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
 
 
 COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare}
+
+
+def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
+    """Optuna over batch sizes (multiples of 8) and friends; every trial a child run of the study's parent."""
+    import optuna
+
+    from pipelines.search import PruningReporter, make_storage, open_study
+    from pipelines.search_space import parse_search, suggest, trial_config
+    from tracking import study_report, study_runs
+
+    overrides = {k: getattr(args, k) for k in ("n_trials", "timeout", "study_name", "sampler", "pruner", "seed")}
+    spec = parse_search(sections.get("search"), cfg, overrides, source=args.experiment)
+    ensure_reachable()
+    storage_url = args.storage or "sqlite:///optuna.db"
+    study = open_study(spec, make_storage(storage_url), cfg.train.epochs)
+    params = {"search.storage": _storage_id(storage_url), "search.sampler": spec.sampler,
+              "search.pruner": spec.pruner, "search.metric": spec.metric,
+              "search.batch_sizes": f"{spec.batch_sizes[0]}..{spec.batch_sizes[-1]} step 8"}
+    parent = study_runs.study_parent(study, _storage_id(storage_url), cfg.tracking.experiment_name, params)
+    experiment = args.experiment.rsplit("/", 1)[-1].removesuffix(".yaml")
+
+    def objective(trial: optuna.Trial) -> float:
+        choice = suggest(trial, spec)
+        trial_cfg = trial_config(cfg, spec, choice)
+        name = f"trial {trial.number} · bs {choice['batch_size']}"
+        trial_cfg = dataclasses.replace(trial_cfg, tracking=dataclasses.replace(trial_cfg.tracking, run_name=name))
+        tags = {study_runs.STUDY_TAG: spec.study_name, "optuna.trial": str(trial.number)}
+        run_id: list[str] = []
+
+        def started(mlflow_run_id: str) -> None:
+            run_id.append(mlflow_run_id)
+            trial.set_user_attr("mlflow_run_id", mlflow_run_id)
+
+        try:
+            done = run_tracked(trial_cfg, entry_point="search", parent_run_id=parent, attach=False, tags=tags,
+                               listeners=(PruningReporter(trial, spec.metric),), on_start=started)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # noqa: BLE001 - out of memory, NaN loss...: this trial fails, the study goes on
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            trial.set_user_attr("fail_reason", reason)
+            study_runs.mark_trial(run_id[0] if run_id else None, "FAIL", reason)
+            raise
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        study_runs.mark_trial(done.run_id, "COMPLETE")
+        return done.outcome.fit.best_value
+
+    try:
+        study.optimize(objective, n_trials=spec.n_trials, timeout=spec.timeout or None, catch=(Exception,),
+                       gc_after_trial=True)
+    finally:
+        champion = study_report.log_study(study, parent, spec.metric, experiment)
+        study_runs.close_parent(parent)
+    best = study.best_trial if any(t.state.name == "COMPLETE" for t in study.trials) else None
+    print(f"study {spec.study_name}: {len(study.trials)} trials in {storage_url}; parent run {parent}")
+    if best is not None:
+        print(f"best: trial {best.number} {best.params} → {spec.metric} {best.value:.4f}; champion {champion}")
+    return 0
+
+
+def _storage_id(url: str) -> str:
+    """Which storage a study lives in, without credentials (a parent must not match another storage's study)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    return f"{parsed.scheme}:{parsed.hostname or ''}{parsed.path}" if parsed.scheme else url
+
+
+COMMANDS["search"] = search

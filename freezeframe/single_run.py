@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipelines.config import RunConfig
@@ -25,15 +26,19 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
 
 
 def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id: str | None = None,
-                attach: bool = True, listeners: tuple = (), tags: dict[str, str] | None = None) -> TrackedRun:
+                attach: bool = True, listeners: tuple = (), tags: dict[str, str] | None = None,
+                on_start: Callable[[str], None] | None = None) -> TrackedRun:
     """Train inside an MLflow run that ends FINISHED, or FAILED/KILLED with the reason.
 
     Given a RunConfig, the run is prepared inside the MLflow run: a comparison arm whose weights do
-    not load ends as a FAILED child saying why, and the next arm goes on.
+    not load ends as a FAILED child saying why, and the next arm goes on. `on_start` gets the run id
+    as soon as the run exists (an Optuna trial records it before it can fail).
     """
     cfg = target.cfg if isinstance(target, PreparedRun) else target
     with tracked_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
                      attach=attach, tags=tags) as run:
+        if on_start is not None:
+            on_start(run.info.run_id)
         prepared = target if isinstance(target, PreparedRun) else prepare_run(target)
         tracker = MlflowTracker(run.info.run_id)
         tracker.log_setup(prepared, entry_point)

@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     amp: bool = True  # mixed precision; only ever applied on CUDA
     channels_last: bool = True
+    memory_limit_mb: int = 0  # CPU memory guard: a run whose peak RSS passes this fails cleanly; 0 = off
     checkpoint_dir: str = "checkpoints"  # one sub-folder per run config, holding last.pt
     resume: bool = False  # continue from the checkpoint of the same config, if there is one
 
@@ -224,6 +225,7 @@ def validate(cfg: RunConfig) -> None:
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
         (t.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0"),
+        (t.memory_limit_mb >= 0, f"train.memory_limit_mb must be >= 0 (0 = off), got {t.memory_limit_mb}"),
         (t.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got '{t.optimizer}'"),
         (t.scheduler in SCHEDULERS, f"train.scheduler must be one of {SCHEDULERS}, got '{t.scheduler}'"),
         (t.monitor in MONITORS, f"train.monitor must be one of {tuple(MONITORS)}, got '{t.monitor}'"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         for listener in listeners:
             listener.on_epoch_end(int(past["epoch"]), past)
 
-    step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp)
+    step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
+                    cfg.memory_limit_mb)
     stopped_early, started = False, time.perf_counter()
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if epoch in thaw:
@@ -135,6 +137,14 @@ def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: flo
         scheduler.base_lrs.append(base_lr)
 
 
+def _check_memory(limit_mb: int) -> None:
+    """The CPU counterpart of CUDA's out-of-memory error: fail this run before the machine swaps."""
+    if limit_mb:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+        if peak_mb > limit_mb:
+            raise MemoryError(f"peak memory {peak_mb:.0f} MB is over train.memory_limit_mb {limit_mb}")
+
+
 def _summary(row: dict[str, float], epochs: int) -> str:
     return (f"epoch {int(row['epoch'])}/{epochs}  train/loss {row['train/loss']:.4f}  "
             f"train/acc {row['train/acc']:.4f}  val/loss {row['val/loss']:.4f}  val/acc {row['val/acc']:.4f}  "
@@ -144,10 +154,10 @@ def _summary(row: dict[str, float], epochs: int) -> str:
 class _Stepper:
     """One pass over a loader, training or evaluating, with the run's device/AMP/memory-format choices."""
 
-    def __init__(self, model, optimizer, scaler, criterion, metrics, device, memory_format, amp):
+    def __init__(self, model, optimizer, scaler, criterion, metrics, device, memory_format, amp, memory_limit_mb=0):
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.criterion, self.metrics, self.device = criterion, metrics, device
-        self.memory_format, self.amp = memory_format, amp
+        self.memory_format, self.amp, self.memory_limit_mb = memory_format, amp, memory_limit_mb
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
         non_blocking = self.device.type == "cuda"
@@ -169,6 +179,7 @@ class _Stepper:
                     raise TrainingError(f"{split} loss became {loss.item()} at batch {count // len(y) + 1} "
                                         f"(lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr")
                 if train:
+                    _check_memory(self.memory_limit_mb)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
                     self.scaler.step(self.optimizer)

@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 
 import mlflow
+import optuna
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -59,6 +60,10 @@ def _ended_on_exit(run_id: str) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         end_run(run_id, RunStatus.to_string(RunStatus.KILLED), "interrupted")
+        raise
+    except optuna.TrialPruned as exc:  # a pruned trial was stopped on purpose: KILLED, and tagged as such
+        MlflowClient().set_tag(run_id, "optuna.state", "PRUNED")
+        end_run(run_id, RunStatus.to_string(RunStatus.KILLED), f"pruned: {exc}")
         raise
     except BaseException as exc:
         end_run(run_id, RunStatus.to_string(RunStatus.FAILED), one_line(exc))

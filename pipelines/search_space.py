@@ -1,0 +1,165 @@
+"""An Optuna search over a base run config, declared in an experiment file's `search:` section:
+
+    search:
+      study_name: batch_size_search
+      metric: val/acc               # maximised (val/loss is minimised)
+      batch_size: {low: 8, high: 64}  # multiples of 8 only, both bounds included
+      lr: {low: 1.0e-4, high: 1.0e-2}  # optional, log-uniform; or a list for the grid sampler
+      freeze: [frozen, unfrozen]    # optional categorical; so is backbone
+      linear_scaling: {base_batch_size: 32}  # optional: lr = base lr * batch_size / 32
+      n_trials: 6
+      sampler: tpe                  # tpe (seeded) | random | grid (exhaustive)
+      pruner: median                # median | hyperband | none
+
+Every bound and name is checked here, before a study or a trial exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from pipelines.config import MONITORS, RunConfig, coerce, validate
+from pipelines.errors import ConfigError
+from pipelines.freezing import parse_policy
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+_KEYS = ("study_name", "metric", "batch_size", "lr", "freeze", "backbone", "linear_scaling", "n_trials", "timeout",
+         "sampler", "pruner", "seed")
+BATCH_STEP = 8
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    study_name: str
+    metric: str
+    batch_sizes: tuple[int, ...]  # every candidate, multiples of 8
+    lr: tuple[float, float] | tuple[float, ...] | None  # (low, high) log-uniform, or a list of values
+    lr_is_list: bool
+    freeze: tuple[str, ...]
+    backbone: tuple[str, ...]
+    linear_scaling_base: int  # 0 = off
+    n_trials: int
+    timeout: float  # seconds, 0 = none
+    sampler: str
+    pruner: str
+    seed: int
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if MONITORS[self.metric] == "max" else "minimize"
+
+
+def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None = None,
+                 source: str = "experiment") -> SearchSpec:
+    """The `search:` section plus command-line overrides (n_trials, sampler, ...), validated."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: needs a 'search:' section (batch_size bounds, n_trials, sampler, pruner)")
+    raw = {**section, **{k: v for k, v in (overrides or {}).items() if v not in ("", None)}}
+    unknown = [k for k in raw if k not in _KEYS]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key 'search.{unknown[0]}' (valid: {', '.join(_KEYS)})")
+    metric = str(raw.get("metric", "val/acc"))
+    if metric not in MONITORS:
+        raise ConfigError(f"search.metric must be one of {tuple(MONITORS)}, got '{metric}'")
+    sampler, pruner = str(raw.get("sampler", "tpe")), str(raw.get("pruner", "median"))
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler '{sampler}' (valid: {', '.join(SAMPLERS)})")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"unknown pruner '{pruner}' (valid: {', '.join(PRUNERS)})")
+    n_trials = coerce(raw.get("n_trials", 10), int, "search.n_trials", source)
+    if n_trials <= 0:
+        raise ConfigError(f"search.n_trials must be > 0, got {n_trials}")
+    timeout = coerce(raw.get("timeout", 0), float, "search.timeout", source)
+    lr, lr_is_list = _lr(raw.get("lr"), source)
+    if sampler == "grid" and lr is not None and not lr_is_list:
+        raise ConfigError("the grid sampler needs discrete values: give search.lr as a list, not low/high")
+    freeze = tuple(str(p) for p in raw.get("freeze", []) or [])
+    for policy in freeze:
+        parse_policy(policy)
+    scaling = raw.get("linear_scaling") or {}
+    if not isinstance(scaling, dict) or any(k != "base_batch_size" for k in scaling):
+        raise ConfigError("search.linear_scaling takes {base_batch_size: N}")
+    spec = SearchSpec(
+        study_name=str(raw.get("study_name") or "freezeframe-search"), metric=metric,
+        batch_sizes=_batch_sizes(raw.get("batch_size"), source), lr=lr, lr_is_list=lr_is_list, freeze=freeze,
+        backbone=tuple(str(b) for b in raw.get("backbone", []) or []),
+        linear_scaling_base=coerce(scaling.get("base_batch_size", 0), int, "search.linear_scaling", source),
+        n_trials=n_trials, timeout=timeout, sampler=sampler, pruner=pruner,
+        seed=coerce(raw.get("seed", base.seed), int, "search.seed", source))
+    validate(trial_config(base, spec, {"batch_size": spec.batch_sizes[-1]}))  # e.g. a gradual schedule
+    return spec
+
+
+def _batch_sizes(value: Any, source: str) -> tuple[int, ...]:
+    if not isinstance(value, dict) or set(value) - {"low", "high"} or not {"low", "high"} <= set(value):
+        raise ConfigError(f"{source}: search.batch_size needs {{low, high}}, both multiples of {BATCH_STEP}")
+    low = coerce(value["low"], int, "search.batch_size.low", source)
+    high = coerce(value["high"], int, "search.batch_size.high", source)
+    for name, bound in (("low", low), ("high", high)):
+        if bound < BATCH_STEP or bound % BATCH_STEP:
+            raise ConfigError(f"search.batch_size.{name} = {bound} is not a positive multiple of {BATCH_STEP}")
+    if low > high:
+        raise ConfigError(f"search.batch_size.low {low} > high {high}")
+    return tuple(range(low, high + 1, BATCH_STEP))
+
+
+def _lr(value: Any, source: str) -> tuple[tuple[float, ...] | None, bool]:
+    if value is None:
+        return None, False
+    if isinstance(value, list):
+        values = tuple(coerce(v, float, "search.lr[]", source) for v in value)
+        if not values or min(values) <= 0:
+            raise ConfigError("search.lr values must be > 0")
+        return values, True
+    if not isinstance(value, dict) or set(value) != {"low", "high"}:
+        raise ConfigError("search.lr is {low, high} (log-uniform) or a list of values")
+    low, high = (coerce(value[k], float, f"search.lr.{k}", source) for k in ("low", "high"))
+    if not 0 < low < high:
+        raise ConfigError(f"search.lr needs 0 < low < high, got {low}, {high}")
+    return (low, high), False
+
+
+def grid_space(spec: SearchSpec) -> dict[str, list]:
+    """GridSampler's space: every combination is one trial."""
+    space: dict[str, list] = {"batch_size": list(spec.batch_sizes)}
+    if spec.lr is not None:
+        space["lr"] = list(spec.lr)
+    if spec.freeze:
+        space["freeze"] = list(spec.freeze)
+    if spec.backbone:
+        space["backbone"] = list(spec.backbone)
+    return space
+
+
+def suggest(trial: optuna.Trial, spec: SearchSpec) -> dict[str, Any]:
+    """Batch size with step=8 (Optuna's step cannot combine with log=True, hence a linear int)."""
+    params: dict[str, Any] = {"batch_size": trial.suggest_int("batch_size", spec.batch_sizes[0],
+                                                              spec.batch_sizes[-1], step=BATCH_STEP)}
+    if spec.lr is not None:
+        params["lr"] = (trial.suggest_categorical("lr", list(spec.lr)) if spec.lr_is_list
+                        else trial.suggest_float("lr", spec.lr[0], spec.lr[1], log=True))
+    if spec.freeze:
+        params["freeze"] = trial.suggest_categorical("freeze", list(spec.freeze))
+    if spec.backbone:
+        params["backbone"] = trial.suggest_categorical("backbone", list(spec.backbone))
+    return params
+
+
+def trial_config(base: RunConfig, spec: SearchSpec, params: dict[str, Any]) -> RunConfig:
+    """The base config with a trial's choices; the linear scaling rule applied last."""
+    lr = float(params.get("lr", base.train.lr))
+    if spec.linear_scaling_base:
+        lr = lr * params["batch_size"] / spec.linear_scaling_base
+    train = dataclasses.replace(base.train, batch_size=int(params["batch_size"]), lr=lr,
+                                monitor=spec.metric)
+    model = dataclasses.replace(base.model, freeze=params.get("freeze", base.model.freeze),
+                                backbone=params.get("backbone", base.model.backbone))
+    cfg = dataclasses.replace(base, train=train, model=model)
+    assert cfg.train.batch_size % BATCH_STEP == 0 and math.isfinite(cfg.train.lr)
+    return cfg

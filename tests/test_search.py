@@ -1,0 +1,152 @@
+"""Optuna searches: the space, the study and its MLflow mirror, in-process on real sqlite storages."""
+
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from freezeframe.cli import main
+from pipelines.config import load_config
+from pipelines.errors import ConfigError
+from pipelines.search import StorageError, make_storage
+from pipelines.search_space import parse_search, suggest, trial_config
+from tests.conftest import runs_in, tiny_overrides
+
+
+def spec_of(section, **overrides):
+    return parse_search(section, load_config(None, {"train.epochs": 2}), overrides)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"batch_size": {"low": 12, "high": 64}}, "low = 12 is not a positive multiple of 8"),
+    ({"batch_size": {"low": 8, "high": 60}}, "high = 60 is not a positive multiple of 8"),
+    ({"batch_size": {"low": 64, "high": 8}}, "low 64 > high 8"),
+    ({"batch_size": {"low": 0, "high": 8}}, "low = 0 is not a positive multiple"),
+    ({"batch_size": {"low": 8, "high": 16}, "n_trials": 0}, "n_trials must be > 0"),
+    ({"batch_size": {"low": 8, "high": 16}, "sampler": "cmaes"}, "unknown sampler 'cmaes'"),
+    ({"batch_size": {"low": 8, "high": 16}, "pruner": "patient"}, "unknown pruner 'patient'"),
+    ({"batch_size": {"low": 8, "high": 16}, "sampler": "grid", "lr": {"low": 0.001, "high": 0.01}},
+     "grid sampler needs discrete values"),
+    ({"batch_size": {"low": 8, "high": 16}, "batch": 3}, "unknown key 'search.batch'"),
+    ({"batch_size": [8, 16]}, "needs {low, high}"),
+])
+def test_bad_search_sections(section, message):
+    with pytest.raises(ConfigError, match=message):
+        spec_of(section)
+
+
+def test_every_suggested_batch_size_is_a_multiple_of_8():
+    spec = spec_of({"batch_size": {"low": 8, "high": 128}, "lr": {"low": 1e-4, "high": 1e-1}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: suggest(t, spec)["batch_size"], n_trials=60)
+    sizes = {t.params["batch_size"] for t in study.trials}
+    assert all(b % 8 == 0 and 8 <= b <= 128 for b in sizes) and len(sizes) > 5
+
+
+def test_linear_scaling_rule():
+    spec = spec_of({"batch_size": {"low": 8, "high": 64}, "linear_scaling": {"base_batch_size": 32}})
+    base = load_config(None, {"train.lr": 0.004})
+    assert trial_config(base, spec, {"batch_size": 64}).train.lr == pytest.approx(0.008)
+    assert trial_config(base, spec, {"batch_size": 8}).train.lr == pytest.approx(0.001)
+
+
+def test_unreachable_and_malformed_storages_fail_fast(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(StorageError, match="unreachable"):
+        make_storage("postgresql://nobody@127.0.0.1:9/none")
+    assert time.perf_counter() - start < 5
+    with pytest.raises(StorageError, match="folder .* does not exist"):
+        make_storage(f"sqlite:///{tmp_path}/missing/optuna.db")
+    with pytest.raises(StorageError, match="is not a URL"):
+        make_storage("optuna.db")
+
+
+def search_experiment(tmp_path, search: str) -> str:
+    lines = [f"{section}:\n" + "".join(f"  {k.split('.', 1)[1]}: {v}\n" for k, v in tiny_overrides(tmp_path).items()
+                                       if k.startswith(section + "."))
+             for section in ("model", "data", "train", "tracking")]
+    path = tmp_path / "search.yaml"
+    path.write_text("".join(lines) + "search:\n" + search)
+    return str(path)
+
+
+SPACE = "  study_name: tiny\n  batch_size: {low: 8, high: 32}\n  lr: {low: 0.001, high: 0.05}\n"
+
+
+def test_search_mirrors_every_trial_in_mlflow_and_continues_the_study(tracking_store, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    path = search_experiment(tmp_path, SPACE + "  pruner: none\n")
+    assert main(["search", "--experiment", path, "--storage", storage, "--n_trials", "3"]) == 0
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(study.trials) == 3 and all(t.params["batch_size"] % 8 == 0 for t in study.trials)
+    runs = runs_in(tracking_store)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(children) == 3
+    for trial in study.trials:
+        run = children[trial.user_attrs["mlflow_run_id"]]
+        assert run.info.run_name == f"trial {trial.number} · bs {trial.params['batch_size']}"
+        assert run.data.tags["optuna.trial"] == str(trial.number) and run.data.tags["optuna.study"] == "tiny"
+        assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+        assert run.data.params["train.batch_size"] == str(trial.params["batch_size"])
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert parent.data.tags["best_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+    assert parent.data.metrics["best/val/acc"] == study.best_value
+    artifacts = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/intermediate_values.png"} <= artifacts
+    # a second invocation continues the same study under the same parent
+    assert main(["search", "--experiment", path, "--storage", storage, "--n_trials", "2"]) == 0
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 5
+    runs = runs_in(tracking_store)
+    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_pruned_trials_end_killed_and_tagged(tracking_store, tmp_path, monkeypatch):
+    import pipelines.search as search_mod
+
+    monkeypatch.setattr(search_mod, "make_pruner", lambda spec, epochs: optuna.pruners.ThresholdPruner(lower=2.0))
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    assert main(["search", "--experiment", search_experiment(tmp_path, SPACE), "--storage", storage,
+                 "--n_trials", "2"]) == 0
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    children = [r for r in runs_in(tracking_store) if "mlflow.parentRunId" in r.data.tags]
+    assert {r.info.status for r in children} == {"KILLED"}
+    assert {r.data.tags["optuna.state"] for r in children} == {"PRUNED"}
+    assert all("pruned at epoch 1" in r.data.tags["error"] for r in children)
+
+
+def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tracking_store, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    path = search_experiment(tmp_path, SPACE)
+    assert main(["search", "--experiment", path, "--storage", storage, "--n_trials", "2",
+                 "--set", "train.memory_limit_mb=1"]) == 0
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert "train.memory_limit_mb 1" in study.trials[0].user_attrs["fail_reason"]
+    children = [r for r in runs_in(tracking_store) if "mlflow.parentRunId" in r.data.tags]
+    assert {r.info.status for r in children} == {"FAILED"} and len(children) == 2
+    assert {r.data.tags["optuna.state"] for r in children} == {"FAIL"}
+
+
+def test_study_with_another_direction_is_refused(tracking_store, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="tiny", storage=storage, direction="minimize")
+    assert main(["search", "--experiment", search_experiment(tmp_path, SPACE), "--storage", storage]) == 2
+    assert "study 'tiny' exists and minimizes" in capsys.readouterr().err
+    assert runs_in(tracking_store) == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n_trials", "0"], "n_trials must be > 0"),
+    (["--sampler", "bayes"], "unknown sampler 'bayes'"),
+    (["--pruner", "early"], "unknown pruner 'early'"),
+    (["--storage", "postgresql://x@127.0.0.1:9/none"], "is unreachable"),
+])
+def test_bad_search_input_one_line_no_trial(tracking_store, tmp_path, capsys, flags, message):
+    assert main(["search", "--experiment", search_experiment(tmp_path, SPACE), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err.split("freezeframe: error:")[-1]
+    assert runs_in(tracking_store) == []
