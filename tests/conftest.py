@@ -54,3 +54,85 @@ def runs_in(uri: str):
 
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, seconds: float = 60, process=None) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {seconds}s")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` process on a free loopback port, with a tmp sqlite backend and artifact store."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = open(tmp_path / "mlflow-server.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "server-artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process=process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def postgres_databases():
+    """Fresh PostgreSQL databases for one test, dropped after; skipped where no PostgreSQL answers,
+    unless FREEZEFRAME_REQUIRE_POSTGRES=1 (as .ci/run sets) makes that a failure."""
+    import uuid
+
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3)
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("FREEZEFRAME_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL at {POSTGRES} is required here (FREEZEFRAME_REQUIRE_POSTGRES=1): {exc}")
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {str(exc).strip().splitlines()[0]}")
+    admin.autocommit = True
+    names = [f"freezeframe_{kind}_{uuid.uuid4().hex[:10]}" for kind in ("optuna", "mlflow")]
+    with admin.cursor() as cursor:
+        for name in names:
+            cursor.execute(f"CREATE DATABASE {name}")
+    try:
+        # the driver named: MLflow would otherwise pick psycopg (3), which is not installed
+        yield [f"{POSTGRES.replace('postgresql://', 'postgresql+psycopg2://')}/{name}" for name in names]
+    finally:
+        with admin.cursor() as cursor:
+            for name in names:
+                cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -21,12 +20,10 @@ COMPARISON_TAG = "comparison"
 
 
 def _experiment_id(experiment_name: str) -> str:
-    import os
-
     launcher = session.launcher_run_id()
     if launcher:
         return MlflowClient().get_run(launcher).info.experiment_id
-    return mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name).experiment_id
+    return session.use_experiment(experiment_name)
 
 
 def find_parent(experiment_id: str, name: str) -> Run | None:

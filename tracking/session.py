@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import mlflow
 import optuna
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 ERROR_TAG = "error"
@@ -45,13 +46,28 @@ def tracked_run(run_name: str, experiment_name: str, tags: dict[str, str] | None
     else:
         if parent_run_id:
             experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
-        else:  # the config's experiment, unless the user's environment names one
-            experiment_id = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name)\
-                .experiment_id
+        else:
+            experiment_id = use_experiment(experiment_name)
         run = mlflow.start_run(run_name=run_name, tags=tags, nested=parent_run_id is not None,
                                parent_run_id=parent_run_id, experiment_id=experiment_id)
     with _ended_on_exit(run.info.run_id):
         yield run
+
+
+def use_experiment(experiment_name: str) -> str:
+    """The config's experiment (unless MLFLOW_EXPERIMENT_NAME names one), created if missing.
+
+    Several workers starting at once may all try to create it: the losers of that race take the
+    winner's, instead of failing on the unique name.
+    """
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
+    for attempt in range(3):
+        try:
+            return mlflow.set_experiment(name).experiment_id
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ oldest parent tagged with the study; a worker whose own parent lost ends it and 
 
 from __future__ import annotations
 
-import os
 import time
 
 import mlflow
@@ -38,7 +37,7 @@ def study_parent(study: optuna.Study, storage_id: str, experiment_name: str, par
     if launcher:  # `mlflow run` made a run for this worker: it says where the work went, then ends
         experiment_id = client.get_run(launcher).info.experiment_id
     else:
-        experiment_id = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name).experiment_id
+        experiment_id = session.use_experiment(experiment_name)
     parents = _parents(experiment_id, study.study_name, storage_id)
     mine = None
     if not parents:
