@@ -98,7 +98,10 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
         choice = suggest(trial, spec)
         trial_cfg = trial_config(cfg, spec, choice)
         name = f"trial {trial.number} · bs {choice['batch_size']}"
-        trial_cfg = dataclasses.replace(trial_cfg, tracking=dataclasses.replace(trial_cfg.tracking, run_name=name))
+        # each trial its own checkpoint folder: two trials may draw the same params, in two workers at once
+        folder = f"{trial_cfg.train.checkpoint_dir}/{spec.study_name}/trial-{trial.number}"
+        trial_cfg = dataclasses.replace(trial_cfg, tracking=dataclasses.replace(trial_cfg.tracking, run_name=name),
+                                        train=dataclasses.replace(trial_cfg.train, checkpoint_dir=folder))
         tags = {study_runs.STUDY_TAG: spec.study_name, "optuna.trial": str(trial.number)}
         run_id: list[str] = []
 

@@ -35,7 +35,7 @@ def save(folder: Path, state: TrainState, model, optimizer, scheduler, scaler, g
         "scaler": scaler.state_dict(), "generator": generator.get_state() if generator is not None else None,
     }
     path = folder / FILENAME
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two processes saving the same config never share a tmp
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path

@@ -140,7 +140,21 @@ def _log_dataset(prepared: PreparedRun) -> None:
     for split, n in prepared.data.sizes().items():
         digest = f"{prepared.data.split_digest}-{split}"[:36]
         dataset = MetaDataset(source=source, name=f"{raw.name}-{split}", digest=digest)
-        mlflow.log_input(dataset, context=split, tags={"rows": str(n)})
+        _log_input_retrying(dataset, split, n)
+
+
+def _log_input_retrying(dataset, split: str, rows: int, attempts: int = 4) -> None:
+    """Workers logging the same dataset at once race on MLflow's unique (experiment, name, digest)
+    row; the loser's retry finds the winner's row and links to it."""
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=split, tags={"rows": str(rows)})
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            duplicate = any(word in str(exc) for word in ("UNIQUE constraint", "IntegrityError", "duplicate key"))
+            if not duplicate or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def model_metadata(prepared: PreparedRun) -> dict:

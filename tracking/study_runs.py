@@ -2,8 +2,10 @@
 
 Our own logger (optuna-integration's MLflowCallback is deprecated). Several workers may start at
 once on a fresh study, and neither MLflow nor Optuna offers compare-and-set, so the parent is
-elected: a worker that finds no parent creates one, waits a moment, then every worker adopts the
-oldest parent tagged with the study; a worker whose own parent lost ends it and deletes it.
+elected: a worker that finds no parent creates one; every worker then adopts the oldest parent
+tagged with the study, but only once that parent is a few seconds old, so that any parent created
+earlier (whose write may still be on its way) is visible by then; a worker whose own parent lost
+ends it and deletes it, before any trial is nested under it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tracking import session
 
 STUDY_TAG = "optuna.study"
-ELECTION_WAIT_S = 1.5  # longer than the create-and-tag of a parent on a loaded store
+SETTLE_S = 2.5  # longer than a parent's create-and-tag takes to become visible on a loaded store
 
 
 def _parents(experiment_id: str, study_name: str, storage_id: str) -> list[Run]:
@@ -45,7 +47,10 @@ def study_parent(study: optuna.Study, storage_id: str, experiment_name: str, par
                 "optuna.direction": study.direction.name.lower()}
         mine = client.create_run(experiment_id, tags=tags, run_name=f"study · {study.study_name}").info.run_id
         client.log_batch(mine, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
-        time.sleep(ELECTION_WAIT_S)
+        while not (parents := _parents(experiment_id, study.study_name, storage_id)):
+            time.sleep(0.2)  # a store that answers searches from a lagging replica
+    while (age := time.time() - parents[0].info.start_time / 1000) < SETTLE_S:
+        time.sleep(SETTLE_S - age + 0.1)
         parents = _parents(experiment_id, study.study_name, storage_id)
     parent = parents[0].info.run_id
     if mine and mine != parent:

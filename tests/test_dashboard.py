@@ -1,0 +1,44 @@
+"""optuna-dashboard as a real process against a study freezeframe wrote, read through its HTTP API."""
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import optuna
+
+from freezeframe.cli import main
+from tests.conftest import free_port, wait_for_http
+from tests.test_search import SPACE, search_experiment
+
+
+def get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.load(reply)
+
+
+def test_dashboard_shows_the_study_and_its_trials(tracking_store, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    assert main(["search", "--experiment", search_experiment(tmp_path, SPACE), "--storage", storage,
+                 "--n_trials", "2"]) == 0
+    port = free_port()
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage,
+                                  "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{base}/api/studies", process=dashboard)
+        studies = get(f"{base}/api/studies")["study_summaries"]
+        (study,) = [s for s in studies if s["study_name"] == "tiny"]
+        detail = get(f"{base}/api/studies/{study['study_id']}?after=0")
+        trials = detail["trials"]
+        assert len(trials) == 2 and {t["state"] for t in trials} == {"Complete"}
+        sizes = [int(p["param_external_value"]) for t in trials for p in t["params"] if p["name"] == "batch_size"]
+        assert len(sizes) == 2 and all(b % 8 == 0 for b in sizes)
+        expected = optuna.load_study(study_name="tiny", storage=storage).trials
+        run_ids = [a["value"] for t in trials for a in t["user_attrs"] if a["key"] == "mlflow_run_id"]
+        assert sorted(run_ids) == sorted(t.user_attrs["mlflow_run_id"] for t in expected)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=20)
