@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
-from pipelines.config import RunConfig, load_experiment
+from pipelines.config import RunConfig, coerce, load_experiment
 from pipelines.errors import ConfigError, FreezeframeError
 
 # MLproject parameter / flag name → config key. Types are checked by the config loader.
@@ -52,7 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
                        ("sampler", "tpe | random | grid"), ("pruner", "median | hyperband | none"),
                        ("seed", "sampler seed")):
         find.add_argument(f"--{flag}", default="", metavar="VALUE", help=f"{text} ('' = from the file)")
+    pred = sub.add_parser("predict", help="top-k classes of an image or a folder from a logged model")
+    pred.add_argument("--model", default="models:/freezeframe-quickstart@champion",
+                      help="models:/<name>@<alias>, models:/<name>/<v> or runs:/<id>/model")
+    pred.add_argument("--input", default="", help="an image file or a folder of images")
+    pred.add_argument("--top_k", type=_whole_number, default=5)
+    pred.add_argument("--output", default="", help="CSV path ('' = predictions.csv for a folder)")
     return parser
+
+
+def _whole_number(text: str) -> int:
+    """MLflow passes float-typed parameters as "5.0"."""
+    return coerce(text, int, "--top_k", "command line")
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `mlflow run` cancellation end runs as KILLED
     try:
         args = build_parser().parse_args(argv)
-        cfg, sections = config_from_args(args)
+        cfg, sections = config_from_args(args) if args.command != "predict" else (None, {})
         from freezeframe import commands  # after parsing: `--help` and config errors stay instant
 
         return commands.COMMANDS[args.command](args, cfg, sections)

@@ -67,12 +67,60 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()  # an out-of-memory arm must not starve the next one
-        rows = comparison_report.log_summary(parent_id, spec.name, comparison.arm_runs(parent_id))
+        rows, best = comparison_report.log_summary(parent_id, spec.name, comparison.arm_runs(parent_id))
+        champion = _register_best_arm(best, _experiment_stem(args.experiment), parent_id) if best else None
     print(comparison_report.markdown(rows, []))
+    if champion:
+        print(f"best arm registered as {champion}")
     return 0
 
 
-COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare}
+def _experiment_stem(path: str) -> str:
+    return path.rsplit("/", 1)[-1].removesuffix(".yaml")
+
+
+def _register_best_arm(best: dict, experiment: str, parent_id: str) -> str | None:
+    """The best arm's model as `freezeframe-<experiment>@champion`, unless that arm logged none."""
+    from tracking.store import TrackingError
+
+    arm = f"{best['backbone']} · {best['freeze']} · seed {best['seed']}"
+    try:
+        return register_run_model(best["run_id"], f"freezeframe-{experiment}", "champion",
+                                  f"best arm of comparison {experiment}: {arm}, test/acc {best['test_acc']:.4f}; "
+                                  f"run {best['run_id']}", tag_run_id=parent_id)
+    except TrackingError:
+        return None
+
+
+def predict(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
+    """Top-k classes for an image or a folder, from a registered or logged model."""
+    import csv
+
+    from pipelines.errors import ConfigError
+    from pipelines.predict import predict as classify
+    from tracking.model_store import load_for_inference
+
+    if not args.input:
+        raise ConfigError("predict needs --input (-P input=...): an image file or a folder of images")
+    if args.top_k < 1:
+        raise ConfigError(f"--top_k must be >= 1, got {args.top_k}")
+    model, metadata = load_for_inference(args.model)
+    predictions = classify(model, metadata, args.input, top_k=args.top_k)
+    for p in predictions:
+        print(f"{p.path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in p.top))
+    if len(predictions) > 1 or args.output:
+        output = args.output or "predictions.csv"
+        with open(output, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", *[f"{kind}_{i + 1}" for i in range(len(predictions[0].top))
+                                       for kind in ("class", "prob")]])
+            for p in predictions:
+                writer.writerow([p.path, *[v for name, prob in p.top for v in (name, f"{prob:.6f}")]])
+        print(f"wrote {output} ({len(predictions)} images)")
+    return 0
+
+
+COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare, "predict": predict}
 
 
 def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
@@ -92,7 +140,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
               "search.pruner": spec.pruner, "search.metric": spec.metric,
               "search.batch_sizes": f"{spec.batch_sizes[0]}..{spec.batch_sizes[-1]} step 8"}
     parent = study_runs.study_parent(study, _storage_id(storage_url), cfg.tracking.experiment_name, params)
-    experiment = args.experiment.rsplit("/", 1)[-1].removesuffix(".yaml")
+    experiment = _experiment_stem(args.experiment)
 
     def objective(trial: optuna.Trial) -> float:
         choice = suggest(trial, spec)

@@ -61,8 +61,8 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 
 def make_pruner(spec: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
     if spec.pruner == "median":
-        # judge from the second epoch on, once two trials have finished: the first epoch is mostly noise
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        # once two trials have finished, a trial below their median at the same epoch stops there
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()

@@ -88,8 +88,8 @@ def frozen_deltas(rows: list[dict]) -> dict[str, float]:
     return {b: by[(b, "unfrozen")] - by[(b, "frozen")] for b, f in by if f == "frozen" and (b, "unfrozen") in by}
 
 
-def log_summary(parent_run_id: str, name: str, runs: list[Run]) -> list[dict]:
-    """Log the summary on the active parent run; returns the grouped rows."""
+def log_summary(parent_run_id: str, name: str, runs: list[Run]) -> tuple[list[dict], dict | None]:
+    """Log the summary on the active parent run; returns the grouped rows and the best arm's record."""
     records = [arm_record(r) for r in runs]
     rows = group_rows(records)
     failed = [r for r in records if r["status"] != "FINISHED"]
@@ -117,6 +117,7 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run]) -> list[dict]:
     metrics = {f"delta/{backbone}": value for backbone, value in deltas.items()}
     finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
     tags = {"arms_total": str(len(records)), "arms_failed": str(len(failed))}
+    best = None
     if finished:
         best = max(finished, key=lambda r: r["test_acc"])
         metrics["best/test_acc"] = best["test_acc"]
@@ -124,4 +125,4 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run]) -> list[dict]:
     if metrics:
         mlflow.log_metrics(metrics)
     mlflow.set_tags(tags)
-    return rows
+    return rows, best

@@ -32,8 +32,9 @@ def resolve_state_dict(uri: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def register_run_model(run_id: str, name: str, alias: str, description: str) -> str:
-    """Register the model a run logged, point `alias` at the new version; returns the `models:/` URI."""
+def register_run_model(run_id: str, name: str, alias: str, description: str, tag_run_id: str | None = None) -> str:
+    """Register the model a run logged, point `alias` at the new version; returns the `models:/` URI
+    (also tagged as `champion` on `tag_run_id`, the comparison's or study's parent)."""
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient().get_run(run_id)
@@ -45,4 +46,7 @@ def register_run_model(run_id: str, name: str, alias: str, description: str) -> 
     client = MlflowClient()
     client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, alias, version.version)
-    return f"models:/{name}@{alias}"
+    uri = f"models:/{name}@{alias}"
+    if tag_run_id:
+        client.set_tag(tag_run_id, "champion", uri)
+    return uri

@@ -1,0 +1,65 @@
+"""Classify image files with a trained model, preprocessed exactly as in training.
+
+The preprocessing (size, mean, std, interpolation) and the class names come from the metadata logged
+with the model, never re-typed here; a single image gets its batch dimension like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from pipelines.backbones import Preprocessing
+from pipelines.data import make_transform
+from pipelines.datasets import IMAGE_SUFFIXES
+from pipelines.errors import DataError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
+
+
+def image_paths(target: str | Path) -> list[Path]:
+    target = Path(target)
+    if target.is_file():
+        return [target]
+    if target.is_dir():
+        paths = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if paths:
+            return paths
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {target}")
+    raise DataError(f"input not found: {target}")
+
+
+def predict(model: nn.Module, metadata: dict, target: str | Path, top_k: int = 5,
+            batch_size: int = 32) -> list[Prediction]:
+    prep = Preprocessing(tuple(metadata["mean"]), tuple(metadata["std"]), metadata["interpolation"])
+    transform = make_transform(prep, int(metadata["image_size"]), augment=False)
+    names = list(metadata["class_names"])
+    k = max(1, min(top_k, len(names)))
+    paths = image_paths(target)
+    model.eval()
+    out: list[Prediction] = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        batch = torch.stack([transform(_read(p)) for p in chunk])
+        with torch.inference_mode():
+            probabilities = model(batch).float().softmax(dim=1)
+        values, indices = probabilities.topk(k, dim=1)
+        for path, v, i in zip(chunk, values.tolist(), indices.tolist(), strict=True):
+            out.append(Prediction(str(path), [(names[c], p) for c, p in zip(i, v, strict=True)]))
+    return out
+
+
+def _read(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None

@@ -1,0 +1,63 @@
+"""From a comparison to a prediction: the best arm registered as champion, then `predict` on files."""
+
+import csv
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from freezeframe.cli import main
+from tests.conftest import runs_in
+from tests.test_compare import write_experiment
+
+
+@pytest.fixture
+def digit_images(tmp_path):
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    digits = load_digits()
+    for i in range(6):
+        pixels = np.round(digits.images[i] * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels).resize((24, 24)).save(folder / f"{i}_label{digits.target[i]}.png")
+    return folder
+
+
+def test_best_arm_is_champion_and_predict_reads_its_preprocessing(tracking_store, tmp_path, digit_images, capsys):
+    path = write_experiment(tmp_path, "  name: grid\n  freeze: [frozen, unfrozen]\n",
+                            **{"tracking.log_model": True, "train.epochs": 3})
+    assert main(["compare", "--experiment", path]) == 0
+    assert "best arm registered as models:/freezeframe-grid@champion" in capsys.readouterr().out
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("freezeframe-grid", "champion")
+    (parent,) = [r for r in runs_in(tracking_store) if "mlflow.parentRunId" not in r.data.tags]
+    assert version.tags["source_run_id"] == parent.data.tags["best_run_id"]
+    assert "best arm of comparison grid" in version.description and "test/acc" in version.description
+    assert parent.data.tags["champion"] == "models:/freezeframe-grid@champion"
+
+    one = sorted(digit_images.iterdir())[0]
+    assert main(["predict", "--model", "models:/freezeframe-grid@champion", "--input", str(one),
+                 "--top_k", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{one}: ") and line.count(",") == 2  # three classes with probabilities
+    probabilities = [float(part.split()[-1]) for part in line.split(": ", 1)[1].split(", ")]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+
+    output = tmp_path / "out.csv"
+    run_uri = f"runs:/{parent.data.tags['best_run_id']}/model"
+    assert main(["predict", "--model", run_uri, "--input", str(digit_images), "--output", str(output)]) == 0
+    rows = list(csv.DictReader(output.open()))
+    assert len(rows) == 6 and set(rows[0]) >= {"path", "class_1", "prob_1", "class_5", "prob_5"}
+    assert all(r["class_1"] in [str(d) for d in range(10)] for r in rows)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "models:/nothing@champion", "--input", "."], "cannot load model models:/nothing@champion"),
+    (["--model", "resnet18.pth", "--input", "."], "is not a model URI"),
+    (["--model", "models:/x@y"], "predict needs --input"),
+    (["--model", "models:/x@y", "--input", "x", "--top_k", "0"], "--top_k must be >= 1"),
+])
+def test_predict_bad_input(tracking_store, capsys, flags, message):
+    assert main(["predict", *flags]) == 2
+    assert message in capsys.readouterr().err
