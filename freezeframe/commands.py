@@ -127,6 +127,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     """Optuna over batch sizes (multiples of 8) and friends; every trial a child run of the study's parent."""
     import optuna
 
+    from pipelines.run import slug
     from pipelines.search import PruningReporter, make_storage, open_study
     from pipelines.search_space import parse_search, suggest, trial_config
     from tracking import study_report, study_runs
@@ -147,7 +148,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
         trial_cfg = trial_config(cfg, spec, choice)
         name = f"trial {trial.number} · bs {choice['batch_size']}"
         # each trial its own checkpoint folder: two trials may draw the same params, in two workers at once
-        folder = f"{trial_cfg.train.checkpoint_dir}/{spec.study_name}/trial-{trial.number}"
+        folder = f"{trial_cfg.train.checkpoint_dir}/{slug(spec.study_name)}/trial-{trial.number}"
         trial_cfg = dataclasses.replace(trial_cfg, tracking=dataclasses.replace(trial_cfg.tracking, run_name=name),
                                         train=dataclasses.replace(trial_cfg.train, checkpoint_dir=folder))
         tags = {study_runs.STUDY_TAG: spec.study_name, "optuna.trial": str(trial.number)}
