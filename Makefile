@@ -24,7 +24,9 @@ run: install
 	  $(BIN)/mlflow run . -e main --env-manager local --experiment-name quickstart
 	@echo
 	@echo "Compare the runs in the MLflow UI:  make ui   (or: $(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI))"
-	@echo "then open http://127.0.0.1:5000 → experiment 'quickstart' → select the child runs → Compare."
+	@echo "then open http://127.0.0.1:5000 → experiment 'quickstart' → Training runs → expand the parent,"
+	@echo "select its child runs → Compare. Classify an image with the champion:"
+	@echo "  $(VENV)/bin/mlflow run . -e predict --env-manager local -P input=<image or folder>"
 
 test: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
