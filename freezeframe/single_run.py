@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pipelines.config import RunConfig
 from pipelines.run import PreparedRun, RunOutcome, execute, prepare
+from tracking import stale
 from tracking.registry import is_registry_uri, resolve_state_dict
 from tracking.run_logger import MlflowTracker, run_name
 from tracking.session import tracked_run
@@ -40,6 +41,7 @@ def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id
         if on_start is not None:
             on_start(run.info.run_id)
         prepared = target if isinstance(target, PreparedRun) else prepare_run(target)
+        stale.claim(prepared.checkpoint_dir, run.info.run_id, resuming=cfg.train.resume)
         tracker = MlflowTracker(run.info.run_id)
         tracker.log_setup(prepared, entry_point)
         outcome = execute(prepared, listeners=(tracker, *listeners))

@@ -1,0 +1,103 @@
+"""Faults: kill -9 mid-run, then rerun. Nothing RUNNING afterwards, at most one epoch lost."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, runs_in, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def experiment(tmp_path, compare: dict | None = None, **overrides) -> Path:
+    sections: dict = {}
+    for key, value in tiny_overrides(tmp_path, **overrides).items():
+        section, leaf = key.split(".", 1)
+        sections.setdefault(section, {})[leaf] = value
+    if compare:
+        sections["compare"] = compare
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def start(tmp_path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(leaked, None)
+    return subprocess.Popen([sys.executable, "-m", "freezeframe", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.1)
+
+
+def test_kill_9_train_then_resume(tmp_path):
+    # big enough images that an epoch takes a few seconds, so the kill lands mid-run
+    path = experiment(tmp_path, **{"train.epochs": 6, "data.image_size": 96, "data.max_samples": 120})
+    worker = start(tmp_path, "train", "--experiment", str(path))
+    checkpoints = tmp_path / "checkpoints"
+    wait_for(lambda: any(checkpoints.glob("*/last.pt")))
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (killed,) = runs_in(uri)
+    assert killed.info.status == "RUNNING"  # what kill -9 leaves behind, until the rerun
+    import torch
+
+    done_epochs = torch.load(next(checkpoints.glob("*/last.pt")), weights_only=False)["epoch"]
+    assert 1 <= done_epochs < 6
+
+    again = start(tmp_path, "train", "--experiment", str(path), "--resume", "true")
+    output = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, output[-3000:]
+    runs = {r.info.run_id: r for r in runs_in(uri)}
+    assert runs[killed.info.run_id].info.status == "KILLED"
+    assert "process (pid" in runs[killed.info.run_id].data.tags["error"]
+    (resumed,) = [r for r in runs.values() if r.info.run_id != killed.info.run_id]
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_from_run"] == killed.info.run_id
+    assert int(resumed.data.tags["resumed_from_epoch"]) >= done_epochs  # at most the running epoch lost
+    from mlflow.tracking import MlflowClient
+
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(resumed.info.run_id, "val/acc")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the resumed run's curves are complete
+
+
+def test_kill_a_comparison_midway_then_rerun(tmp_path):
+    path = experiment(tmp_path, compare={"name": "killed", "freeze": ["frozen", "last_n:1", "unfrozen"]},
+                      **{"train.epochs": 3, "data.image_size": 96, "data.max_samples": 120})
+    worker = start(tmp_path, "compare", "--experiment", str(path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def second_arm_running():
+        try:
+            return any(r.data.tags.get("freeze") == "last_n:1" for r in runs_in(uri))
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            return False
+
+    wait_for(second_arm_running)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    again = start(tmp_path, "compare", "--experiment", str(path))
+    output = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, output[-3000:]
+    assert output.count("FINISHED earlier") == 1  # the frozen arm, done before the kill
+    runs = runs_in(uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    arms = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["freeze"] for r in arms if r.info.status == "FINISHED") == [
+        "frozen", "last_n:1", "unfrozen"]
+    assert [r.info.status for r in arms if r.info.status != "FINISHED"] == ["KILLED"]
+    assert "RUNNING" not in {r.info.status for r in runs}
