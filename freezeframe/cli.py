@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
 from pipelines.config import RunConfig, coerce, load_experiment
-from pipelines.errors import ConfigError, FreezeframeError
+from pipelines.errors import ConfigError, FreezeframeError, first_line
 
 # MLproject parameter / flag name → config key. Types are checked by the config loader.
 RUN_FLAGS = {
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return commands.COMMANDS[args.command](args, cfg, sections)
     except FreezeframeError as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc, limit=2000)
         _close_launcher_run(message)
         print(f"freezeframe: error: {message}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import torch
 from freezeframe.single_run import prepare_run, run_tracked
 from pipelines.compare import arm_config, parse_comparison
 from pipelines.config import RunConfig, digest
+from pipelines.errors import first_line
 from tracking import comparison, comparison_report
 from tracking.registry import register_run_model
 from tracking.store import ensure_reachable
@@ -61,7 +62,7 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
             try:
                 run_tracked(arm_cfg, entry_point="compare", parent_run_id=parent_id, attach=False, tags=arm_tags)
             except Exception as exc:  # noqa: BLE001 - an arm's failure is recorded on its run; the rest go on
-                print(f"[{index}/{len(arms)}] {arm.name} FAILED: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                print(f"[{index}/{len(arms)}] {arm.name} FAILED: {first_line(exc)}",
                       file=sys.stderr)
             finally:
                 gc.collect()
@@ -97,6 +98,7 @@ def predict(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     import csv
 
     from pipelines.errors import ConfigError
+    from pipelines.predict import image_paths
     from pipelines.predict import predict as classify
     from tracking.model_store import load_for_inference
 
@@ -104,8 +106,9 @@ def predict(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
         raise ConfigError("predict needs --input (-P input=...): an image file or a folder of images")
     if args.top_k < 1:
         raise ConfigError(f"--top_k must be >= 1, got {args.top_k}")
+    paths = image_paths(args.input)  # bad input fails before the (slower) model load
     model, metadata = load_for_inference(args.model)
-    predictions = classify(model, metadata, args.input, top_k=args.top_k)
+    predictions = classify(model, metadata, paths, top_k=args.top_k)
     for p in predictions:
         print(f"{p.path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in p.top))
     if len(predictions) > 1 or args.output:
@@ -164,7 +167,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # noqa: BLE001 - out of memory, NaN loss...: this trial fails, the study goes on
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc, limit=500)
             trial.set_user_attr("fail_reason", reason)
             study_runs.mark_trial(run_id[0] if run_id else None, "FAIL", reason)
             raise

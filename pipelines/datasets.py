@@ -135,7 +135,7 @@ def _image_folder(root: Path) -> RawDataset:
         for path in sorted(class_dir.rglob("*")):
             if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
-            if _readable(path):
+            if readable(path):
                 paths.append(str(path))
                 labels.append(index)
             else:
@@ -152,7 +152,7 @@ def _image_folder(root: Path) -> RawDataset:
                       [d.name for d in class_dirs], source=str(root.resolve()), skipped=skipped)
 
 
-def _readable(path: Path) -> bool:
+def readable(path: Path) -> bool:
     """Decode the whole file: verify() alone misses truncated image data."""
     try:
         with Image.open(path) as img:

@@ -23,3 +23,9 @@ class DataError(FreezeframeError):
 
 class TrainingError(FreezeframeError):
     """Training that cannot go on (a NaN loss, for instance)."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line for a one-line message; its type when it says nothing (EOFError())."""
+    lines = str(getattr(exc, "message", None) or exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

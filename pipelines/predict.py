@@ -6,6 +6,7 @@ with the model, never re-typed here; a single image gets its batch dimension lik
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from torch import nn
 
 from pipelines.backbones import Preprocessing
 from pipelines.data import make_transform
-from pipelines.datasets import IMAGE_SUFFIXES
+from pipelines.datasets import IMAGE_SUFFIXES, readable
 from pipelines.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,24 +29,33 @@ class Prediction:
 
 
 def image_paths(target: str | Path) -> list[Path]:
+    """The readable images of a file or folder, checked before any model is loaded.
+
+    A single unreadable file is an error; in a folder, unreadable files are skipped and counted,
+    as for training data (pipelines/datasets.py)."""
     target = Path(target)
     if target.is_file():
+        if not readable(target):
+            raise DataError(f"cannot read image {target}: not a complete image file PIL can decode")
         return [target]
-    if target.is_dir():
-        paths = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if paths:
-            return paths
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {target}")
-    raise DataError(f"input not found: {target}")
+    if not target.is_dir():
+        raise DataError(f"input not found: {target}")
+    candidates = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = [p for p in candidates if readable(p)]
+    if not paths:
+        raise DataError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) under {target}")
+    if len(paths) < len(candidates):
+        log.warning("skipped %d unreadable image file(s) under %s", len(candidates) - len(paths), target)
+    return paths
 
 
-def predict(model: nn.Module, metadata: dict, target: str | Path, top_k: int = 5,
+def predict(model: nn.Module, metadata: dict, target: str | Path | list[Path], top_k: int = 5,
             batch_size: int = 32) -> list[Prediction]:
     prep = Preprocessing(tuple(metadata["mean"]), tuple(metadata["std"]), metadata["interpolation"])
     transform = make_transform(prep, int(metadata["image_size"]), augment=False)
     names = list(metadata["class_names"])
     k = max(1, min(top_k, len(names)))
-    paths = image_paths(target)
+    paths = image_paths(target) if not isinstance(target, list) else target
     model.eval()
     out: list[Prediction] = []
     for start in range(0, len(paths), batch_size):

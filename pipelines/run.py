@@ -22,7 +22,7 @@ from pipelines.config import RunConfig
 from pipelines.data import DataBundle, build_data, denormalize, make_loaders
 from pipelines.datasets import load_dataset
 from pipelines.engine import FitResult, Listener, fit
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, first_line
 from pipelines.freezing import FreezeReport, apply_policy, thaw_schedule
 from pipelines.runtime import resolve_device, seed_everything
 from pipelines.weights import check_source
@@ -94,8 +94,7 @@ def _check_image_size(backbone: Backbone, size: int) -> None:
         with torch.inference_mode():
             model(torch.zeros(1, 3, size, size))
     except (RuntimeError, AssertionError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(f"data.image_size {size} does not fit {backbone.full_name}: {first}") from None
+        raise ConfigError(f"data.image_size {size} does not fit {backbone.full_name}: {first_line(exc)}") from None
     finally:
         model.train(was_training)
 

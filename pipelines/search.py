@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import optuna
 
-from pipelines.errors import ConfigError, FreezeframeError
+from pipelines.errors import ConfigError, FreezeframeError, first_line
 from pipelines.search_space import SearchSpec, grid_space
 
 HEARTBEAT_S = 10  # a live trial touches the storage this often...
@@ -47,8 +47,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except Exception as exc:  # noqa: BLE001 - drivers raise their own error types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise StorageError(f"storage {url} is unreachable: {first}") from None
+        raise StorageError(f"storage {url} is unreachable: {first_line(exc)}") from None
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:

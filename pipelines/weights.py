@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from pipelines import lite0_weights
-from pipelines.errors import WeightsError
+from pipelines.errors import WeightsError, first_line
 
 LOCAL_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 OFFLINE_OPTIONS = (
@@ -124,7 +124,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt files raise anything from pickle to zip errors
-        raise WeightsError(f"cannot read weights file {path}: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"cannot read weights file {path}: {first_line(exc)}") from None
     for key in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

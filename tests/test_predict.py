@@ -53,11 +53,11 @@ def test_best_arm_is_champion_and_predict_reads_its_preprocessing(tracking_store
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--model", "models:/nothing@champion", "--input", "."], "cannot load model models:/nothing@champion"),
-    (["--model", "resnet18.pth", "--input", "."], "is not a model URI"),
+    (["--model", "models:/nothing@champion", "--input", "IMAGES"], "cannot load model models:/nothing@champion"),
+    (["--model", "resnet18.pth", "--input", "IMAGES"], "is not a model URI"),
     (["--model", "models:/x@y"], "predict needs --input"),
     (["--model", "models:/x@y", "--input", "x", "--top_k", "0"], "--top_k must be >= 1"),
 ])
-def test_predict_bad_input(tracking_store, capsys, flags, message):
-    assert main(["predict", *flags]) == 2
+def test_predict_bad_input(tracking_store, digit_images, capsys, flags, message):
+    assert main(["predict", *[str(digit_images) if f == "IMAGES" else f for f in flags]]) == 2
     assert message in capsys.readouterr().err

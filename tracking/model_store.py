@@ -8,6 +8,7 @@ import mlflow
 import torch
 from mlflow.exceptions import MlflowException
 
+from pipelines.errors import first_line
 from tracking.store import TrackingError
 
 
@@ -19,8 +20,7 @@ def load_for_inference(uri: str) -> tuple[torch.nn.Module, dict]:
         info = mlflow.models.get_model_info(uri)
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except (MlflowException, OSError) as exc:
-        first = (str(getattr(exc, "message", exc)).strip().splitlines() or [""])[0][:200]
-        raise TrackingError(f"cannot load model {uri}: {first}") from None
+        raise TrackingError(f"cannot load model {uri}: {first_line(exc)}") from None
     raw = (info.metadata or {}).get("freezeframe")
     if not raw:
         raise TrackingError(f"model {uri} has no freezeframe preprocessing metadata (was it logged by freezeframe?)")

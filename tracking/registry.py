@@ -8,6 +8,7 @@ import mlflow
 import torch
 from mlflow.exceptions import MlflowException
 
+from pipelines.errors import first_line
 from tracking.store import TrackingError
 
 _MODELS_URI = re.compile(r"models:/[^/@]+(/\d+|@[\w-]+)")
@@ -25,8 +26,7 @@ def resolve_state_dict(uri: str) -> dict[str, torch.Tensor]:
     try:
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except MlflowException as exc:
-        first = str(exc.message).strip().splitlines()[0][:200]
-        raise TrackingError(f"cannot load {uri} from the model registry: {first}") from None
+        raise TrackingError(f"cannot load {uri} from the model registry: {first_line(exc)}") from None
     if not isinstance(model, torch.nn.Module):
         raise TrackingError(f"{uri} is not a PyTorch model")
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}

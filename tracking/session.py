@@ -17,6 +17,8 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.errors import first_line
+
 ERROR_TAG = "error"
 _UNREAD = object()
 _launcher_run_id: object | str | None = _UNREAD
@@ -121,8 +123,7 @@ def hand_over_launcher_run(target_run_id: str, run_name: str) -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+    return f"{type(exc).__name__}: {first_line(exc, limit=5000)}"
 
 
 def git_commit() -> str | None:

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import mlflow
 
-from pipelines.errors import FreezeframeError
+from pipelines.errors import FreezeframeError, first_line
 
 TIMEOUT_S = 3.0
 
@@ -55,5 +55,4 @@ def _check_database(uri: str) -> None:
             pass
         engine.dispose()
     except Exception as exc:  # noqa: BLE001 - drivers raise their own error types
-        first = str(exc).strip().splitlines()[0][:200]
-        raise TrackingError(f"tracking database {uri} is unreachable: {first}") from None
+        raise TrackingError(f"tracking database {uri} is unreachable: {first_line(exc)}") from None

@@ -1,0 +1,163 @@
+"""The bad-input matrix: every entry point, each bad input refused with one line naming the problem,
+no traceback from our code, no MLflow run or Optuna trial left RUNNING, nothing in the registry."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from freezeframe.cli import main
+from tests.conftest import runs_in, tiny_overrides
+
+
+def experiment(tmp: Path, extra: str = "", **overrides) -> str:
+    sections: dict = {}
+    for key, value in tiny_overrides(tmp, **overrides).items():
+        section, leaf = key.split(".", 1)
+        sections.setdefault(section, {})[leaf] = value
+    path = tmp / "exp.yaml"
+    path.write_text(yaml.safe_dump(sections) + extra)
+    return str(path)
+
+
+def grid(tmp: Path, body: str, **overrides) -> list[str]:
+    return ["compare", "--experiment", experiment(tmp, "compare:\n" + body, **overrides)]
+
+
+def search(tmp: Path, body: str, *flags: str) -> list[str]:
+    return ["search", "--experiment", experiment(tmp, "search:\n" + body), "--storage",
+            f"sqlite:///{tmp}/optuna.db", *flags]
+
+
+def train(tmp: Path, *flags: str, **overrides) -> list[str]:
+    return ["train", "--experiment", experiment(tmp, **overrides), *flags]
+
+
+def files(tmp: Path) -> dict[str, Path]:
+    """Bad files of every kind the entry points read."""
+    out = {}
+    good = tmp / "good.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(good)
+    out["truncated"] = tmp / "truncated.png"
+    out["truncated"].write_bytes(good.read_bytes()[:60])
+    out["empty"] = tmp / "empty.jpg"
+    out["empty"].write_bytes(b"")
+    out["text"] = tmp / "notes.png"
+    out["text"].write_text("this is not an image")
+    out["huge"] = tmp / "huge.png"  # a decompression bomb: 196 M pixels, a few kB on disk
+    Image.new("1", (14_000, 14_000)).save(out["huge"])
+    bad_folder = tmp / "only-bad" / "cls"
+    bad_folder.mkdir(parents=True)
+    (bad_folder / "a.png").write_bytes(out["truncated"].read_bytes())
+    (bad_folder / "b.jpg").write_bytes(b"")
+    out["only_bad"] = tmp / "only-bad"
+    (tmp / "no-classes").mkdir()
+    out["no_classes"] = tmp / "no-classes"
+    out["zero_pth"] = tmp / "zero.pth"
+    out["zero_pth"].write_bytes(b"")
+    from pipelines.backbones import build_backbone
+
+    out["other_pth"] = tmp / "resnet18.pth"
+    torch.save(build_backbone("torchvision/resnet18", 10).model.state_dict(), out["other_pth"])
+    out["weights_txt"] = tmp / "weights.txt"
+    out["weights_txt"].write_text("1 2 3")
+    out["broken_yaml"] = tmp / "broken.yaml"
+    out["broken_yaml"].write_text("train: {lr: [\n")
+    return out
+
+
+S = "  batch_size: {low: 8, high: 16}\n"
+CASES = {
+    # train: CLI parameters and experiment files
+    "unknown backbone": (lambda t, f: train(t, "--backbone", "timm/resnet19"), "unknown backbone 'timm/resnet19'"),
+    "source prefix": (lambda t, f: train(t, "--backbone", "resnet18"), "'timm/<name>' or 'torchvision/<name>'"),
+    "unknown dataset": (lambda t, f: train(t, "--dataset", "cifar11"), "unknown dataset 'cifar11'"),
+    "missing folder": (lambda t, f: train(t, "--dataset", f"imagefolder:{t}/nope"), "image folder not found"),
+    "folder w/o classes": (lambda t, f: train(t, "--dataset", f"imagefolder:{f['no_classes']}"),
+                           "no class sub-folders"),
+    "only corrupt images": (lambda t, f: train(t, "--dataset", f"imagefolder:{f['only_bad']}"),
+                            "no readable images (2 unreadable)"),
+    "batch size 0": (lambda t, f: train(t, "--batch_size", "0"), "train.batch_size must be >= 1"),
+    "lr not a number": (lambda t, f: train(t, "--lr", "abc"), "train.lr must be float, got 'abc'"),
+    "fractional epochs": (lambda t, f: train(t, "--epochs", "2.5"), "train.epochs must be int"),
+    "image too small": (lambda t, f: train(t, "--image_size", "16"), "data.image_size 16 is too small"),
+    "unknown policy": (lambda t, f: train(t, "--freeze", "half"), "unknown freeze policy 'half'"),
+    "missing weights file": (lambda t, f: train(t, "--weights", f"{t}/none.pth"), "weights file not found"),
+    "zero-byte weights": (lambda t, f: train(t, "--weights", str(f["zero_pth"])), "cannot read weights file"),
+    "weights that do not fit": (lambda t, f: train(t, "--weights", str(f["other_pth"])), "do not fit"),
+    "weights, wrong extension": (lambda t, f: train(t, "--weights", str(f["weights_txt"])), "is not a source"),
+    "unknown registry model": (lambda t, f: train(t, "--weights", "models:/ghost@champion"),
+                               "cannot load models:/ghost@champion"),
+    "malformed registry URI": (lambda t, f: train(t, "--weights", "models:/"), "is not a registry URI"),
+    "unknown YAML key": (lambda t, f: ["train", "--experiment", experiment(t, "extra: 1\n")],
+                         "unknown key 'extra'"),
+    "missing experiment": (lambda t, f: ["train", "--experiment", f"{t}/missing.yaml"],
+                           "experiment file not found"),
+    "broken YAML": (lambda t, f: ["train", "--experiment", str(f["broken_yaml"])], "not valid YAML"),
+    "negative memory guard": (lambda t, f: train(t, "--set", "train.memory_limit_mb=-1"),
+                              "train.memory_limit_mb must be >= 0"),
+    # compare
+    "empty grid": (lambda t, f: grid(t, "  freeze: []\n"), "the comparison grid is empty"),
+    "duplicate arms": (lambda t, f: grid(t, "  freeze: [frozen, frozen]\n"), "duplicate arm"),
+    "gradual past last epoch": (lambda t, f: grid(t, "  freeze: [gradual]\n", **{"model.unfreeze_at": [2, 9]}),
+                                "must be increasing epochs within 2..train.epochs"),
+    "empty seeds": (lambda t, f: grid(t, "  seeds: []\n"), "compare.seeds is empty"),
+    # search
+    "bound not a multiple of 8": (lambda t, f: search(t, "  batch_size: {low: 12, high: 64}\n"),
+                                  "is not a positive multiple of 8"),
+    "low above high": (lambda t, f: search(t, "  batch_size: {low: 64, high: 8}\n"), "low 64 > high 8"),
+    "no trials": (lambda t, f: search(t, S, "--n_trials", "0"), "n_trials must be > 0"),
+    "unknown sampler": (lambda t, f: search(t, S, "--sampler", "cmaes"), "unknown sampler 'cmaes'"),
+    "unknown pruner": (lambda t, f: search(t, S, "--pruner", "early"), "unknown pruner 'early'"),
+    "unreachable storage": (lambda t, f: ["search", "--experiment", experiment(t, "search:\n" + S), "--storage",
+                                          "postgresql://nobody@127.0.0.1:9/x"], "is unreachable"),
+    "storage not a URL": (lambda t, f: ["search", "--experiment", experiment(t, "search:\n" + S), "--storage",
+                                        "optuna.db"], "is not a URL"),
+    # predict: registry URIs and image files
+    "model not a URI": (lambda t, f: ["predict", "--model", "model.pth", "--input", str(t / "good.png")],
+                        "is not a model URI"),
+    "unknown model": (lambda t, f: ["predict", "--model", "models:/ghost@champion", "--input", str(t / "good.png")],
+                      "cannot load model models:/ghost@champion"),
+    "truncated image": (lambda t, f: ["predict", "--input", str(f["truncated"])], "cannot read image"),
+    "zero-byte image": (lambda t, f: ["predict", "--input", str(f["empty"])], "cannot read image"),
+    "text named .png": (lambda t, f: ["predict", "--input", str(f["text"])], "cannot read image"),
+    "decompression bomb": (lambda t, f: ["predict", "--input", str(f["huge"])], "cannot read image"),
+    "missing input": (lambda t, f: ["predict", "--input", str(t / "nothing.png")], "input not found"),
+    # any entry point
+    "unknown flag": (lambda t, f: ["train", "--lrr", "0.1"], "unrecognized arguments: --lrr"),
+    "unknown command": (lambda t, f: ["fit"], "invalid choice: 'fit'"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad-files")
+    return folder, files(folder)
+
+
+def test_the_matrix_is_large_enough():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, tracking_store, tmp_path, bad_files, capsys):
+    folder, made = bad_files
+    argv_for, message = CASES[case]
+    (tmp_path / "good.png").write_bytes((folder / "good.png").read_bytes())
+    code = main(argv_for(tmp_path, made))
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1] if err else ""
+    assert code == 2, err
+    assert last.startswith("freezeframe: error: ") and message in last, err
+    assert "Traceback" not in err
+    assert [r.info.run_name for r in runs_in(tracking_store) if r.info.status == "RUNNING"] == []
+    assert MlflowClient().search_registered_models() == []
+    optuna_db = tmp_path / "optuna.db"
+    if optuna_db.exists():
+        for summary in optuna.get_all_study_summaries(f"sqlite:///{optuna_db}"):
+            study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{optuna_db}")
+            assert not [t for t in study.trials if t.state.name == "RUNNING"]
