@@ -139,7 +139,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     spec = parse_search(sections.get("search"), cfg, overrides, source=args.experiment)
     ensure_reachable()
     storage_url = args.storage or "sqlite:///optuna.db"
-    study = open_study(spec, make_storage(storage_url), cfg.train.epochs)
+    study = open_study(spec, make_storage(storage_url, on_stale=study_runs.close_stale_trial), cfg.train.epochs)
     params = {"search.storage": _storage_id(storage_url), "search.sampler": spec.sampler,
               "search.pruner": spec.pruner, "search.metric": spec.metric,
               "search.batch_sizes": f"{spec.batch_sizes[0]}..{spec.batch_sizes[-1]} step 8"}

@@ -8,6 +8,8 @@ killed is failed (not left RUNNING) when the next worker starts.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,16 +18,19 @@ import optuna
 from pipelines.errors import ConfigError, FreezeframeError, first_line
 from pipelines.search_space import SearchSpec, grid_space
 
-HEARTBEAT_S = 10  # a live trial touches the storage this often...
-GRACE_S = 30  # ...and one silent for this long belongs to a dead process
+# A live trial touches the storage this often, and one silent for the grace period belongs to a dead
+# process: the next worker fails it. The environment may shorten both (the fault tests do).
+HEARTBEAT_S = int(os.environ.get("FREEZEFRAME_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("FREEZEFRAME_GRACE_S", "30"))
 
 
 class StorageError(FreezeframeError):
     """An Optuna storage that cannot be opened or reached."""
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open the storage, failing in seconds with the URL in the message."""
+def make_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.BaseStorage:
+    """Open the storage, failing in seconds with the URL in the message. `on_stale(study, trial)` is
+    called for each trial of a dead process that the heartbeat fails (RDB storages)."""
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//")).expanduser()
         if not path.parent.is_dir():
@@ -45,7 +50,8 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         engine_kwargs = {"connect_args": {"connect_timeout": 3}, "pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            failed_trial_callback=on_stale)
     except Exception as exc:  # noqa: BLE001 - drivers raise their own error types
         raise StorageError(f"storage {url} is unreachable: {first_line(exc)}") from None
 

@@ -101,3 +101,43 @@ def test_kill_a_comparison_midway_then_rerun(tmp_path):
         "frozen", "last_n:1", "unfrozen"]
     assert [r.info.status for r in arms if r.info.status != "FINISHED"] == ["KILLED"]
     assert "RUNNING" not in {r.info.status for r in runs}
+
+
+def test_kill_9_a_search_worker_then_restart(tmp_path):
+    """The dead worker's trial becomes FAIL through Optuna's heartbeat, its MLflow child is closed,
+    and the restarted worker runs its trials."""
+    path = experiment(tmp_path, **{"train.epochs": 6, "data.image_size": 96, "data.max_samples": 120})
+    text = path.read_text() + "search:\n  study_name: dies\n  batch_size: {low: 8, high: 16}\n  pruner: none\n"
+    path.write_text(text)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    env_fast = {"FREEZEFRAME_HEARTBEAT_S": "1", "FREEZEFRAME_GRACE_S": "3"}
+    os.environ.update(env_fast)
+    try:
+        worker = start(tmp_path, "search", "--experiment", str(path), "--storage", storage, "--n_trials", "3")
+        import optuna
+
+        def trial_running():
+            try:
+                study = optuna.load_study(study_name="dies", storage=storage)
+                return any(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in study.trials)
+            except Exception:  # noqa: BLE001 - not created yet
+                return False
+
+        wait_for(trial_running)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        time.sleep(4)  # past the grace period
+        again = start(tmp_path, "search", "--experiment", str(path), "--storage", storage, "--n_trials", "2",
+                      "--epochs", "1")
+        output = again.communicate(timeout=300)[0]
+        assert again.returncode == 0, output[-3000:]
+    finally:
+        for key in env_fast:
+            os.environ.pop(key, None)
+    study = optuna.load_study(study_name="dies", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states[0] == "FAIL" and states[1:] == ["COMPLETE", "COMPLETE"]
+    runs = {r.info.run_id: r for r in runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")}
+    dead = runs[study.trials[0].user_attrs["mlflow_run_id"]]
+    assert dead.info.status == "KILLED" and dead.data.tags["optuna.state"] == "FAIL"
+    assert "RUNNING" not in {r.info.status for r in runs.values()}

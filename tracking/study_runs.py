@@ -79,5 +79,13 @@ def mark_trial(run_id: str | None, state: str, reason: str = "") -> None:
             MlflowClient().set_tag(run_id, "optuna.fail_reason", reason[:500])
 
 
+def close_stale_trial(study: optuna.Study, trial) -> None:
+    """Optuna's heartbeat failed a trial whose worker died: its MLflow child must not stay RUNNING."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id and MlflowClient().get_run(run_id).info.status == "RUNNING":
+        mark_trial(run_id, "FAIL", "its worker died (no heartbeat)")
+        session.end_run(run_id, RunStatus.to_string(RunStatus.KILLED), "worker died: no Optuna heartbeat")
+
+
 def close_parent(parent_run_id: str) -> None:
     MlflowClient().set_terminated(parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
