@@ -98,7 +98,7 @@ def resolve_experiment(path: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="freezeframe: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `mlflow run` cancellation end runs as KILLED
     try:
         args = build_parser().parse_args(argv)

@@ -141,3 +141,51 @@ def test_kill_9_a_search_worker_then_restart(tmp_path):
     dead = runs[study.trials[0].user_attrs["mlflow_run_id"]]
     assert dead.info.status == "KILLED" and dead.data.tags["optuna.state"] == "FAIL"
     assert "RUNNING" not in {r.info.status for r in runs.values()}
+
+
+def test_the_tracking_server_goes_away_mid_run(tmp_path):
+    """A clear one-line error, the checkpoint kept, and resume once the server is back."""
+    from tests.conftest import free_port, wait_for_http
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                  f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+    def serve():
+        process = subprocess.Popen(server_cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        wait_for_http(f"{url}/health", process=process)
+        return process
+
+    server = serve()
+    path = experiment(tmp_path, **{"train.epochs": 6, "data.image_size": 96, "data.max_samples": 120})
+    # no HTTP retries: what is under test is the message, the checkpoint and the resume, not the backoff
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": str(ROOT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    worker = subprocess.Popen([sys.executable, "-m", "freezeframe", "train", "--experiment", str(path)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "checkpoints"
+    wait_for(lambda: any(checkpoints.glob("*/last.pt")))
+    os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, at once
+    server.wait()
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 2, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("freezeframe: error:")]
+    assert line.startswith("freezeframe: error: tracking store became unreachable during run") and "resume" in line
+    assert "Traceback" not in err
+    assert any(checkpoints.glob("*/last.pt"))
+    server = serve()
+    try:
+        again = subprocess.run([sys.executable, "-m", "freezeframe", "train", "--experiment", str(path),
+                                "--resume", "true"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        from mlflow.tracking import MlflowClient
+
+        runs = MlflowClient(url).search_runs(["0", *[e.experiment_id for e in MlflowClient(url).search_experiments()]])
+        resumed = [r for r in runs if r.info.status == "FINISHED"]
+        assert len(resumed) == 1 and int(resumed[0].data.tags["resumed_from_epoch"]) >= 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -17,7 +17,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.errors import first_line
+from pipelines.errors import FreezeframeError, first_line
 
 ERROR_TAG = "error"
 _UNREAD = object()
@@ -84,10 +84,18 @@ def _ended_on_exit(run_id: str) -> Iterator[None]:
         end_run(run_id, RunStatus.to_string(RunStatus.KILLED), f"pruned: {exc}")
         raise
     except BaseException as exc:
-        end_run(run_id, RunStatus.to_string(RunStatus.FAILED), one_line(exc))
+        try:
+            end_run(run_id, RunStatus.to_string(RunStatus.FAILED), one_line(exc))
+        except Exception as unreachable:  # noqa: BLE001 - the store itself failed: report the first error
+            raise TrackingLost(f"tracking store became unreachable during run {run_id} ({first_line(unreachable)}); "
+                               "its checkpoint is kept: rerun with resume=true once the store is back") from exc
         raise
     else:
         end_run(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+class TrackingLost(FreezeframeError):
+    """The tracking server or database went away in the middle of a run."""
 
 
 def end_run(run_id: str, status: str, error: str | None = None) -> None:
