@@ -21,7 +21,9 @@ WORKERS, TRIALS_EACH = 3, 2
 
 
 def experiment(tmp_path) -> Path:
-    lines = [f"{section}:\n" + "".join(f"  {k.split('.', 1)[1]}: {v}\n" for k, v in tiny_overrides(tmp_path).items()
+    # per-trial plots off: dozens of tiny trials would spend most of their time drawing PNGs
+    overrides = tiny_overrides(tmp_path, **{"tracking.log_plots": False})
+    lines = [f"{section}:\n" + "".join(f"  {k.split('.', 1)[1]}: {v}\n" for k, v in overrides.items()
                                        if k.startswith(section + "."))
              for section in ("model", "data", "train", "tracking")]
     path = tmp_path / "workers.yaml"

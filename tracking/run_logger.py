@@ -108,12 +108,7 @@ class MlflowTracker:
         if numbers:
             self.log_metrics(numbers)
         mlflow.set_tags({k: str(v) for k, v in fit.extra.items() if not isinstance(v, (int, float))})
-        title = run_name(prepared.cfg)
-        figures = {"plots/training_curves.png": reports.curves_figure(fit.history, title),
-                   "plots/confusion_matrix_test.png": reports.confusion_figure(fit.confusion["test"], names,
-                                                                               f"test · {title}"),
-                   "plots/input_samples.png": reports.samples_figure(outcome.sample_images, outcome.sample_labels,
-                                                                     names, f"inputs as the model sees them · {title}")}
+        figures = _figures(outcome, run_name(prepared.cfg)) if prepared.cfg.tracking.log_plots else {}
         for path, figure in figures.items():
             mlflow.log_figure(figure, path)
             plt.close(figure)
@@ -129,6 +124,16 @@ class MlflowTracker:
         else:
             _log_state_dict(prepared)
             self.seconds += time.perf_counter() - tick
+
+
+def _figures(outcome: RunOutcome, title: str) -> dict:
+    fit, names = outcome.fit, outcome.prepared.data.class_names
+    return {
+        "plots/training_curves.png": reports.curves_figure(fit.history, title),
+        "plots/confusion_matrix_test.png": reports.confusion_figure(fit.confusion["test"], names, f"test · {title}"),
+        "plots/input_samples.png": reports.samples_figure(outcome.sample_images, outcome.sample_labels, names,
+                                                          f"inputs as the model sees them · {title}"),
+    }
 
 
 def _log_dataset(prepared: PreparedRun) -> None:
