@@ -44,6 +44,19 @@ def tiny_overrides(tmp_path: Path, **extra) -> dict:
     return base
 
 
+def tiny_experiment(tmp_path: Path, extra: str = "", filename: str = "experiment.yaml", **overrides) -> Path:
+    """An experiment file with the tiny settings (and overrides), plus raw YAML such as a compare: section."""
+    import yaml
+
+    sections: dict = {}
+    for key, value in tiny_overrides(tmp_path, **overrides).items():
+        section, leaf = key.split(".", 1)
+        sections.setdefault(section, {})[leaf] = value
+    path = tmp_path / filename  # the file's stem names the registered model: freezeframe-<stem>
+    path.write_text(yaml.safe_dump(sections) + extra)
+    return path
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     return load_config(None, tiny_overrides(tmp_path))

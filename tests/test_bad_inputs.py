@@ -6,22 +6,15 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from freezeframe.cli import main
-from tests.conftest import runs_in, tiny_overrides
+from tests.conftest import runs_in, tiny_experiment
 
 
 def experiment(tmp: Path, extra: str = "", **overrides) -> str:
-    sections: dict = {}
-    for key, value in tiny_overrides(tmp, **overrides).items():
-        section, leaf = key.split(".", 1)
-        sections.setdefault(section, {})[leaf] = value
-    path = tmp / "exp.yaml"
-    path.write_text(yaml.safe_dump(sections) + extra)
-    return str(path)
+    return str(tiny_experiment(tmp, extra, **overrides))
 
 
 def grid(tmp: Path, body: str, **overrides) -> list[str]:

@@ -8,16 +8,11 @@ from pipelines.compare import Arm, arm_config, parse_comparison
 from pipelines.config import load_config
 from pipelines.errors import ConfigError
 from pipelines.run import execute, prepare
-from tests.conftest import runs_in, tiny_overrides
+from tests.conftest import runs_in, tiny_experiment, tiny_overrides
 
 
 def write_experiment(tmp_path, compare: str, **overrides) -> str:
-    lines = [f"{section}:\n" + "".join(f"  {k.split('.', 1)[1]}: {v}\n" for k, v in tiny_overrides(tmp_path,
-             **overrides).items() if k.startswith(section + "."))
-             for section in ("model", "data", "train", "tracking")]
-    path = tmp_path / "grid.yaml"
-    path.write_text("".join(lines) + "compare:\n" + compare)
-    return str(path)
+    return str(tiny_experiment(tmp_path, "compare:\n" + compare, filename="grid.yaml", **overrides))
 
 
 def test_grid_is_the_cartesian_product(tmp_path):
@@ -54,7 +49,7 @@ def test_bad_grids(tmp_path, section, message):
 
 
 def test_gradual_schedule_past_the_last_epoch_fails_before_any_arm(tracking_store, tmp_path, capsys):
-    path = write_experiment(tmp_path, "  freeze: [frozen, gradual]\n", **{"model.unfreeze_at": "[2, 5]"})
+    path = write_experiment(tmp_path, "  freeze: [frozen, gradual]\n", **{"model.unfreeze_at": [2, 5]})
     assert main(["compare", "--experiment", path]) == 2
     assert "model.unfreeze_at [2, 5] must be increasing epochs within 2..train.epochs (2)" in capsys.readouterr().err
     assert runs_in(tracking_store) == []

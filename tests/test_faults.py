@@ -10,21 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, runs_in, tiny_overrides
+from tests.conftest import ROOT, runs_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
 
 def experiment(tmp_path, compare: dict | None = None, **overrides) -> Path:
-    sections: dict = {}
-    for key, value in tiny_overrides(tmp_path, **overrides).items():
-        section, leaf = key.split(".", 1)
-        sections.setdefault(section, {})[leaf] = value
-    if compare:
-        sections["compare"] = compare
-    path = tmp_path / "faults.yaml"
-    path.write_text(yaml.safe_dump(sections))
-    return path
+    return tiny_experiment(tmp_path, yaml.safe_dump({"compare": compare}) if compare else "", **overrides)
 
 
 def start(tmp_path, *args: str) -> subprocess.Popen:

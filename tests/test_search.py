@@ -11,7 +11,7 @@ from pipelines.config import load_config
 from pipelines.errors import ConfigError
 from pipelines.search import StorageError, make_storage
 from pipelines.search_space import parse_search, suggest, trial_config
-from tests.conftest import runs_in, tiny_overrides
+from tests.conftest import runs_in, tiny_experiment
 
 
 def spec_of(section, **overrides):
@@ -63,12 +63,7 @@ def test_unreachable_and_malformed_storages_fail_fast(tmp_path):
 
 
 def search_experiment(tmp_path, search: str) -> str:
-    lines = [f"{section}:\n" + "".join(f"  {k.split('.', 1)[1]}: {v}\n" for k, v in tiny_overrides(tmp_path).items()
-                                       if k.startswith(section + "."))
-             for section in ("model", "data", "train", "tracking")]
-    path = tmp_path / "search.yaml"
-    path.write_text("".join(lines) + "search:\n" + search)
-    return str(path)
+    return str(tiny_experiment(tmp_path, "search:\n" + search))
 
 
 SPACE = "  study_name: tiny\n  batch_size: {low: 8, high: 32}\n  lr: {low: 0.001, high: 0.05}\n"

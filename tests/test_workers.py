@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.search import make_storage
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, tiny_experiment
 
 pytestmark = pytest.mark.slow
 WORKERS, TRIALS_EACH = 3, 2
@@ -22,14 +22,8 @@ WORKERS, TRIALS_EACH = 3, 2
 
 def experiment(tmp_path) -> Path:
     # per-trial plots off: dozens of tiny trials would spend most of their time drawing PNGs
-    overrides = tiny_overrides(tmp_path, **{"tracking.log_plots": False})
-    lines = [f"{section}:\n" + "".join(f"  {k.split('.', 1)[1]}: {v}\n" for k, v in overrides.items()
-                                       if k.startswith(section + "."))
-             for section in ("model", "data", "train", "tracking")]
-    path = tmp_path / "workers.yaml"
-    path.write_text("".join(lines) + "search:\n  study_name: shared\n  batch_size: {low: 8, high: 32}\n"
-                    "  pruner: none\n  sampler: random\n")
-    return path
+    search = "search:\n  study_name: shared\n  batch_size: {low: 8, high: 32}\n  pruner: none\n  sampler: random\n"
+    return tiny_experiment(tmp_path, search, **{"tracking.log_plots": False})
 
 
 def run_workers(tmp_path, storage: str, tracking_uri: str, workers: int = WORKERS, each: int = TRIALS_EACH,
