@@ -66,7 +66,8 @@ def files(tmp: Path) -> dict[str, Path]:
 S = "  batch_size: {low: 8, high: 16}\n"
 CASES = {
     # train: CLI parameters and experiment files
-    "unknown backbone": (lambda t, f: train(t, "--backbone", "timm/resnet19"), "unknown backbone 'timm/resnet19'"),
+    "unknown backbone": (lambda t, f: train(t, "--backbone", "timm/resnet19"),
+                         "unknown backbone 'timm/resnet19'; closest: timm/resnet18"),
     "source prefix": (lambda t, f: train(t, "--backbone", "resnet18"), "'timm/<name>' or 'torchvision/<name>'"),
     "unknown dataset": (lambda t, f: train(t, "--dataset", "cifar11"), "unknown dataset 'cifar11'"),
     "missing folder": (lambda t, f: train(t, "--dataset", f"imagefolder:{t}/nope"), "image folder not found"),
@@ -88,6 +89,10 @@ CASES = {
     "malformed registry URI": (lambda t, f: train(t, "--weights", "models:/"), "is not a registry URI"),
     "unknown YAML key": (lambda t, f: ["train", "--experiment", experiment(t, "extra: 1\n")],
                          "unknown key 'extra'"),
+    "misspelt YAML key": (lambda t, f: ["train", "--experiment", experiment(t, **{"train.epochz": 3})],
+                          "unknown key 'train.epochz' (did you mean 'train.epochs'?)"),
+    "misspelt --set key": (lambda t, f: train(t, "--set", "train.lrr=1"),
+                           "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
     "missing experiment": (lambda t, f: ["train", "--experiment", f"{t}/missing.yaml"],
                            "experiment file not found"),
     "broken YAML": (lambda t, f: ["train", "--experiment", str(f["broken_yaml"])], "not valid YAML"),

@@ -47,51 +47,6 @@ def cli_args(tmp_path, *given):
     return [*flags, *given]
 
 
-BAD_INPUTS = [
-    (["--backbone", "timm/resnet19"], "unknown backbone 'timm/resnet19'; closest: timm/resnet18"),
-    (["--dataset", "digitz"], "unknown dataset 'digitz'"),
-    (["--dataset", "imagefolder:/no/such/folder"], "image folder not found"),
-    (["--batch_size", "0"], "train.batch_size must be >= 1"),
-    (["--lr", "abc"], "train.lr must be float, got 'abc'"),
-    (["--image_size", "16"], "data.image_size 16 is too small for timm/test_resnet"),
-    (["--freeze", "half"], "unknown freeze policy 'half'"),
-    (["--weights", "models:/nothing-here/3"], "cannot load models:/nothing-here/3"),
-    (["--weights", "/no/such.pth"], "weights file not found"),
-    (["--set", "train.lrr=1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
-    (["--epochs", "2.5"], "train.epochs must be int"),
-    (["--bogus", "1"], "unrecognized arguments: --bogus"),
-]
-
-
-@pytest.mark.parametrize("extra, message", BAD_INPUTS, ids=[m.split()[0] + str(i) for i, (_, m) in
-                                                           enumerate(BAD_INPUTS)])
-def test_bad_input_one_line_and_no_run(tracking_store, tmp_path, capsys, extra, message):
-    code = main(["train", *cli_args(tmp_path, *extra)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.startswith("freezeframe: error: ") and message in err and "\n" not in err
-    assert "Traceback" not in err
-    assert [r for r in runs_in(tracking_store) if r.info.status == "RUNNING"] == []
-
-
-def test_unknown_experiment_key_in_file(tracking_store, tmp_path, capsys):
-    path = tmp_path / "bad.yaml"
-    path.write_text("train:\n  epochz: 3\n")
-    assert main(["train", "--experiment", str(path)]) == 2
-    assert "unknown key 'train.epochz' (did you mean 'train.epochs'?)" in capsys.readouterr().err
-
-
-def test_weights_that_do_not_fit(tracking_store, tmp_path, capsys):
-    import torch
-
-    path = tmp_path / "resnet18.pth"
-    from pipelines.backbones import build_backbone
-
-    torch.save(build_backbone("torchvision/resnet18", 10).model.state_dict(), path)
-    assert main(["train", *cli_args(tmp_path, "--weights", str(path))]) == 2
-    assert "do not fit" in capsys.readouterr().err
-
-
 def test_unreachable_tracking_uri(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.chdir(tmp_path)
