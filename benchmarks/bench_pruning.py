@@ -23,7 +23,7 @@ import optuna  # noqa: E402
 
 from pipelines.config import load_config  # noqa: E402
 from pipelines.run import execute, prepare  # noqa: E402
-from pipelines.search import PruningReporter, make_pruner, make_sampler  # noqa: E402
+from pipelines.search import EpochReporter, make_pruner, make_sampler  # noqa: E402
 from pipelines.search_space import parse_search, suggest, trial_config  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def run_variant(name: str, sampler: str, pruner: str, n_trials: int, args, tmp: 
 
     def objective(trial):
         cfg = trial_config(base, spec, suggest(trial, spec))
-        return execute(prepare(cfg), listeners=(Counter(), PruningReporter(trial, spec.metric))).fit.best_value
+        return execute(prepare(cfg), listeners=(Counter(), EpochReporter(trial, spec.metric))).fit.best_value
 
     start = time.perf_counter()
     study.optimize(objective, n_trials=n_trials)

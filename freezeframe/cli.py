@@ -26,6 +26,12 @@ RUN_FLAGS = {
 # The grid's own axes (backbone, weights, freeze, seed) come from its compare: section.
 COMPARE_FLAGS = ("dataset", "epochs", "batch_size", "lr", "image_size", "max_samples", "log_model")
 DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
+STUDY_FLAGS = {
+    "storage": "Optuna storage URL: sqlite:///optuna.db (when ''), postgresql+psycopg2://..., journal:<file>",
+    "study_name": "study name ('' = the file's compare.name or search.study_name)",
+    "n_trials": "trials this worker adds", "timeout": "seconds this worker may start trials for",
+    "sampler": "tpe | random | grid", "pruner": "median | hyperband | none", "seed": "sampler seed",
+}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,15 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(pre)
     pre.add_argument("--registered_model", default="", help="registry name ('' = <backbone>-<dataset>)")
     pre.add_argument("--alias", default="pretrained", help="registry alias pointed at the new version")
-    comp = sub.add_parser("compare", help="a grid of backbones x freeze policies x seeds under one parent run")
+    comp = sub.add_parser("compare", help="a grid of backbones x freeze policies x seeds: a study whose trials "
+                                          "are its arms, under one parent run; any number of workers")
     _add_run_flags(comp, only=COMPARE_FLAGS)
+    _add_study_flags(comp, ("storage", "study_name"))
     find = sub.add_parser("search", help="an Optuna study over batch sizes (multiples of 8), trials as child runs")
     _add_run_flags(find, only=COMPARE_FLAGS)
-    for flag, text in (("n_trials", "trials this worker runs"), ("timeout", "seconds this worker may run"),
-                       ("storage", "Optuna storage URL ('' = sqlite:///optuna.db)"), ("study_name", "study name"),
-                       ("sampler", "tpe | random | grid"), ("pruner", "median | hyperband | none"),
-                       ("seed", "sampler seed")):
-        find.add_argument(f"--{flag}", default="", metavar="VALUE", help=f"{text} ('' = from the file)")
+    _add_study_flags(find, tuple(STUDY_FLAGS))
     pred = sub.add_parser("predict", help="top-k classes of an image or a folder from a logged model")
     pred.add_argument("--model", default="models:/freezeframe-quickstart@champion",
                       help="models:/<name>@<alias>, models:/<name>/<v> or runs:/<id>/model")
@@ -59,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--top_k", type=_whole_number, default=5)
     pred.add_argument("--output", default="", help="CSV path ('' = predictions.csv for a folder)")
     return parser
+
+
+def _add_study_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
+    for flag in flags:
+        parser.add_argument(f"--{flag}", default="", metavar="VALUE", help=f"{STUDY_FLAGS[flag]} ('' = from the file)")
 
 
 def _whole_number(text: str) -> int:

@@ -15,13 +15,17 @@ a gradual schedule that does not fit the epochs.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipelines.config import RunConfig, coerce, validate
+import optuna
+from optuna.trial import TrialState
+
+from pipelines.config import RunConfig, coerce, digest, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.freezing import parse_policy
+from pipelines.study_worker import REASON_ATTR, RUN_ATTR
 
 _KEYS = ("name", "backbones", "freeze", "seeds", "arms")
 _ARM_KEYS = ("backbone", "weights", "freeze", "seed")
@@ -102,8 +106,53 @@ def _explicit_arm(item: Any, base: RunConfig, source: str, index: int) -> Arm:
 
 def arm_config(base: RunConfig, arm: Arm) -> RunConfig:
     """The base run config with the arm's axes; validated, so a bad schedule fails before any arm runs."""
-    model = dataclasses.replace(base.model, backbone=arm.backbone, weights=arm.weights, freeze=arm.freeze)
-    tracking = dataclasses.replace(base.tracking, run_name="")
-    cfg = dataclasses.replace(base, seed=arm.seed, model=model, tracking=tracking)
-    validate(cfg)
-    return cfg
+    return with_overrides(base, {"model.backbone": arm.backbone, "model.weights": arm.weights,
+                                 "model.freeze": arm.freeze, "seed": arm.seed, "tracking.run_name": ""})
+
+
+DIGEST_ATTR = "config_digest"
+
+
+def arm_configs(spec: Comparison, base: RunConfig) -> dict[str, tuple[Arm, RunConfig]]:
+    """config digest → (arm, its run config), every arm validated before any starts."""
+    configs = [(arm, arm_config(base, arm)) for arm in spec.arms]
+    return {digest(cfg): (arm, cfg) for arm, cfg in configs}
+
+
+def queue_arms(study: optuna.Study, storage: optuna.storages.BaseStorage, arms: dict[str, tuple[Arm, RunConfig]],
+               recorded: Callable[[str], bool] = lambda run_id: True) -> dict[str, str]:
+    """Queue each arm of this grid once: not if a trial of the same digest is waiting, running or
+    complete. Returns digest → MLflow run id of the arms complete earlier. Call under the study lock.
+
+    A complete trial counts only while `recorded(its run id)` holds: a study kept beside a new or
+    cleared tracking store runs its arms again rather than summarising runs that store never saw.
+
+    A trial running another config belongs to workers of a changed grid: refused, as a mixed summary
+    would be wrong. One waiting with another config is superseded by this grid and failed, saying so.
+    """
+    trials = study.get_trials(deepcopy=False)
+    foreign = [t for t in trials if t.user_attrs.get(DIGEST_ATTR) not in arms]
+    running = [t for t in foreign if t.state == TrialState.RUNNING]
+    if running:
+        raise ConfigError(f"comparison '{study.study_name}' is being run with another config (arm "
+                          f"'{running[0].user_attrs.get('arm')}', digest {running[0].user_attrs.get(DIGEST_ATTR)}); "
+                          "wait for those workers or choose another study_name")
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in foreign:
+        if trial.state == TrialState.WAITING:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_user_attr(trial_id, REASON_ATTR, "superseded: the comparison's config changed")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    states: dict[str, set[TrialState]] = {}
+    done: dict[str, str] = {}
+    for trial in trials:
+        key = trial.user_attrs.get(DIGEST_ATTR)
+        if trial.state == TrialState.COMPLETE:
+            if key not in arms or not recorded(trial.user_attrs.get(RUN_ATTR, "")):
+                continue
+            done[key] = trial.user_attrs[RUN_ATTR]
+        states.setdefault(key, set()).add(trial.state)
+    for key, (arm, _) in arms.items():
+        if not states.get(key, set()) & {TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE}:
+            study.enqueue_trial({}, user_attrs={"arm": arm.name, DIGEST_ATTR: key, **asdict(arm)})
+    return done

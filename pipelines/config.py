@@ -121,6 +121,17 @@ def load_experiment(path: str | Path | None = None,
     return cfg, sections
 
 
+def with_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "override") -> RunConfig:
+    """The config with dotted keys replaced (`{"train.batch_size": 64}`), rebuilt and re-validated like a
+    loaded one: the one way code changes a config, so no value skips the checks."""
+    raw = to_dict(cfg)
+    for key, value in overrides.items():
+        _set_dotted(raw, key, value)
+    changed = _build(RunConfig, raw, prefix="", source=source)
+    validate(changed)
+    return changed
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,26 @@ from pipelines.runtime import autocast_context
 log = logging.getLogger(__name__)
 _MEMORY: OrderedDict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 _MEMORY_ENTRIES = 2  # a comparison runs one backbone's seeds in a row; two entries cover that
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Whether a run trains its head on cached features (memory | disk), or not (off) and why."""
+
+    mode: str
+    reason: str = ""
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+    def __str__(self) -> str:
+        return self.mode if self.on else f"off: {self.reason}"
+
+
+def plan(prepared) -> CachePlan:
+    blocked = blocker(prepared)
+    return CachePlan("off", blocked) if blocked else CachePlan(prepared.cfg.data.feature_cache)
 
 
 def blocker(prepared) -> str | None:

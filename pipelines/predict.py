@@ -75,3 +75,15 @@ def _read(path: Path) -> Image.Image:
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def write_csv(predictions: list[Prediction], path: str) -> None:
+    """One row per image: path, then class and probability for each of the top k."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *[f"{kind}_{i + 1}" for i in range(len(predictions[0].top))
+                                   for kind in ("class", "prob")]])
+        for p in predictions:
+            writer.writerow([p.path, *[v for name, prob in p.top for v in (name, f"{prob:.6f}")]])

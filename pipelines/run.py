@@ -36,7 +36,7 @@ class PreparedRun:
     freeze: FreezeReport
     device: torch.device
     config_digest: str
-    feature_cache: str = "off"  # memory | disk, or "off: <why>"
+    feature_cache: feature_cache.CachePlan = feature_cache.CachePlan("off", "not planned yet")
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -72,8 +72,7 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
     data = build_data(cfg.data, raw, backbone.preprocessing)
     freeze = apply_policy(backbone.model, cfg.model.freeze, cfg.model.unfreeze_at)
     prepared = PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
-    blocked = feature_cache.blocker(prepared)
-    prepared.feature_cache = f"off: {blocked}" if blocked else cfg.data.feature_cache
+    prepared.feature_cache = feature_cache.plan(prepared)
     return prepared
 
 
@@ -104,7 +103,7 @@ def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunO
     seed_everything(cfg.seed)
     sample_x, sample_y = next(iter(make_loaders(prepared.data, 32, 0, cfg.seed)["train"]))
     model, train_cfg, extra = prepared.backbone.model, cfg.train, {}
-    if prepared.feature_cache.startswith("off"):
+    if not prepared.feature_cache.on:
         loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
                                pin_memory=prepared.device.type == "cuda")
     else:  # the head trains on the backbone's features, computed once (pipelines/feature_cache.py)

@@ -51,3 +51,27 @@ def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     """Loss scaling is needed for float16 only; bfloat16 has float32's range."""
     enabled = amp and device.type == "cuda" and _amp_dtype(device) == torch.float16
     return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=enabled)
+
+
+def free_memory() -> None:
+    """After a failed or finished child: an out-of-memory arm or trial must not starve the next one."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host is alive (one we may not signal still counts as alive)."""
+    import os
+
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

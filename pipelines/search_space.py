@@ -16,14 +16,13 @@ Every bound and name is checked here, before a study or a trial exists.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from pipelines.config import MONITORS, RunConfig, coerce, validate
+from pipelines.config import MONITORS, RunConfig, coerce, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.freezing import parse_policy
 
@@ -92,7 +91,7 @@ def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None
         linear_scaling_base=coerce(scaling.get("base_batch_size", 0), int, "search.linear_scaling", source),
         n_trials=n_trials, timeout=timeout, sampler=sampler, pruner=pruner,
         seed=coerce(raw.get("seed", base.seed), int, "search.seed", source))
-    validate(trial_config(base, spec, {"batch_size": spec.batch_sizes[-1]}))  # e.g. a gradual schedule
+    trial_config(base, spec, {"batch_size": spec.batch_sizes[-1]})  # validated: e.g. a gradual schedule
     return spec
 
 
@@ -156,10 +155,9 @@ def trial_config(base: RunConfig, spec: SearchSpec, params: dict[str, Any]) -> R
     lr = float(params.get("lr", base.train.lr))
     if spec.linear_scaling_base:
         lr = lr * params["batch_size"] / spec.linear_scaling_base
-    train = dataclasses.replace(base.train, batch_size=int(params["batch_size"]), lr=lr,
-                                monitor=spec.metric)
-    model = dataclasses.replace(base.model, freeze=params.get("freeze", base.model.freeze),
-                                backbone=params.get("backbone", base.model.backbone))
-    cfg = dataclasses.replace(base, train=train, model=model)
+    cfg = with_overrides(base, {"train.batch_size": int(params["batch_size"]), "train.lr": lr,
+                                "train.monitor": spec.metric,
+                                "model.freeze": params.get("freeze", base.model.freeze),
+                                "model.backbone": params.get("backbone", base.model.backbone)})
     assert cfg.train.batch_size % BATCH_STEP == 0 and math.isfinite(cfg.train.lr)
     return cfg

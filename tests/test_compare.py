@@ -7,6 +7,7 @@ from freezeframe.cli import main
 from pipelines.compare import Arm, arm_config, parse_comparison
 from pipelines.config import load_config
 from pipelines.errors import ConfigError
+from pipelines.feature_cache import CachePlan
 from pipelines.run import execute, prepare
 from tests.conftest import runs_in, tiny_experiment, tiny_overrides
 
@@ -105,7 +106,8 @@ def test_feature_cache_matches_the_uncached_run(tmp_path):
         cfg = load_config(None, tiny_overrides(tmp_path / mode, **{
             "model.freeze": "frozen", "data.feature_cache": mode, "train.epochs": 3}))
         prepared = prepare(cfg)
-        assert prepared.feature_cache == ("off: data.feature_cache is off" if mode == "off" else "memory")
+        assert prepared.feature_cache == (CachePlan("off", "data.feature_cache is off") if mode == "off"
+                                          else CachePlan("memory"))
         results[mode] = execute(prepared)
     off, cached = results["off"].fit, results["memory"].fit
     for a, b in zip(off.history, cached.history, strict=True):
@@ -119,7 +121,8 @@ def test_feature_cache_matches_the_uncached_run(tmp_path):
 
 def test_feature_cache_is_off_with_augmentation_and_on_disk_when_asked(tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, **{"model.freeze": "frozen", "data.augment": True}))
-    assert prepare(cfg).feature_cache.startswith("off: random augmentation")
+    plan = prepare(cfg).feature_cache
+    assert not plan.on and plan.reason.startswith("random augmentation")
     disk = load_config(None, tiny_overrides(tmp_path, **{"model.freeze": "frozen", "data.feature_cache": "disk",
                                                          "data.cache_dir": str(tmp_path / "cache")}))
     first = execute(prepare(disk))

@@ -61,22 +61,26 @@ def test_main_entry_point_runs_the_quickstart_comparison_and_a_rerun_starts_no_a
 
     def main_run():
         return mlflow_run(tmp_path, "main", experiment=str(experiment), epochs="1", log_model="false",
-                          backbone=None, weights=None, max_samples="24")
+                          backbone=None, weights=None, max_samples="24", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
 
     done = main_run()
     assert done.returncode == 0, done.stderr[-3000:]
     runs = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    # the launcher's run is the worker's record, beside the comparison's parent
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "worker_of" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["freeze"] for r in children) == ["frozen", "last_n:2", "unfrozen"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+    (worker,) = [r for r in runs if "worker_of" in r.data.tags]
+    assert worker.data.tags["worker_of"] == parent.info.run_id and worker.data.params["epochs"] == "1"
     again = main_run()
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("FINISHED earlier") == 3
     runs = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 3
-    (relaunch,) = [r for r in runs if r.data.tags.get("relaunch_of") == parent.info.run_id]
-    assert relaunch.info.status == "FINISHED"
+    workers = [r for r in runs if r.data.tags.get("worker_of") == parent.info.run_id]
+    assert len(workers) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert (tmp_path / "optuna.db").is_file()  # the comparison is a study in the Optuna storage given
 
 
 def test_bad_input_through_mlflow_run_leaves_no_running_run(tmp_path):

@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 from freezeframe.cli import main
 from pipelines.config import load_config
 from pipelines.errors import ConfigError
-from pipelines.search import StorageError, make_storage
 from pipelines.search_space import parse_search, suggest, trial_config
+from pipelines.studies import StorageError, make_storage
 from tests.conftest import runs_in, tiny_experiment
 
 

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.search import make_storage
+from pipelines.studies import make_storage
 from tests.conftest import ROOT, tiny_experiment
 
 pytestmark = pytest.mark.slow

@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+import time
 
 import matplotlib.pyplot as plt
-import mlflow
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipelines import reports
+from tracking import tags
+from tracking.registry import register_champion
 
 GROUP_COLUMNS = ("backbone", "freeze", "seeds", "best_val_acc", "test_acc", "test_f1_macro", "params_trainable",
                  "train_s", "images_per_s")
@@ -27,7 +29,7 @@ def arm_record(run: Run) -> dict:
         seen = float(run.data.params.get("data.n_train", 0)) * m.get("train/epochs_completed", 0)
         images_per_s = seen / train_s if train_s else None
     return {"backbone": t.get("backbone", "?"), "freeze": t.get("freeze", "?"), "seed": t.get("seed", "?"),
-            "status": run.info.status, "run_id": run.info.run_id, "error": t.get("error", ""),
+            "status": run.info.status, "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""),
             "best_val_acc": m.get("best/val/acc"), "test_acc": m.get("test/acc"),
             "test_f1_macro": m.get("test/f1_macro"), "params_trainable": m.get("model/params_trainable"),
             "train_s": train_s, "images_per_s": images_per_s}
@@ -88,14 +90,26 @@ def frozen_deltas(rows: list[dict]) -> dict[str, float]:
     return {b: by[(b, "unfrozen")] - by[(b, "frozen")] for b, f in by if f == "frozen" and (b, "unfrozen") in by}
 
 
-def log_summary(parent_run_id: str, name: str, runs: list[Run]) -> tuple[list[dict], dict | None]:
-    """Log the summary on the active parent run; returns the grouped rows and the best arm's record."""
+def current_attempts(runs: list[Run], digests: set[str]) -> list[Run]:
+    """Per arm of this grid (by config digest), its FINISHED run, else its latest attempt; `runs` come
+    oldest first. Arms of an earlier config stay under the parent but out of this summary."""
+    chosen: dict[str, Run] = {}
+    for run in runs:
+        key = run.data.tags.get(tags.CONFIG_DIGEST)
+        if key in digests and (key not in chosen or chosen[key].info.status != "FINISHED"):
+            chosen[key] = run
+    return list(chosen.values())
+
+
+def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str) -> tuple[list[dict], str | None]:
+    """Log the summary on the parent and register the best arm as `freezeframe-<experiment>@champion`;
+    returns the grouped rows and the champion's models:/ URI (None when the best arm logged no model)."""
+    client = MlflowClient()
     records = [arm_record(r) for r in runs]
     rows = group_rows(records)
     failed = [r for r in records if r["status"] != "FINISHED"]
-    mlflow.log_text(markdown(rows, failed), "summary/summary.md")
-    mlflow.log_text(csv_text(rows), "summary/summary.csv")
-    client = MlflowClient()
+    client.log_text(parent_run_id, markdown(rows, failed), "summary/summary.md")
+    client.log_text(parent_run_id, csv_text(rows), "summary/summary.csv")
     curves = {}
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "val/acc")
@@ -112,17 +126,24 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run]) -> tuple[list[di
     if deltas:
         figures["plots/frozen_vs_unfrozen.png"] = reports.delta_figure(deltas, f"{name}: what unfreezing buys")
     for path, figure in figures.items():
-        mlflow.log_figure(figure, path)
+        client.log_figure(parent_run_id, figure, path)
         plt.close(figure)
     metrics = {f"delta/{backbone}": value for backbone, value in deltas.items()}
     finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
-    tags = {"arms_total": str(len(records)), "arms_failed": str(len(failed))}
-    best = None
-    if finished:
-        best = max(finished, key=lambda r: r["test_acc"])
+    run_tags = {"arms_total": str(len(records)), "arms_failed": str(len(failed))}
+    best = max(finished, key=lambda r: r["test_acc"]) if finished else None
+    if best is not None:
         metrics["best/test_acc"] = best["test_acc"]
-        tags.update(best_arm=f"{best['backbone']} · {best['freeze']} · seed {best['seed']}", best_run_id=best["run_id"])
-    if metrics:
-        mlflow.log_metrics(metrics)
-    mlflow.set_tags(tags)
-    return rows, best
+        run_tags.update(best_arm=_arm_name(best), **{tags.BEST_RUN_ID: best["run_id"]})
+    now = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, v) for k, v in run_tags.items()])
+    if best is None:
+        return rows, None
+    description = (f"best arm of comparison {name}: {_arm_name(best)}, test/acc {best['test_acc']:.4f}; "
+                   f"run {best['run_id']}")
+    return rows, register_champion(best["run_id"], f"freezeframe-{experiment}", description, parent_run_id)
+
+
+def _arm_name(record: dict) -> str:
+    return f"{record['backbone']} · {record['freeze']} · seed {record['seed']}"

@@ -9,6 +9,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from pipelines.errors import first_line
+from tracking import tags
 from tracking.store import TrackingError
 
 _MODELS_URI = re.compile(r"models:/[^/@]+(/\d+|@[\w-]+)")
@@ -42,11 +43,32 @@ def register_run_model(run_id: str, name: str, alias: str, description: str, tag
                                          filter_string=f"source_run_id = '{run_id}'")
     if not logged:
         raise TrackingError(f"run {run_id} logged no model to register (was tracking.log_model off?)")
-    version = mlflow.register_model(logged[-1].model_uri, name, tags={"source_run_id": run_id})
+    version = mlflow.register_model(logged[-1].model_uri, name, tags={tags.SOURCE_RUN_ID: run_id})
     client = MlflowClient()
     client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, alias, version.version)
     uri = f"models:/{name}@{alias}"
     if tag_run_id:
-        client.set_tag(tag_run_id, "champion", uri)
+        client.set_tag(tag_run_id, tags.CHAMPION, uri)
     return uri
+
+
+def register_champion(run_id: str, name: str, description: str, parent_run_id: str) -> str | None:
+    """`models:/<name>@champion` → the run's model, tagged on the parent. No new version when the alias
+    already points at this run (a rerun, or a second worker); None when the run logged no model."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        current = None  # no such model or alias yet
+    if current is not None and current.tags.get(tags.SOURCE_RUN_ID) == run_id:
+        uri = f"models:/{name}@champion"
+        client.set_tag(parent_run_id, tags.CHAMPION, uri)
+        return uri
+    try:
+        return register_run_model(run_id, name, "champion", description, tag_run_id=parent_run_id)
+    except TrackingError:  # the run was logged with tracking.log_model off
+        client.set_tag(parent_run_id, tags.CHAMPION, "none: the best run logged no model")
+        return None

@@ -42,7 +42,7 @@ def run_tags(prepared: PreparedRun, entry_point: str) -> dict[str, str]:
         "weights": cfg.model.weights, "freeze": cfg.model.freeze, "dataset": cfg.data.dataset,
         "seed": str(cfg.seed), "entry_point": entry_point, "config_digest": prepared.config_digest,
         "split_digest": prepared.data.split_digest, "device": str(prepared.device),
-        "feature_cache": prepared.feature_cache[:250],
+        "feature_cache": str(prepared.feature_cache)[:250],
     }
     commit = git_commit()
     if commit:

@@ -18,8 +18,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.errors import FreezeframeError, first_line
+from tracking import tags as tag_names
 
-ERROR_TAG = "error"
 _UNREAD = object()
 _launcher_run_id: object | str | None = _UNREAD
 
@@ -34,16 +34,10 @@ def launcher_run_id() -> str | None:
 
 @contextlib.contextmanager
 def tracked_run(run_name: str, experiment_name: str, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None, attach: bool = True,
-                resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child,
-    `resume_run_id` reopens an earlier run."""
-    global _launcher_run_id
-    run_id = launcher_run_id() if attach and not resume_run_id else None
-    if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id, tags=tags)
-    elif run_id:
-        _launcher_run_id = None  # one process attaches to the launcher's run once
+                parent_run_id: str | None = None, attach: bool = True) -> Iterator[mlflow.ActiveRun]:
+    """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child."""
+    run_id = take_launcher_run() if attach else None
+    if run_id:
         run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
     else:
         if parent_run_id:
@@ -54,6 +48,14 @@ def tracked_run(run_name: str, experiment_name: str, tags: dict[str, str] | None
                                parent_run_id=parent_run_id, experiment_id=experiment_id)
     with _ended_on_exit(run.info.run_id):
         yield run
+
+
+def take_launcher_run() -> str | None:
+    """The launcher's run id, once: whoever takes it (a single run, or a study worker's record) ends it."""
+    global _launcher_run_id
+    run_id = launcher_run_id()
+    _launcher_run_id = None
+    return run_id
 
 
 def use_experiment(experiment_name: str) -> str:
@@ -80,7 +82,7 @@ def _ended_on_exit(run_id: str) -> Iterator[None]:
         end_run(run_id, RunStatus.to_string(RunStatus.KILLED), "interrupted")
         raise
     except optuna.TrialPruned as exc:  # a pruned trial was stopped on purpose: KILLED, and tagged as such
-        MlflowClient().set_tag(run_id, "optuna.state", "PRUNED")
+        MlflowClient().set_tag(run_id, tag_names.OPTUNA_STATE, "PRUNED")
         end_run(run_id, RunStatus.to_string(RunStatus.KILLED), f"pruned: {exc}")
         raise
     except BaseException as exc:
@@ -101,7 +103,7 @@ class TrackingLost(FreezeframeError):
 def end_run(run_id: str, status: str, error: str | None = None) -> None:
     client = MlflowClient()
     if error:
-        client.set_tag(run_id, ERROR_TAG, error[:5000])
+        client.set_tag(run_id, tag_names.ERROR, error[:5000])
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         mlflow.end_run(status)
@@ -111,23 +113,9 @@ def end_run(run_id: str, status: str, error: str | None = None) -> None:
 
 def fail_launcher_run(error: str) -> None:
     """Bad input found before our run started: still close the run `mlflow run` opened for us."""
-    global _launcher_run_id
-    run_id = launcher_run_id()
+    run_id = take_launcher_run()
     if run_id:
-        _launcher_run_id = None
         end_run(run_id, RunStatus.to_string(RunStatus.FAILED), error)
-
-
-def hand_over_launcher_run(target_run_id: str, run_name: str) -> None:
-    """The launcher's run of a rerun: end it FINISHED, pointing at the run that does the work."""
-    global _launcher_run_id
-    run_id = launcher_run_id()
-    if run_id:
-        _launcher_run_id = None
-        client = MlflowClient()
-        client.set_tag(run_id, "relaunch_of", target_run_id)
-        client.set_tag(run_id, "mlflow.runName", run_name)
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
 def one_line(exc: BaseException) -> str:

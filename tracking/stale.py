@@ -16,19 +16,11 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.runtime import process_alive
+from tracking import tags
 from tracking.session import end_run
 
 OWNER_FILE = "owner.json"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def claim(folder: Path, run_id: str, resuming: bool = False) -> str | None:
@@ -49,13 +41,13 @@ def claim(folder: Path, run_id: str, resuming: bool = False) -> str | None:
     tmp.write_text(json.dumps({"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}))
     tmp.replace(path)
     if previous and previous != run_id and resuming:
-        MlflowClient().set_tag(run_id, "resumed_from_run", previous)
+        MlflowClient().set_tag(run_id, tags.RESUMED_FROM_RUN, previous)
     return previous if previous != run_id else None
 
 
 def _close_if_dead(run_id: str, owner: dict) -> None:
     same_host = owner.get("host") == socket.gethostname()
-    if not same_host or _alive(int(owner.get("pid", 0))):
+    if not same_host or process_alive(int(owner.get("pid", 0))):
         return  # another machine's run, or one still alive: not ours to close
     try:
         if MlflowClient().get_run(run_id).info.status == "RUNNING":

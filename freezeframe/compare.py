@@ -1,0 +1,71 @@
+"""`compare`: a grid of backbones x freeze policies x seeds as a study whose trials are its arms.
+
+Each arm is queued once; any number of workers, sharing the storage and a tracking server, pull arms
+until none is waiting. A rerun starts only arms not complete with the same config digest.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import optuna
+
+from freezeframe.study_run import experiment_stem, open_storage, run_child, work
+from pipelines.compare import DIGEST_ATTR, Arm, arm_configs, parse_comparison, queue_arms
+from pipelines.config import MONITORS, RunConfig, with_overrides
+from pipelines.errors import ConfigError
+from pipelines.search import EpochReporter
+from pipelines.studies import open_study, storage_id, study_lock
+from pipelines.study_worker import RETRY_ATTR
+from tracking import comparison_report, parent_run, tags
+from tracking.store import ensure_reachable
+
+
+class ArmObjective:
+    """A comparison's trial: train the arm it names; its value is the monitored metric's best epoch."""
+
+    def __init__(self, arms: dict[str, tuple[Arm, RunConfig]], parent_run_id: str, name: str):
+        self.arms, self.parent_run_id, self.name = arms, parent_run_id, name
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        key = trial.user_attrs.get(DIGEST_ATTR)
+        if key not in self.arms:
+            raise ConfigError(f"trial {trial.number} holds an arm of another config ({key})")
+        arm, cfg = self.arms[key]
+        if trial.user_attrs.get(RETRY_ATTR) is not None:  # a dead worker's arm: go on from its last epoch
+            cfg = with_overrides(cfg, {"train.resume": True})
+        print(f"[trial {trial.number}] {arm.name}", flush=True)
+        listeners = (EpochReporter(trial, cfg.train.monitor, prune=False),)
+        done = run_child(cfg, trial, self.parent_run_id, "compare", {tags.COMPARISON: self.name, tags.ARM: arm.name},
+                         listeners)
+        return done.outcome.fit.best_value
+
+
+def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
+    spec = parse_comparison(sections.get("compare"), cfg, source=args.experiment)
+    arms = arm_configs(spec, cfg)  # every arm validated before any starts
+    name = args.study_name or spec.name
+    ensure_reachable()
+    url, storage = open_storage(args.storage)
+    direction = "maximize" if MONITORS[cfg.train.monitor] == "max" else "minimize"
+    study = open_study(name, storage, "compare", direction, cfg.train.monitor)
+    with study_lock(url, name):
+        done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)
+    for key, run_id in done.items():
+        print(f"{arms[key][0].name}: FINISHED earlier (run {run_id}), skipped")
+    parent = parent_run.open_parent("compare", name, storage_id(url), cfg.tracking.experiment_name,
+                                    {"dataset": cfg.data.dataset, "experiment_file": args.experiment},
+                                    {"compare.storage": storage_id(url), "compare.arms": len(arms)})
+    summary: dict = {}
+
+    def report(parent_run_id: str) -> None:
+        runs = comparison_report.current_attempts(parent_run.children(parent_run_id), set(arms))
+        summary["rows"], summary["champion"] = comparison_report.log_summary(parent_run_id, name, runs,
+                                                                             experiment_stem(args.experiment))
+
+    work(url, storage, study, parent, ArmObjective(arms, parent.run_id, name), report)
+    if "rows" in summary:
+        print(comparison_report.markdown(summary["rows"], []))
+    if summary.get("champion"):
+        print(f"best arm registered as {summary['champion']}")
+    return 0

@@ -1,0 +1,66 @@
+"""`search`: an Optuna study over batch sizes (multiples of 8) and friends; every trial a child run of
+the study's parent. Several workers on one storage add their trials to one study."""
+
+from __future__ import annotations
+
+import argparse
+
+import optuna
+
+from freezeframe.study_run import experiment_stem, open_storage, run_child, work
+from pipelines.config import RunConfig, with_overrides
+from pipelines.run import slug
+from pipelines.search import EpochReporter, open_search
+from pipelines.search_space import SearchSpec, parse_search, suggest, trial_config
+from pipelines.studies import storage_id
+from pipelines.study_worker import RETRY_ATTR
+from tracking import parent_run, study_report
+from tracking.store import ensure_reachable
+
+
+class TrialObjective:
+    """suggest → the base config with the trial's choices → the same run function → report each epoch."""
+
+    def __init__(self, spec: SearchSpec, base: RunConfig, parent_run_id: str):
+        self.spec, self.base, self.parent_run_id = spec, base, parent_run_id
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        choice = suggest(trial, self.spec)
+        # each trial its own checkpoint folder (two trials may draw the same params, in two workers at
+        # once); a retried trial reuses the folder of the trial it retries, and resumes from it
+        origin = trial.user_attrs.get(RETRY_ATTR)
+        folder = f"{self.base.train.checkpoint_dir}/{slug(self.spec.study_name)}/trial-{origin or trial.number}"
+        cfg = with_overrides(trial_config(self.base, self.spec, choice), {
+            "tracking.run_name": f"trial {trial.number} · bs {choice['batch_size']}",
+            "train.checkpoint_dir": folder, "train.resume": origin is not None})
+        done = run_child(cfg, trial, self.parent_run_id, "search", {},
+                         (EpochReporter(trial, self.spec.metric),))
+        return done.outcome.fit.best_value
+
+
+def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
+    overrides = {k: getattr(args, k) for k in ("n_trials", "timeout", "study_name", "sampler", "pruner", "seed")}
+    spec = parse_search(sections.get("search"), cfg, overrides, source=args.experiment)
+    ensure_reachable()
+    url, storage = open_storage(args.storage)
+    study = open_search(spec, storage, cfg.train.epochs)
+    params = {"search.storage": storage_id(url), "search.sampler": spec.sampler, "search.pruner": spec.pruner,
+              "search.metric": spec.metric,
+              "search.batch_sizes": f"{spec.batch_sizes[0]}..{spec.batch_sizes[-1]} step 8"}
+    parent = parent_run.open_parent("search", spec.study_name, storage_id(url), cfg.tracking.experiment_name,
+                                    {"optuna.direction": spec.direction}, params)
+    study.set_user_attr("mlflow_experiment_id", parent.experiment_id)
+    study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+    champion: list[str | None] = []
+
+    def report(parent_run_id: str) -> None:
+        champion.append(study_report.log_study(study, parent_run_id, spec.metric, experiment_stem(args.experiment)))
+
+    work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id), report, propose=True,
+         n_trials=spec.n_trials, timeout=spec.timeout)
+    print(f"study {spec.study_name}: {len(study.trials)} trials in {url}; parent run {parent.run_id}")
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        best = study.best_trial
+        print(f"best: trial {best.number} {best.params} → {spec.metric} {best.value:.4f}; "
+              f"champion {champion[0] if champion else 'registered by the last worker'}")
+    return 0

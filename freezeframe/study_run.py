@@ -1,0 +1,81 @@
+"""Compare and search run the same way: a study in an Optuna storage, its parent run in MLflow, and
+this process as one of any number of workers (pipelines.study_worker's loop, tracking.parent_run's runs)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from freezeframe.single_run import TrackedRun, run_tracked
+from pipelines.config import RunConfig, digest
+from pipelines.studies import DEFAULT_STORAGE, make_storage, study_lock
+from pipelines.study_worker import REASON_ATTR, RUN_ATTR, StudyWorker, requeue
+from tracking import parent_run, session, tags
+from tracking.parent_run import FAILED, FINISHED, KILLED, ParentRun
+
+
+def open_storage(url: str) -> tuple[str, optuna.storages.BaseStorage]:
+    url = url or DEFAULT_STORAGE
+    return url, make_storage(url, on_dead_trial=on_dead_trial)
+
+
+def experiment_stem(path: str) -> str:
+    """The experiment file's stem names the registered champion: freezeframe-<stem>."""
+    return path.rsplit("/", 1)[-1].removesuffix(".yaml")
+
+
+def on_dead_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose worker died: its child run KILLED, its params queued again for another worker."""
+    parent_run.close_dead_child(trial)
+    requeue(study, trial)
+
+
+def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str,
+              child_tags: dict[str, str], listeners: tuple = ()) -> TrackedRun:
+    """One arm or trial as a child run; the trial records the run id before anything can fail."""
+    return run_tracked(cfg, entry_point, parent_run_id=parent_run_id, attach=False, listeners=listeners,
+                       tags={tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number),
+                             tags.CONFIG_DIGEST: digest(cfg), **child_tags},
+                       on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
+
+
+def work(url: str, storage: optuna.storages.BaseStorage, study: optuna.Study, parent: ParentRun,
+         objective: Callable[[optuna.Trial], float], report: Callable[[str], None], propose: bool = False,
+         n_trials: int | None = None, timeout: float = 0.0) -> str:
+    """Run trials as this worker, then end what is this worker's to end. The last worker to leave
+    writes the parent's report and ends it; returns the parent's status."""
+    worker = StudyWorker(study, storage, objective, on_told=_told, on_dead=on_dead_trial, propose=propose,
+                         n_trials=n_trials, timeout=timeout)
+    status, error = FINISHED, ""
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        status, error = KILLED, "interrupted"
+        raise
+    except BaseException as exc:
+        status, error = FAILED, session.one_line(exc)
+        raise
+    finally:
+        with study_lock(url, study.study_name):  # two workers leaving together: one report, one champion
+            counts = worker.counts()
+            try:
+                if status == FINISHED and not counts["RUNNING"] and not counts["WAITING"]:
+                    report(parent.run_id)
+            finally:
+                final = parent_run.close(parent, status, error, counts["RUNNING"], counts["WAITING"])
+    if final == "RUNNING":
+        print(f"{counts['RUNNING']} trial(s) still running in other workers: the last to finish ends the "
+              f"parent run {parent.run_id} and writes its summary")
+    return final
+
+
+def _told(trial: FrozenTrial) -> None:
+    parent_run.mirror_trial(trial)
+    name = trial.user_attrs.get("arm") or f"trial {trial.number} {trial.params}"
+    if trial.state == TrialState.COMPLETE:
+        print(f"{name}: {trial.value:.4f}", flush=True)
+    else:
+        print(f"{name}: {trial.state.name} {trial.user_attrs.get(REASON_ATTR, '')}".rstrip(), file=sys.stderr)

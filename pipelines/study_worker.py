@@ -1,0 +1,164 @@
+"""One worker's loop over a study, the same for a comparison's arms and a search's trials.
+
+Queued trials (a comparison's arms, a dead or interrupted worker's trial queued again) are claimed
+first, one at a time, through the state change WAITING → RUNNING that every Optuna storage makes
+atomic; a search then asks its sampler for new trials. Each running trial names its owner (host,
+pid) and, on RDB storages, beats a heartbeat: a trial whose owner died is failed and queued again
+(Optuna's RetryFailedTrialCallback) by the next worker that looks, on this machine or another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from pipelines.errors import first_line
+from pipelines.runtime import free_memory, process_alive
+
+OWNER_ATTR = "worker"  # {"host", "pid"} of the process running the trial
+REASON_ATTR = "fail_reason"
+RUN_ATTR = "mlflow_run_id"
+RETRY_ATTR = "retry_of"  # the trial number a queued-again trial retries: its checkpoint may be resumed
+MAX_RETRIES = 3  # an arm that kills its worker every time (the OOM killer, say) is not retried forever
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a failed trial's params and attributes again, as Optuna's retry callback does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+
+
+@dataclass
+class StudyWorker:
+    """Run trials until the queue is empty (and, with `propose`, `n_trials` new ones are done).
+
+    `objective(trial)` returns the trial's value or raises (optuna.TrialPruned included); `on_told`
+    sees each trial as it ends; `on_dead(study, trial)` sees each trial of a dead worker.
+    """
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    objective: Callable[[optuna.Trial], float]
+    on_told: Callable[[FrozenTrial], None]
+    on_dead: Callable[[optuna.Study, FrozenTrial], None]
+    propose: bool = False
+    n_trials: int | None = None
+    timeout: float = 0.0
+    trials_run: int = 0
+
+    def run(self) -> int:
+        start = time.monotonic()
+        while self.n_trials is None or self.trials_run < self.n_trials:
+            if self.timeout and time.monotonic() - start > self.timeout:
+                break
+            self.reap_dead()
+            trial = self.claim_waiting() or (self._ask() if self.propose else None)
+            if trial is None:
+                break
+            self._run_one(trial)
+            self.trials_run += 1
+        return self.trials_run
+
+    def _ask(self) -> optuna.Trial:
+        with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": _run_one beats it
+            warnings.simplefilter("ignore", UserWarning)
+            return self.study.ask()
+
+    def _trial_id(self, number: int) -> int:
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def claim_waiting(self) -> optuna.Trial | None:
+        for waiting in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = self._trial_id(waiting.number)
+            with contextlib.suppress(UpdateFinishedTrialError):
+                if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    trial = optuna.Trial(self.study, trial_id)
+                    if "failed_trial" in waiting.system_attrs:  # RetryFailedTrialCallback's record
+                        trial.set_user_attr(RETRY_ATTR, waiting.system_attrs["failed_trial"])
+                    return trial
+        return None
+
+    def _run_one(self, trial: optuna.Trial) -> None:
+        trial.set_user_attr(OWNER_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
+        try:
+            with _heartbeat(self.storage, self._trial_id(trial.number)):
+                value = self.objective(trial)
+        except optuna.TrialPruned:
+            frozen = self.study.tell(trial, state=TrialState.PRUNED)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is queued again for a rerun or another worker
+            trial.set_user_attr(REASON_ATTR, "interrupted")
+            frozen = self.study.tell(trial, state=TrialState.FAIL)
+            requeue(self.study, frozen)
+            self.on_told(frozen)
+            raise
+        except Exception as exc:  # noqa: BLE001 - out of memory, NaN loss, bad weights: this trial fails alone
+            trial.set_user_attr(REASON_ATTR, first_line(exc, limit=500))
+            frozen = self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            frozen = self.study.tell(trial, value)
+        finally:
+            free_memory()
+        self.on_told(frozen)
+
+    def reap_dead(self) -> None:
+        """Fail (and queue again) the trials whose worker died: Optuna's heartbeat on RDB storages, and
+        the owner record on this host for any storage (a journal file keeps no heartbeat)."""
+        if getattr(self.storage, "get_heartbeat_interval", lambda: None)() is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)  # calls on_dead through the storage
+        host = socket.gethostname()
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = trial.user_attrs.get(OWNER_ATTR) or {}
+            pid = int(owner.get("pid", 0))
+            if owner.get("host") != host or pid == os.getpid() or process_alive(pid):
+                continue
+            trial_id = self._trial_id(trial.number)
+            try:
+                self.storage.set_trial_user_attr(trial_id, REASON_ATTR, f"its worker (pid {pid}) died")
+                self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                continue  # another worker reaped it first
+            self.on_dead(self.study, self.storage.get_trial(trial_id))
+
+    def counts(self) -> dict[str, int]:
+        """How many trials are RUNNING and WAITING now, in every worker."""
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        return {s.name: sum(t.state == s for t in trials) for s in (TrialState.RUNNING, TrialState.WAITING)}
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
+    """Record a heartbeat every interval while the trial runs (what Study.optimize does for RDB storages)."""
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is retried; the trial's own error matters more
+                storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
