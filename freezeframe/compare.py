@@ -10,13 +10,13 @@ import argparse
 
 import optuna
 
-from freezeframe.study_run import experiment_stem, open_storage, run_child, work
+from freezeframe.study_run import experiment_stem, on_dead_trial, open_storage, run_child, work
 from pipelines.compare import DIGEST_ATTR, Arm, arm_configs, parse_comparison, queue_arms
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.search import EpochReporter
 from pipelines.studies import open_study, storage_id, study_lock
-from pipelines.study_worker import RETRY_ATTR
+from pipelines.study_worker import RETRY_ATTR, reap_dead
 from tracking import comparison_report, parent_run, tags
 from tracking.store import ensure_reachable
 
@@ -50,6 +50,7 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     direction = "maximize" if MONITORS[cfg.train.monitor] == "max" else "minimize"
     study = open_study(name, storage, "compare", direction, cfg.train.monitor)
     with study_lock(url, name):
+        reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
         done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)
     for key, run_id in done.items():
         print(f"{arms[key][0].name}: FINISHED earlier (run {run_id}), skipped")

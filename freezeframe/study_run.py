@@ -61,8 +61,9 @@ def work(url: str, storage: optuna.storages.BaseStorage, study: optuna.Study, pa
     finally:
         with study_lock(url, study.study_name):  # two workers leaving together: one report, one champion
             counts = worker.counts()
-            try:
-                if status == FINISHED and not counts["RUNNING"] and not counts["WAITING"]:
+            try:  # a worker that left just before us may have reported everything already
+                if status == FINISHED and not counts["RUNNING"] and not counts["WAITING"] \
+                        and not parent_run.finished_here(parent.run_id):
                     report(parent.run_id)
             finally:
                 final = parent_run.close(parent, status, error, counts["RUNNING"], counts["WAITING"])

@@ -113,30 +113,36 @@ class StudyWorker:
         self.on_told(frozen)
 
     def reap_dead(self) -> None:
-        """Fail (and queue again) the trials whose worker died: Optuna's heartbeat on RDB storages, and
-        the owner record on this host for any storage (a journal file keeps no heartbeat)."""
-        if getattr(self.storage, "get_heartbeat_interval", lambda: None)() is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)  # calls on_dead through the storage
-        host = socket.gethostname()
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = trial.user_attrs.get(OWNER_ATTR) or {}
-            pid = int(owner.get("pid", 0))
-            if owner.get("host") != host or pid == os.getpid() or process_alive(pid):
-                continue
-            trial_id = self._trial_id(trial.number)
-            try:
-                self.storage.set_trial_user_attr(trial_id, REASON_ATTR, f"its worker (pid {pid}) died")
-                self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-            except UpdateFinishedTrialError:
-                continue  # another worker reaped it first
-            self.on_dead(self.study, self.storage.get_trial(trial_id))
+        reap_dead(self.study, self.storage, self.on_dead)
 
     def counts(self) -> dict[str, int]:
         """How many trials are RUNNING and WAITING now, in every worker."""
         trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
         return {s.name: sum(t.state == s for t in trials) for s in (TrialState.RUNNING, TrialState.WAITING)}
+
+
+def reap_dead(study: optuna.Study, storage: optuna.storages.BaseStorage,
+              on_dead: Callable[[optuna.Study, FrozenTrial], None]) -> None:
+    """Fail the trials whose worker died, then `on_dead` each (queue it again, close its run): Optuna's
+    heartbeat on RDB storages, and the owner record on this host for any storage (a journal keeps no
+    heartbeat)."""
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # calls on_dead through the storage's callback
+    host, study_id = socket.gethostname(), storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER_ATTR) or {}
+        pid = int(owner.get("pid", 0))
+        if owner.get("host") != host or pid == os.getpid() or process_alive(pid):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, REASON_ATTR, f"its worker (pid {pid}) died")
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # another worker reaped it first
+        on_dead(study, storage.get_trial(trial_id))
 
 
 @contextlib.contextmanager

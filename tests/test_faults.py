@@ -181,3 +181,86 @@ def test_the_tracking_server_goes_away_mid_run(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def runs_of(tmp_path) -> list:
+    return runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def trial_running(storage: str, name: str, owner_pid: int | None = None, after: int = 0) -> bool:
+    """A trial numbered `after` or later is running (in the given worker) with its MLflow child open."""
+    import optuna
+
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+    except Exception:  # noqa: BLE001 - not created yet
+        return False
+    return any(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs and t.number >= after
+               and (owner_pid is None or t.user_attrs.get("worker", {}).get("pid") == owner_pid) for t in trials)
+
+
+# arms of a few seconds each, so a kill or a signal lands mid-arm
+SLOW = {"train.epochs": 4, "data.image_size": 96, "data.max_samples": 120}
+
+
+def test_kill_9_one_of_two_compare_workers_mid_arm(tmp_path):
+    """The dead worker's arm is failed by its owner record, queued again and run by the other worker."""
+    path = experiment(tmp_path, compare={"name": "two", "freeze": ["frozen", "unfrozen"], "seeds": [0, 1]}, **SLOW)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    doomed = start(tmp_path, "compare", "--experiment", str(path), "--storage", storage)
+    wait_for(lambda: trial_running(storage, "two", doomed.pid))
+    survivor = start(tmp_path, "compare", "--experiment", str(path), "--storage", storage)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    output = survivor.communicate(timeout=300)[0]
+    assert survivor.returncode == 0, output[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="two", storage=storage)
+    (dead,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert "died" in dead.user_attrs["fail_reason"]
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == dead.number]
+    assert [t.state.name for t in retry] == ["COMPLETE"]
+    runs = {r.info.run_id: r for r in runs_of(tmp_path)}
+    assert runs[dead.user_attrs["mlflow_run_id"]].info.status == "KILLED"
+    children = [r for r in runs.values() if "mlflow.parentRunId" in r.data.tags]
+    finished = [r.data.tags["config_digest"] for r in children if r.info.status == "FINISHED"]
+    assert len(finished) == len(set(finished)) == 4  # each arm exactly one FINISHED child
+    (parent,) = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and "RUNNING" not in {r.info.status for r in runs.values()}
+
+
+@pytest.mark.parametrize("kind", ["compare", "search"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_a_lone_worker_then_rerun(tmp_path, kind, signum):
+    """Interrupted after its first child: nothing FINISHED that did not finish, the parent KILLED (not
+    FINISHED); the rerun completes the grid or runs the interrupted trial, and finishes the parent."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    if kind == "compare":
+        path = experiment(tmp_path, compare={"name": "lone", "freeze": ["frozen", "unfrozen", "last_n:1"]}, **SLOW)
+        args = ["compare", "--experiment", str(path), "--storage", storage]
+    else:
+        path = experiment(tmp_path, **SLOW)
+        path.write_text(path.read_text() + "search:\n  study_name: lone\n  batch_size: {low: 8, high: 16}\n"
+                                           "  pruner: none\n")
+        args = ["search", "--experiment", str(path), "--storage", storage, "--n_trials", "3"]
+    worker = start(tmp_path, *args)
+    wait_for(lambda: trial_running(storage, "lone", after=1))  # the first child done, the second under way
+    worker.send_signal(signum)
+    output = worker.communicate(timeout=120)[0]
+    assert worker.returncode == 130 and "freezeframe: interrupted" in output, output[-3000:]
+    runs = runs_of(tmp_path)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "KILLED" and "interrupted" in parent.data.tags["error"]
+    children = sorted((r for r in runs if "mlflow.parentRunId" in r.data.tags), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in children] == ["FINISHED", "KILLED"]
+    assert all(r.data.metrics.get("test/acc") is not None for r in children if r.info.status == "FINISHED")
+
+    again = start(tmp_path, *(args if kind == "compare" else [*args[:-1], "1"]))
+    output = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, output[-3000:]
+    runs = runs_of(tmp_path)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
+    statuses = sorted(r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert statuses == (["FINISHED"] * 3 + ["KILLED"] if kind == "compare" else ["FINISHED", "FINISHED", "KILLED"])

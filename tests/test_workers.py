@@ -1,7 +1,8 @@
-"""Several `search` workers on one study at once: no trial lost or doubled, each one MLflow child run.
+"""Several workers on one study at once, search trials or comparison arms: nothing lost or doubled,
+one parent run, each trial or arm one child.
 
-Run twice: a journal file (works anywhere) with a real `mlflow server`, and PostgreSQL for both the
-Optuna storage and the MLflow backend store (the scale-out recipe in the README)."""
+Run through the storages of the scale-out recipe: a journal file (works anywhere) with a real `mlflow
+server`, and PostgreSQL for both the Optuna storage and the MLflow backend store."""
 
 import os
 import subprocess
@@ -18,68 +19,117 @@ from tests.conftest import ROOT, tiny_experiment
 
 pytestmark = pytest.mark.slow
 WORKERS, TRIALS_EACH = 3, 2
+SEARCH = "search:\n  study_name: shared\n  batch_size: {low: 8, high: 32}\n  pruner: none\n  sampler: random\n"
+GRID = "compare:\n  name: shared-grid\n  freeze: [frozen, unfrozen]\n  seeds: [0, 1, 2]\n"
 
 
-def experiment(tmp_path) -> Path:
-    # per-trial plots off: dozens of tiny trials would spend most of their time drawing PNGs
-    search = "search:\n  study_name: shared\n  batch_size: {low: 8, high: 32}\n  pruner: none\n  sampler: random\n"
-    return tiny_experiment(tmp_path, search, **{"tracking.log_plots": False})
+def experiment(tmp_path, section: str) -> Path:
+    # per-run plots off: dozens of tiny runs would spend most of their time drawing PNGs
+    return tiny_experiment(tmp_path, section, **{"tracking.log_plots": False})
 
 
-def run_workers(tmp_path, storage: str, tracking_uri: str, workers: int = WORKERS, each: int = TRIALS_EACH,
-                extra: tuple[str, ...] = ()) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "TQDM_DISABLE": "1"}
+def worker_env(tracking_uri: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}  # one torch thread each: the workers share two cores
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(leaked, None)
-    workers = [subprocess.Popen([sys.executable, "-m", "freezeframe", "search", "--experiment",
-                                 str(experiment(tmp_path)), "--storage", storage, "--n_trials", str(each),
-                                 "--seed", str(seed), *extra],
-                                cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for seed in range(workers)]
+    return env
+
+
+def start(tmp_path, tracking_uri: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "freezeframe", *args], cwd=tmp_path, env=worker_env(tracking_uri),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(workers: list[subprocess.Popen]) -> list[str]:
     outputs = [w.communicate(timeout=900)[0] for w in workers]  # bounded: a hung worker fails the test
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-3000:]
+    return outputs
 
 
-def check_study(storage: str, tracking_uri: str, total: int = WORKERS * TRIALS_EACH) -> None:
+def run_search_workers(tmp_path, storage: str, tracking_uri: str, workers: int = WORKERS, each: int = TRIALS_EACH,
+                       extra: tuple[str, ...] = ()) -> None:
+    path = str(experiment(tmp_path, SEARCH))
+    finish([start(tmp_path, tracking_uri, "search", "--experiment", path, "--storage", storage, "--n_trials",
+                  str(each), "--seed", str(seed), *extra) for seed in range(workers)])
+
+
+def run_compare_workers(tmp_path, storage: str, tracking_uri: str) -> list[str]:
+    path = str(experiment(tmp_path, GRID))
+    return finish([start(tmp_path, tracking_uri, "compare", "--experiment", path, "--storage", storage)
+                   for _ in range(WORKERS)])
+
+
+def the_parent(client: MlflowClient, study: optuna.Study, kind: str):
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"]) if kind == "search" else None
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`optuna.study` = '{study.study_name}'")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [p.info.run_name for p in parents]  # duplicates of the election deleted
+    assert parent is None or parents[0].info.run_id == parent.info.run_id
+    children = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert "RUNNING" not in {r.info.status for r in runs + children}
+    return parents[0], children
+
+
+def check_search(storage: str, tracking_uri: str, total: int = WORKERS * TRIALS_EACH) -> None:
     study = optuna.load_study(study_name="shared", storage=make_storage(storage))
     trials = study.trials
     assert len(trials) == total  # the sum asked for
     assert sorted(t.number for t in trials) == list(range(total))
     reasons = [t.user_attrs.get("fail_reason") for t in trials if t.state.name != "COMPLETE"]
     assert not reasons, reasons
-    client = MlflowClient(tracking_uri)
-    parent_id = study.user_attrs["mlflow_parent_run_id"]
-    parent = client.get_run(parent_id)
-    parents = [r for r in client.search_runs([parent.info.experiment_id], "tags.`optuna.study` = 'shared'")
-               if "mlflow.parentRunId" not in r.data.tags]
-    assert [p.info.run_id for p in parents] == [parent_id]  # one parent, duplicates of the election deleted
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
-    assert len(children) == len(trials)
+    parent, children = the_parent(MlflowClient(tracking_uri), study, "search")
+    assert parent.info.status == "FINISHED"
     assert sorted(r.data.tags["optuna.trial"] for r in children) == sorted(str(t.number) for t in trials)
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
-def test_three_workers_on_a_journal_file_and_a_tracking_server(tmp_path, mlflow_server):
+def check_grid(storage: str, tracking_uri: str, arms: int = 6) -> tuple[optuna.Study, list]:
+    """Each arm exactly one FINISHED child under one FINISHED parent; returns the study and the children."""
+    study = optuna.load_study(study_name="shared-grid", storage=make_storage(storage))
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len({t.user_attrs["config_digest"] for t in complete}) == len(complete) == arms
+    parent, children = the_parent(MlflowClient(tracking_uri), study, "compare")
+    assert parent.info.status == "FINISHED" and parent.data.tags["arms_total"] == str(arms)
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["config_digest"] for r in finished) == sorted(t.user_attrs["config_digest"]
+                                                                           for t in complete)
+    return study, children
+
+
+def test_three_search_workers_on_a_journal_file_and_a_tracking_server(tmp_path, mlflow_server):
     storage = f"journal:{tmp_path / 'optuna.journal'}"
-    run_workers(tmp_path, storage, mlflow_server)
-    check_study(storage, mlflow_server)
+    run_search_workers(tmp_path, storage, mlflow_server)
+    check_search(storage, mlflow_server)
 
 
-def test_three_workers_on_postgresql(tmp_path, postgres_databases):
+def test_three_compare_workers_split_one_grid_on_a_journal_file_and_a_tracking_server(tmp_path, mlflow_server):
+    storage = f"journal:{tmp_path / 'optuna.journal'}"
+    outputs = run_compare_workers(tmp_path, storage, mlflow_server)
+    study, children = check_grid(storage, mlflow_server)
+    assert len(children) == 6 and {t.state.name for t in study.trials} == {"COMPLETE"}
+    ran = [sum(line.startswith("[trial ") for line in out.splitlines()) for out in outputs]
+    assert sum(ran) == 6 and max(ran) < 6, ran  # the grid was split, each arm run once
+
+
+def test_three_workers_of_each_kind_on_postgresql(tmp_path, postgres_databases):
     optuna_db, mlflow_db = postgres_databases
     MlflowClient(mlflow_db).search_experiments()  # create MLflow's schema once, before the workers race
     make_storage(optuna_db)  # likewise Optuna's
-    run_workers(tmp_path, optuna_db, mlflow_db)
-    check_study(optuna_db, mlflow_db)
+    run_search_workers(tmp_path, optuna_db, mlflow_db)
+    check_search(optuna_db, mlflow_db)
+    run_compare_workers(tmp_path, optuna_db, mlflow_db)
+    study, children = check_grid(optuna_db, mlflow_db)
+    assert len(children) == 6
 
 
 def test_load_four_workers_twenty_trials_each_on_a_tracking_server(tmp_path, mlflow_server):
     """80 tiny trials through one loopback `mlflow server`: none lost, none doubled, one parent."""
     storage = f"journal:{tmp_path / 'optuna.journal'}"
-    start = time.monotonic()
-    run_workers(tmp_path, storage, mlflow_server, workers=4, each=20, extra=("--epochs", "1"))
-    check_study(storage, mlflow_server, total=80)
-    print(f"80 trials by 4 workers in {time.monotonic() - start:.0f}s")
+    start_s = time.monotonic()
+    run_search_workers(tmp_path, storage, mlflow_server, workers=4, each=20, extra=("--epochs", "1"))
+    check_search(storage, mlflow_server, total=80)
+    print(f"80 trials by 4 workers in {time.monotonic() - start_s:.0f}s")

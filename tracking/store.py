@@ -35,15 +35,31 @@ def ensure_reachable(uri: str | None = None) -> str:
             raise TrackingError(f"tracking server {uri} is unreachable ({reason}); start it (make ui) "
                                 "or unset MLFLOW_TRACKING_URI for the local sqlite store") from None
     elif scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise TrackingError(f"tracking store {uri}: folder {folder} does not exist")
+        path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        if not path.parent.is_dir():
+            raise TrackingError(f"tracking store {uri}: folder {path.parent} does not exist")
+        _create_once(uri, path)
     elif scheme.startswith(("postgresql", "mysql", "mssql")):
         _check_database(uri)
     elif scheme in ("", "file"):
         raise TrackingError(f"tracking URI {uri} is a file store, which this MLflow no longer supports; "
                             "use sqlite:///mlflow.db or a tracking server")
     return uri
+
+
+def _create_once(uri: str, path: Path) -> None:
+    """Workers started together on a new sqlite store would race in MLflow's schema migration
+    (alembic's "Online migration expected to match one row"): the first creates it, the others wait."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    with open(path.with_name(path.name + ".create-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)  # creates or migrates; cached per process
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_database(uri: str) -> None:
