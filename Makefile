@@ -28,14 +28,17 @@ run: install
 	@echo "select its child runs → Compare. Classify an image with the champion:"
 	@echo "  $(VENV)/bin/mlflow run . -e predict --env-manager local -P input=<image or folder>"
 
+# Two test processes: the slow tests mostly wait on subprocesses and servers. TEST_WORKERS=0 runs in one.
+TEST_WORKERS ?= 2
 test: install
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(BIN)/ruff check .
 
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no GenAI job runners (half a dozen processes) for a training UI
 ui: install
-	$(BIN)/mlflow server --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
 
 dashboard: install
 	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port 8080

@@ -15,7 +15,7 @@ from pipelines.compare import DIGEST_ATTR, Arm, arm_configs, parse_comparison, q
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.search import EpochReporter
-from pipelines.studies import open_study, storage_id, study_lock
+from pipelines.studies import DIRECTIONS, open_study, storage_id, study_lock
 from pipelines.study_worker import RETRY_ATTR, reap_dead
 from tracking import comparison_report, parent_run, tags
 from tracking.store import ensure_reachable
@@ -47,8 +47,7 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     name = args.study_name or spec.name
     ensure_reachable()
     url, storage = open_storage(args.storage)
-    direction = "maximize" if MONITORS[cfg.train.monitor] == "max" else "minimize"
-    study = open_study(name, storage, "compare", direction, cfg.train.monitor)
+    study = open_study(name, storage, "compare", DIRECTIONS[MONITORS[cfg.train.monitor]], cfg.train.monitor)
     with study_lock(url, name):
         reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
         done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)
@@ -57,16 +56,14 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     parent = parent_run.open_parent("compare", name, storage_id(url), cfg.tracking.experiment_name,
                                     {"dataset": cfg.data.dataset, "experiment_file": args.experiment},
                                     {"compare.storage": storage_id(url), "compare.arms": len(arms)})
-    summary: dict = {}
 
-    def report(parent_run_id: str) -> None:
+    def report(parent_run_id: str) -> tuple[list[dict], str | None]:
         runs = comparison_report.current_attempts(parent_run.children(parent_run_id), set(arms))
-        summary["rows"], summary["champion"] = comparison_report.log_summary(parent_run_id, name, runs,
-                                                                             experiment_stem(args.experiment))
+        return comparison_report.log_summary(parent_run_id, name, runs, experiment_stem(args.experiment))
 
-    work(url, storage, study, parent, ArmObjective(arms, parent.run_id, name), report)
-    if "rows" in summary:
-        print(comparison_report.markdown(summary["rows"], []))
-    if summary.get("champion"):
-        print(f"best arm registered as {summary['champion']}")
+    summary = work(url, storage, study, parent, ArmObjective(arms, parent.run_id, name), report)
+    if summary is not None:
+        print(comparison_report.markdown(summary[0], []))
+        if summary[1]:
+            print(f"best arm registered as {summary[1]}")
     return 0

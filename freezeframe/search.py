@@ -51,16 +51,14 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
                                     {"optuna.direction": spec.direction}, params)
     study.set_user_attr("mlflow_experiment_id", parent.experiment_id)
     study.set_user_attr("mlflow_parent_run_id", parent.run_id)
-    champion: list[str | None] = []
 
-    def report(parent_run_id: str) -> None:
-        champion.append(study_report.log_study(study, parent_run_id, spec.metric, experiment_stem(args.experiment)))
+    def report(parent_run_id: str) -> str | None:
+        return study_report.log_study(study, parent_run_id, spec.metric, experiment_stem(args.experiment))
 
-    work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id), report, propose=True,
-         n_trials=spec.n_trials, timeout=spec.timeout)
+    champion = work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id), report, propose=True,
+                    n_trials=spec.n_trials, timeout=spec.timeout)
     print(f"study {spec.study_name}: {len(study.trials)} trials in {url}; parent run {parent.run_id}")
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         best = study.best_trial
-        print(f"best: trial {best.number} {best.params} → {spec.metric} {best.value:.4f}; "
-              f"champion {champion[0] if champion else 'registered by the last worker'}")
+        print(f"best: trial {best.number} {best.params} → {spec.metric} {best.value:.4f}; champion {champion}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -15,6 +16,8 @@ from pipelines.studies import DEFAULT_STORAGE, make_storage, study_lock
 from pipelines.study_worker import REASON_ATTR, RUN_ATTR, StudyWorker, requeue
 from tracking import parent_run, session, tags
 from tracking.parent_run import FAILED, FINISHED, KILLED, ParentRun
+
+T = TypeVar("T")
 
 
 def open_storage(url: str) -> tuple[str, optuna.storages.BaseStorage]:
@@ -36,6 +39,7 @@ def on_dead_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str,
               child_tags: dict[str, str], listeners: tuple = ()) -> TrackedRun:
     """One arm or trial as a child run; the trial records the run id before anything can fail."""
+    parent_run.reopen(parent_run_id)  # another worker may have ended it, seeing this one's arm still queued
     return run_tracked(cfg, entry_point, parent_run_id=parent_run_id, attach=False, listeners=listeners,
                        tags={tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number),
                              tags.CONFIG_DIGEST: digest(cfg), **child_tags},
@@ -43,13 +47,13 @@ def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_poi
 
 
 def work(url: str, storage: optuna.storages.BaseStorage, study: optuna.Study, parent: ParentRun,
-         objective: Callable[[optuna.Trial], float], report: Callable[[str], None], propose: bool = False,
-         n_trials: int | None = None, timeout: float = 0.0) -> str:
+         objective: Callable[[optuna.Trial], float], report: Callable[[str], T], propose: bool = False,
+         n_trials: int | None = None, timeout: float = 0.0) -> T | None:
     """Run trials as this worker, then end what is this worker's to end. The last worker to leave
-    writes the parent's report and ends it; returns the parent's status."""
+    writes the parent's report (returned; None from the others) and ends the parent."""
     worker = StudyWorker(study, storage, objective, on_told=_told, on_dead=on_dead_trial, propose=propose,
                          n_trials=n_trials, timeout=timeout)
-    status, error = FINISHED, ""
+    status, error, result = FINISHED, "", None
     try:
         worker.run()
     except KeyboardInterrupt:
@@ -64,13 +68,13 @@ def work(url: str, storage: optuna.storages.BaseStorage, study: optuna.Study, pa
             try:  # a worker that left just before us may have reported everything already
                 if status == FINISHED and not counts["RUNNING"] and not counts["WAITING"] \
                         and not parent_run.finished_here(parent.run_id):
-                    report(parent.run_id)
+                    result = report(parent.run_id)
             finally:
                 final = parent_run.close(parent, status, error, counts["RUNNING"], counts["WAITING"])
     if final == "RUNNING":
         print(f"{counts['RUNNING']} trial(s) still running in other workers: the last to finish ends the "
               f"parent run {parent.run_id} and writes its summary")
-    return final
+    return result
 
 
 def _told(trial: FrozenTrial) -> None:

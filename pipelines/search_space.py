@@ -25,6 +25,7 @@ import optuna
 from pipelines.config import MONITORS, RunConfig, coerce, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.freezing import parse_policy
+from pipelines.studies import DIRECTIONS
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -51,7 +52,7 @@ class SearchSpec:
 
     @property
     def direction(self) -> str:
-        return "maximize" if MONITORS[self.metric] == "max" else "minimize"
+        return DIRECTIONS[MONITORS[self.metric]]
 
 
 def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None = None,

@@ -24,6 +24,7 @@ from pipelines.errors import ConfigError, FreezeframeError, first_line
 HEARTBEAT_S = int(os.environ.get("FREEZEFRAME_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("FREEZEFRAME_GRACE_S", "30"))
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+DIRECTIONS = {"max": "maximize", "min": "minimize"}
 KIND_ATTR = "freezeframe.kind"  # compare | search: a study name means one kind of work
 
 

@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("TQDM_DISABLE", "1")
+# One torch thread per process, here and in the workers the tests start: `make test` runs two test
+# processes on two cores, and the multi-worker tests several more; more threads would only contend.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pipelines.config import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first: with several pytest-xdist workers the quick ones then fill the gaps at the end,
+    instead of two long tests running last, alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None and item.get_closest_marker("e2e") is None)
+
+
+_EMPTY_STORE: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, made once per test process: creating one runs MLflow's schema
+    migrations (~2.5 s); each test gets a copy (milliseconds), still a store of its own."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    _EMPTY_STORE.append(path)
+    return path
+
+
+def store_in(folder: Path, name: str = "mlflow.db") -> str:
+    """`sqlite:///<folder>/<name>`, a fresh empty store (copied, unless the test made one there already)."""
+    import shutil
+
+    target = folder / name
+    if not target.exists():
+        shutil.copyfile(_EMPTY_STORE[0], target)
+    return f"sqlite:///{target}"
 
 
 @pytest.fixture
@@ -20,7 +56,7 @@ def tracking_store(tmp_path, monkeypatch):
     """A fresh sqlite store, and the test's cwd in tmp so ./mlruns artifacts and checkpoints land there."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_in(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
@@ -93,19 +129,23 @@ def wait_for_http(url: str, seconds: float = 60, process=None) -> None:
     raise TimeoutError(f"{url} did not answer within {seconds}s")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` process on a free loopback port, with a tmp sqlite backend and artifact store."""
+# MLflow 3's server also starts GenAI job runners (half a dozen huey processes): not needed for training runs
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+@contextlib.contextmanager
+def serving_mlflow(folder: Path) -> Iterator[str]:
+    """A real `mlflow server` process on a free loopback port, with a sqlite backend and artifact store in `folder`."""
     import subprocess
     import sys
 
     port = free_port()
-    log = open(tmp_path / "mlflow-server.log", "w")
+    log = open(folder / "mlflow-server.log", "w")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-         f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "server-artifacts"),
+         store_in(folder, "server.db"), "--artifacts-destination", str(folder / "server-artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=SERVER_ENV)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", process=process)
@@ -117,6 +157,12 @@ def mlflow_server(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    with serving_mlflow(tmp_path) as url:
+        yield url
 
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, runs_in
+from tests.conftest import ROOT, runs_in, store_in
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,7 @@ def mlflow_run(tmp_path: Path, entry: str, **params: str) -> subprocess.Complete
     experiment = tmp_path / "tiny.yaml"
     experiment.write_text(f"train:\n  checkpoint_dir: {tmp_path / 'checkpoints'}\n  batch_size: 16\n")
     params.setdefault("experiment", str(experiment))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store_in(tmp_path),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(leaked, None)

@@ -145,3 +145,31 @@ def test_bad_search_input_one_line_no_trial(tracking_store, tmp_path, capsys, fl
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err.split("freezeframe: error:")[-1]
     assert runs_in(tracking_store) == []
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # study.ask() here stands in for a worker
+def test_a_silent_trial_on_another_machine_is_failed_by_the_heartbeat_and_queued_again(tmp_path, monkeypatch):
+    """No owner record can tell about another machine's worker: Optuna's RDB heartbeat does."""
+    import pipelines.studies as studies
+    from pipelines.study_worker import reap_dead, requeue
+
+    monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(studies, "GRACE_S", 2)
+    seen = []
+
+    def on_dead(study, trial):
+        seen.append(trial.number)
+        requeue(study, trial)
+
+    storage = studies.make_storage(f"sqlite:///{tmp_path}/optuna.db", on_dead_trial=on_dead)
+    study = optuna.create_study(study_name="far", storage=storage)
+    trial = study.ask({"batch_size": optuna.distributions.IntDistribution(8, 64, step=8)})
+    trial.set_user_attr("worker", {"host": "another-machine", "pid": 1})
+    study_id = storage.get_study_id_from_name("far")
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    reap_dead(study, storage, on_dead)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]  # alive as far as anyone here can tell
+    time.sleep(3)  # past the grace period: its worker is silent
+    reap_dead(study, storage, on_dead)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"] and seen == [0]
+    assert study.trials[1].params == trial.params

@@ -14,13 +14,20 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.studies import make_storage
-from tests.conftest import ROOT, tiny_experiment
+from pipelines.studies import make_storage, storage_id
+from tests.conftest import ROOT, serving_mlflow, tiny_experiment
 
 pytestmark = pytest.mark.slow
 WORKERS, TRIALS_EACH = 3, 2
 SEARCH = "search:\n  study_name: shared\n  batch_size: {low: 8, high: 32}\n  pruner: none\n  sampler: random\n"
 GRID = "compare:\n  name: shared-grid\n  freeze: [frozen, unfrozen]\n  seeds: [0, 1, 2]\n"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """One server for this module's tests (each its own study and storage): starting one takes seconds."""
+    with serving_mlflow(tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 def experiment(tmp_path, section: str) -> Path:
@@ -61,15 +68,15 @@ def run_compare_workers(tmp_path, storage: str, tracking_uri: str) -> list[str]:
                    for _ in range(WORKERS)])
 
 
-def the_parent(client: MlflowClient, study: optuna.Study, kind: str):
-    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"]) if kind == "search" else None
+def the_parent(client: MlflowClient, study: optuna.Study, kind: str, storage: str):
+    """The study's one parent run (election duplicates deleted) and its children; nothing RUNNING."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.`optuna.study` = '{study.study_name}'")
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, [p.info.run_name for p in parents]  # duplicates of the election deleted
-    assert parent is None or parents[0].info.run_id == parent.info.run_id
+    parents = client.search_runs(experiments, f"tags.`optuna.study` = '{study.study_name}' and "
+                                              f"tags.`optuna.storage_id` = '{storage_id(storage)}'")
+    assert len(parents) == 1, [p.info.run_name for p in parents]
+    assert kind == "compare" or parents[0].info.run_id == study.user_attrs["mlflow_parent_run_id"]
     children = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
-    assert "RUNNING" not in {r.info.status for r in runs + children}
+    assert "RUNNING" not in {r.info.status for r in parents + children}
     return parents[0], children
 
 
@@ -80,7 +87,7 @@ def check_search(storage: str, tracking_uri: str, total: int = WORKERS * TRIALS_
     assert sorted(t.number for t in trials) == list(range(total))
     reasons = [t.user_attrs.get("fail_reason") for t in trials if t.state.name != "COMPLETE"]
     assert not reasons, reasons
-    parent, children = the_parent(MlflowClient(tracking_uri), study, "search")
+    parent, children = the_parent(MlflowClient(tracking_uri), study, "search", storage)
     assert parent.info.status == "FINISHED"
     assert sorted(r.data.tags["optuna.trial"] for r in children) == sorted(str(t.number) for t in trials)
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}
@@ -92,7 +99,7 @@ def check_grid(storage: str, tracking_uri: str, arms: int = 6) -> tuple[optuna.S
     study = optuna.load_study(study_name="shared-grid", storage=make_storage(storage))
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len({t.user_attrs["config_digest"] for t in complete}) == len(complete) == arms
-    parent, children = the_parent(MlflowClient(tracking_uri), study, "compare")
+    parent, children = the_parent(MlflowClient(tracking_uri), study, "compare", storage)
     assert parent.info.status == "FINISHED" and parent.data.tags["arms_total"] == str(arms)
     finished = [r for r in children if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["config_digest"] for r in finished) == sorted(t.user_attrs["config_digest"]
@@ -126,10 +133,10 @@ def test_three_workers_of_each_kind_on_postgresql(tmp_path, postgres_databases):
     assert len(children) == 6
 
 
-def test_load_four_workers_twenty_trials_each_on_a_tracking_server(tmp_path, mlflow_server):
-    """80 tiny trials through one loopback `mlflow server`: none lost, none doubled, one parent."""
+def test_load_four_workers_ten_trials_each_on_a_tracking_server(tmp_path, mlflow_server):
+    """40 tiny trials through one loopback `mlflow server`: none lost, none doubled, one parent."""
     storage = f"journal:{tmp_path / 'optuna.journal'}"
     start_s = time.monotonic()
-    run_search_workers(tmp_path, storage, mlflow_server, workers=4, each=20, extra=("--epochs", "1"))
-    check_search(storage, mlflow_server, total=80)
-    print(f"80 trials by 4 workers in {time.monotonic() - start_s:.0f}s")
+    run_search_workers(tmp_path, storage, mlflow_server, workers=4, each=10, extra=("--epochs", "1"))
+    check_search(storage, mlflow_server, total=40)
+    print(f"40 trials by 4 workers in {time.monotonic() - start_s:.0f}s")

@@ -28,7 +28,7 @@ def arm_record(run: Run) -> dict:
         train_s += m["perf/feature_extraction_s"]
         seen = float(run.data.params.get("data.n_train", 0)) * m.get("train/epochs_completed", 0)
         images_per_s = seen / train_s if train_s else None
-    return {"backbone": t.get("backbone", "?"), "freeze": t.get("freeze", "?"), "seed": t.get("seed", "?"),
+    return {"backbone": t.get(tags.BACKBONE, "?"), "freeze": t.get(tags.FREEZE, "?"), "seed": t.get(tags.SEED, "?"),
             "status": run.info.status, "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""),
             "best_val_acc": m.get("best/val/acc"), "test_acc": m.get("test/acc"),
             "test_f1_macro": m.get("test/f1_macro"), "params_trainable": m.get("model/params_trainable"),
@@ -115,7 +115,7 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
         history = client.get_metric_history(run.info.run_id, "val/acc")
         if history:
             t = run.data.tags
-            curves[f"{t.get('backbone')} · {t.get('freeze')} · s{t.get('seed')}"] = (
+            curves[f"{t.get(tags.BACKBONE)} · {t.get(tags.FREEZE)} · s{t.get(tags.SEED)}"] = (
                 [h.step for h in history], [h.value for h in history])
     figures = {"plots/val_acc_curves.png": reports.arm_curves_figure(curves, "val/acc", f"{name}: val accuracy")}
     if rows:

@@ -68,14 +68,23 @@ def open_parent(kind: str, study_name: str, storage_id: str, experiment_name: st
         client.set_tag(mine, tags.DUPLICATE_OF, parent)
         client.set_terminated(mine, KILLED)
         client.delete_run(mine)
-    client.update_run(parent, status=RunStatus.to_string(RunStatus.RUNNING))
-    if tags.ERROR in client.get_run(parent).data.tags:
-        client.delete_tag(parent, tags.ERROR)  # an earlier interruption's reason no longer holds
+    reopen(parent)
     if launcher:
         session.take_launcher_run()
         client.set_tag(launcher, tags.WORKER_OF, parent)
         client.set_tag(launcher, tags.RUN_NAME, f"worker · {kind} · {study_name}")
     return ParentRun(parent, experiment_id, launcher)
+
+
+def reopen(parent_run_id: str) -> None:
+    """RUNNING again, without an earlier end's reason: a rerun, or a worker going on after another one
+    ended the parent while this one's arms were still queued."""
+    client = MlflowClient()
+    run = client.get_run(parent_run_id)
+    if run.info.status != "RUNNING":
+        client.update_run(parent_run_id, status="RUNNING")
+    if tags.ERROR in run.data.tags:
+        client.delete_tag(parent_run_id, tags.ERROR)
 
 
 def close(parent: ParentRun, worker_status: str, error: str, running: int, waiting: int) -> str:

@@ -26,6 +26,7 @@ from pipelines import reports
 from pipelines.config import RunConfig
 from pipelines.engine import copy_model
 from pipelines.run import PreparedRun, RunOutcome
+from tracking import tags as t
 from tracking.session import git_commit
 
 _VERSIONED = ("torch", "torchvision", "timm", "torchmetrics", "mlflow", "scikit-learn", "optuna")
@@ -38,11 +39,11 @@ def run_name(cfg: RunConfig) -> str:
 def run_tags(prepared: PreparedRun, entry_point: str) -> dict[str, str]:
     cfg = prepared.cfg
     tags = {
-        "backbone": prepared.backbone.full_name, "source": prepared.backbone.source,
-        "weights": cfg.model.weights, "freeze": cfg.model.freeze, "dataset": cfg.data.dataset,
-        "seed": str(cfg.seed), "entry_point": entry_point, "config_digest": prepared.config_digest,
-        "split_digest": prepared.data.split_digest, "device": str(prepared.device),
-        "feature_cache": str(prepared.feature_cache)[:250],
+        t.BACKBONE: prepared.backbone.full_name, t.SOURCE: prepared.backbone.source,
+        t.WEIGHTS: cfg.model.weights, t.FREEZE: cfg.model.freeze, t.DATASET: cfg.data.dataset,
+        t.SEED: str(cfg.seed), t.ENTRY_POINT: entry_point, t.CONFIG_DIGEST: prepared.config_digest,
+        t.SPLIT_DIGEST: prepared.data.split_digest, t.DEVICE: str(prepared.device),
+        t.FEATURE_CACHE: str(prepared.feature_cache)[:250],
     }
     commit = git_commit()
     if commit:

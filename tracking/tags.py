@@ -2,6 +2,9 @@
 
 PARENT = "mlflow.parentRunId"  # MLflow's own: a child run's parent
 RUN_NAME = "mlflow.runName"
+# every run: what the MLflow UI groups and compares by
+BACKBONE, SOURCE, WEIGHTS, FREEZE = "backbone", "source", "weights", "freeze"
+DATASET, SEED, SPLIT_DIGEST, DEVICE, FEATURE_CACHE = "dataset", "seed", "split_digest", "device", "feature_cache"
 ENTRY_POINT = "entry_point"  # train | pretrain | compare | search
 ERROR = "error"  # the one-line reason a run ended FAILED or KILLED
 CONFIG_DIGEST = "config_digest"
