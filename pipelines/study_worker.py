@@ -4,7 +4,7 @@ Queued trials (a comparison's arms, a dead or interrupted worker's trial queued 
 first, one at a time, through the state change WAITING → RUNNING that every Optuna storage makes
 atomic; a search then asks its sampler for new trials. Each running trial names its owner (host,
 pid) and, on RDB storages, beats a heartbeat: a trial whose owner died is failed and queued again
-(Optuna's RetryFailedTrialCallback) by the next worker that looks, on this machine or another.
+(Optuna's RetryHeartbeatStaleTrialCallback) by the next worker that looks, on this machine or another.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ MAX_RETRIES = 3  # an arm that kills its worker every time (the OOM killer, say)
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a failed trial's params and attributes again, as Optuna's retry callback does."""
+    """Queue a failed trial's params and attributes again, with Optuna's own retry callback."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class StudyWorker:
             with contextlib.suppress(UpdateFinishedTrialError):
                 if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                     trial = optuna.Trial(self.study, trial_id)
-                    if "failed_trial" in waiting.system_attrs:  # RetryFailedTrialCallback's record
+                    if "failed_trial" in waiting.system_attrs:  # RetryHeartbeatStaleTrialCallback's record
                         trial.set_user_attr(RETRY_ATTR, waiting.system_attrs["failed_trial"])
                     return trial
         return None

@@ -126,7 +126,7 @@ def test_kill_9_a_search_worker_then_restart(tmp_path, tracking_store, capsys):
     assert "RUNNING" not in {r.info.status for r in runs.values()}
 
 
-def test_the_tracking_server_goes_away_mid_run(tmp_path):
+def test_the_tracking_server_goes_away_mid_run(tmp_path, tracking_store, monkeypatch, capsys):
     """A clear one-line error, the checkpoint kept, and resume once the server is back."""
     from tests.conftest import SERVER_ENV, free_port, wait_for_http
 
@@ -159,17 +159,20 @@ def test_the_tracking_server_goes_away_mid_run(tmp_path):
     assert "Traceback" not in err
     assert any(checkpoints.glob("*/last.pt"))
     server = serve()
+    import mlflow
+
     try:
-        again = subprocess.run([sys.executable, "-m", "freezeframe", "train", "--experiment", str(path),
-                                "--resume", "true"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=300)
-        assert again.returncode == 0, again.stderr[-3000:]
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+            monkeypatch.setenv(key, env[key])
+        mlflow.set_tracking_uri(url)
+        rerun(capsys, "train", "--experiment", str(path), "--resume", "true")
         from mlflow.tracking import MlflowClient
 
         runs = MlflowClient(url).search_runs(["0", *[e.experiment_id for e in MlflowClient(url).search_experiments()]])
         resumed = [r for r in runs if r.info.status == "FINISHED"]
         assert len(resumed) == 1 and int(resumed[0].data.tags["resumed_from_epoch"]) >= 1
     finally:
+        mlflow.set_tracking_uri(tracking_store)  # later tests in this process: their own stores again
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
@@ -194,7 +197,7 @@ def trial_running(storage: str, name: str, owner_pid: int | None = None, after: 
 
 def test_kill_9_one_of_two_compare_workers_mid_arm(tmp_path):
     """The dead worker's arm is failed by its owner record, queued again and run by the other worker."""
-    path = experiment(tmp_path, compare={"name": "two", "freeze": ["frozen", "unfrozen"], "seeds": [0, 1]}, **SLOW)
+    path = experiment(tmp_path, compare={"name": "two", "freeze": ["unfrozen", "frozen", "last_n:1"]}, **SLOW)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     doomed = start(tmp_path, "compare", "--experiment", str(path), "--storage", storage)
     wait_for(lambda: trial_running(storage, "two", doomed.pid))
@@ -214,7 +217,7 @@ def test_kill_9_one_of_two_compare_workers_mid_arm(tmp_path):
     assert runs[dead.user_attrs["mlflow_run_id"]].info.status == "KILLED"
     children = [r for r in runs.values() if "mlflow.parentRunId" in r.data.tags]
     finished = [r.data.tags["config_digest"] for r in children if r.info.status == "FINISHED"]
-    assert len(finished) == len(set(finished)) == 4  # each arm exactly one FINISHED child
+    assert len(finished) == len(set(finished)) == 3  # each arm exactly one FINISHED child
     (parent,) = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FINISHED" and "RUNNING" not in {r.info.status for r in runs.values()}
 

@@ -126,17 +126,17 @@ def test_three_workers_of_each_kind_on_postgresql(tmp_path, postgres_databases):
     optuna_db, mlflow_db = postgres_databases
     MlflowClient(mlflow_db).search_experiments()  # create MLflow's schema once, before the workers race
     make_storage(optuna_db)  # likewise Optuna's
-    run_search_workers(tmp_path, optuna_db, mlflow_db)
-    check_search(optuna_db, mlflow_db)
+    run_search_workers(tmp_path, optuna_db, mlflow_db, each=1)
+    check_search(optuna_db, mlflow_db, total=WORKERS)
     run_compare_workers(tmp_path, optuna_db, mlflow_db)
     study, children = check_grid(optuna_db, mlflow_db)
     assert len(children) == 6
 
 
-def test_load_four_workers_ten_trials_each_on_a_tracking_server(tmp_path, mlflow_server):
-    """40 tiny trials through one loopback `mlflow server`: none lost, none doubled, one parent."""
+def test_load_four_workers_eight_trials_each_on_a_tracking_server(tmp_path, mlflow_server):
+    """32 tiny trials through one loopback `mlflow server`: none lost, none doubled, one parent."""
     storage = f"journal:{tmp_path / 'optuna.journal'}"
     start_s = time.monotonic()
-    run_search_workers(tmp_path, storage, mlflow_server, workers=4, each=10, extra=("--epochs", "1"))
-    check_search(storage, mlflow_server, total=40)
-    print(f"40 trials by 4 workers in {time.monotonic() - start_s:.0f}s")
+    run_search_workers(tmp_path, storage, mlflow_server, workers=4, each=8, extra=("--epochs", "1"))
+    check_search(storage, mlflow_server, total=32)
+    print(f"32 trials by 4 workers in {time.monotonic() - start_s:.0f}s")
