@@ -3,7 +3,8 @@
 Each variant gets a fresh sqlite tracking store and journal storage in a tmp folder; every worker is a
 `python -m freezeframe compare` process with one torch thread (OMP_NUM_THREADS=1), as several workers
 on a small machine would be run. The grid: Lite0 (bundled ImageNet weights) frozen over 6 seeds on
-digits, so each worker also pays for its own feature extraction (the cache is per process).
+digits, so each worker also pays for its own feature extraction (the cache is per process;
+`--feature_cache off` trains every arm through the backbone).
 
     .venv/bin/python benchmarks/bench_compare_workers.py --workers 2
 """
@@ -25,7 +26,7 @@ def experiment(folder: Path, args) -> Path:
     path = folder / "grid.yaml"
     path.write_text(
         f"model: {{backbone: {args.backbone}, weights: imagenet, freeze: {args.freeze}}}\n"
-        f"data: {{image_size: {args.image_size}}}\n"
+        f"data: {{image_size: {args.image_size}, feature_cache: {args.feature_cache}}}\n"
         f"train: {{epochs: {args.epochs}, lr: 0.003, checkpoint_dir: {folder / 'checkpoints'}}}\n"
         "tracking: {log_model: false}\n"
         f"compare: {{name: bench, seeds: {list(range(args.arms))}}}\n")
@@ -60,13 +61,15 @@ def main() -> None:
     parser.add_argument("--freeze", default="frozen")
     parser.add_argument("--image_size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--feature_cache", default="memory", help="memory (the default) | off")
     args = parser.parse_args()
     one, split_one = run(1, args)
     many, split_many = run(args.workers, args)
     print(f"| workers | wall s | arms per worker |\n|---|---|---|\n| 1 | {one:.1f} | {split_one} |\n"
           f"| {args.workers} | {many:.1f} | {split_many} |")
     print(f"speed-up with {args.workers} workers: {one / many:.2f}x ({args.arms} arms, {args.backbone} "
-          f"{args.freeze}, {args.image_size} px, {args.epochs} epochs, one torch thread per worker)")
+          f"{args.freeze}, {args.image_size} px, {args.epochs} epochs, feature cache {args.feature_cache}, "
+          "one torch thread per worker)")
 
 
 if __name__ == "__main__":
