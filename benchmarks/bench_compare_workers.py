@@ -26,7 +26,7 @@ def experiment(folder: Path, args) -> Path:
     path = folder / "grid.yaml"
     path.write_text(
         f"model: {{backbone: {args.backbone}, weights: imagenet, freeze: {args.freeze}}}\n"
-        f"data: {{image_size: {args.image_size}, feature_cache: {args.feature_cache}}}\n"
+        f"data: {{image_size: {args.image_size}, feature_cache: '{args.feature_cache}'}}\n"
         f"train: {{epochs: {args.epochs}, lr: 0.003, checkpoint_dir: {folder / 'checkpoints'}}}\n"
         "tracking: {log_model: false}\n"
         f"compare: {{name: bench, seeds: {list(range(args.arms))}}}\n")
