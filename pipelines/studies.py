@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -93,7 +94,9 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, kind: str, direc
                                 pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True)
     if existing is None:
         study.set_user_attr(KIND_ATTR, kind)
-        study.set_metric_names([metric])  # optuna-dashboard shows "val/acc", not "Objective 0"
+        with warnings.catch_warnings():  # ExperimentalWarning: the API is stable in practice since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric])  # optuna-dashboard shows "val/acc", not "Objective 0"
     return study
 
 
