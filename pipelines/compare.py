@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from pipelines.config import RunConfig, coerce, digest, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.freezing import parse_policy
-from pipelines.study_worker import REASON_ATTR, RUN_ATTR
+from pipelines.study_worker import RUN_ATTR, fail_trial
 
 _KEYS = ("name", "backbones", "freeze", "seeds", "arms")
 _ARM_KEYS = ("backbone", "weights", "freeze", "seed")
@@ -137,12 +137,9 @@ def queue_arms(study: optuna.Study, storage: optuna.storages.BaseStorage, arms: 
         raise ConfigError(f"comparison '{study.study_name}' is being run with another config (arm "
                           f"'{running[0].user_attrs.get('arm')}', digest {running[0].user_attrs.get(DIGEST_ATTR)}); "
                           "wait for those workers or choose another study_name")
-    study_id = storage.get_study_id_from_name(study.study_name)
     for trial in foreign:
         if trial.state == TrialState.WAITING:
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            storage.set_trial_user_attr(trial_id, REASON_ATTR, "superseded: the comparison's config changed")
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            fail_trial(study, storage, trial.number, "superseded: the comparison's config changed")
     states: dict[str, set[TrialState]] = {}
     done: dict[str, str] = {}
     for trial in trials:

@@ -32,6 +32,28 @@ RETRY_ATTR = "retry_of"  # the trial number a queued-again trial retries: its ch
 MAX_RETRIES = 3  # an arm that kills its worker every time (the OOM killer, say) is not retried forever
 
 
+def trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> int:
+    """The storage's id of a trial, from its number (Study offers no public handle on it)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def fail_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int, reason: str) -> bool:
+    """Fail a trial that is not this process's own (a dead worker's, a superseded arm), saying why;
+    False when another worker got there first."""
+    found = trial_id(study, storage, number)
+    try:
+        storage.set_trial_user_attr(found, REASON_ATTR, reason)
+        storage.set_trial_state_values(found, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
+    return True
+
+
+def _heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
+    """Seconds between heartbeats on RDB storages; None where the storage keeps none (journal files)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)()
+
+
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a failed trial's params and attributes again, with Optuna's own retry callback."""
     with warnings.catch_warnings():
@@ -75,16 +97,12 @@ class StudyWorker:
             warnings.simplefilter("ignore", UserWarning)
             return self.study.ask()
 
-    def _trial_id(self, number: int) -> int:
-        study_id = self.storage.get_study_id_from_name(self.study.study_name)
-        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
-
     def claim_waiting(self) -> optuna.Trial | None:
         for waiting in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial_id = self._trial_id(waiting.number)
+            waiting_id = trial_id(self.study, self.storage, waiting.number)
             with contextlib.suppress(UpdateFinishedTrialError):
-                if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                    trial = optuna.Trial(self.study, trial_id)
+                if self.storage.set_trial_state_values(waiting_id, state=TrialState.RUNNING):
+                    trial = optuna.Trial(self.study, waiting_id)
                     if "failed_trial" in waiting.system_attrs:  # RetryHeartbeatStaleTrialCallback's record
                         trial.set_user_attr(RETRY_ATTR, waiting.system_attrs["failed_trial"])
                     return trial
@@ -93,7 +111,7 @@ class StudyWorker:
     def _run_one(self, trial: optuna.Trial) -> None:
         trial.set_user_attr(OWNER_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
         try:
-            with _heartbeat(self.storage, self._trial_id(trial.number)):
+            with _heartbeat(self.storage, trial_id(self.study, self.storage, trial.number)):
                 value = self.objective(trial)
         except optuna.TrialPruned:
             frozen = self.study.tell(trial, state=TrialState.PRUNED)
@@ -126,29 +144,24 @@ def reap_dead(study: optuna.Study, storage: optuna.storages.BaseStorage,
     """Fail the trials whose worker died, then `on_dead` each (queue it again, close its run): Optuna's
     heartbeat on RDB storages, and the owner record on this host for any storage (a journal keeps no
     heartbeat)."""
-    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
+    if _heartbeat_interval(storage) is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # calls on_dead through the storage's callback
-    host, study_id = socket.gethostname(), storage.get_study_id_from_name(study.study_name)
+    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(OWNER_ATTR) or {}
         pid = int(owner.get("pid", 0))
         if owner.get("host") != host or pid == os.getpid() or process_alive(pid):
             continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        try:
-            storage.set_trial_user_attr(trial_id, REASON_ATTR, f"its worker (pid {pid}) died")
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-        except UpdateFinishedTrialError:
-            continue  # another worker reaped it first
-        on_dead(study, storage.get_trial(trial_id))
+        if fail_trial(study, storage, trial.number, f"its worker (pid {pid}) died"):  # else reaped by another
+            on_dead(study, storage.get_trial(trial_id(study, storage, trial.number)))
 
 
 @contextlib.contextmanager
-def _heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
+def _heartbeat(storage: optuna.storages.BaseStorage, beating: int) -> Iterator[None]:
     """Record a heartbeat every interval while the trial runs (what Study.optimize does for RDB storages)."""
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    interval = _heartbeat_interval(storage)
     if interval is None:
         yield
         return
@@ -157,11 +170,11 @@ def _heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[
     def beat() -> None:
         while True:
             with contextlib.suppress(Exception):  # a missed beat is retried; the trial's own error matters more
-                storage.record_heartbeat(trial_id)
+                storage.record_heartbeat(beating)
             if stop.wait(interval):
                 return
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{beating}", daemon=True)
     thread.start()
     try:
         yield

@@ -6,14 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-import time
 
 import matplotlib.pyplot as plt
-from mlflow.entities import Metric, Run, RunTag
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipelines import reports
 from tracking import tags
+from tracking.parent_run import log_values
 from tracking.registry import register_champion
 
 GROUP_COLUMNS = ("backbone", "freeze", "seeds", "best_val_acc", "test_acc", "test_f1_macro", "params_trainable",
@@ -135,9 +135,7 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
     if best is not None:
         metrics["best/test_acc"] = best["test_acc"]
         run_tags.update(best_arm=_arm_name(best), **{tags.BEST_RUN_ID: best["run_id"]})
-    now = int(time.time() * 1000)
-    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                     tags=[RunTag(k, v) for k, v in run_tags.items()])
+    log_values(parent_run_id, metrics, run_tags)
     if best is None:
         return rows, None
     description = (f"best arm of comparison {name}: {_arm_name(best)}, test/acc {best['test_acc']:.4f}; "

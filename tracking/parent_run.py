@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from mlflow.entities import Param, Run, RunStatus
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
@@ -98,6 +98,13 @@ def close(parent: ParentRun, worker_status: str, error: str, running: int, waiti
         worker_status, error = KILLED, f"{waiting} trial(s) still queued: rerun to run them"
     session.end_run(parent.run_id, worker_status, (error and f"{error}; rerun to continue") or None)
     return worker_status
+
+
+def log_values(run_id: str, metrics: dict[str, float], run_tags: dict[str, str]) -> None:
+    """A parent's summary numbers and tags in one call (no active run needed: any worker may write them)."""
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                             tags=[RunTag(k, v) for k, v in run_tags.items()])
 
 
 def children(parent_run_id: str) -> list[Run]:

@@ -4,16 +4,15 @@ best trial's model registered with the alias `champion`."""
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 
 import matplotlib.pyplot as plt
 import optuna
-from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipelines.study_worker import RUN_ATTR
 from tracking import tags
+from tracking.parent_run import log_values
 from tracking.registry import register_champion
 
 log = logging.getLogger(__name__)
@@ -39,16 +38,14 @@ def log_study(study: optuna.Study, parent_run_id: str, metric: str, experiment: 
             client.log_figure(parent_run_id, figure, f"optuna/{name}.png")
             plt.close(figure)
     if not complete:
-        client.log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
+        log_values(parent_run_id, {}, run_tags)
         return None
     best = study.best_trial
     best_run = best.user_attrs.get(RUN_ATTR, "")
     run_tags.update({"best_trial": str(best.number), tags.BEST_RUN_ID: best_run,
                      **{f"best.{k}": str(v) for k, v in best.params.items()}})
-    now = int(time.time() * 1000)
-    values = {f"best/{metric}": best.value, "trials/complete": len(complete), "trials/total": len(trials)}
-    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
-                     tags=[RunTag(k, v) for k, v in run_tags.items()])
+    log_values(parent_run_id, {f"best/{metric}": best.value, "trials/complete": len(complete),
+                               "trials/total": len(trials)}, run_tags)
     if not best_run:
         return None
     description = (f"Optuna study {study.study_name}, trial {best.number} "
