@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
-from pipelines.config import RunConfig, coerce, load_experiment
+from pipelines.config import RunConfig, load_experiment
 from pipelines.errors import ConfigError, FreezeframeError, first_line
+from pipelines.values import coerce
 
 # MLproject parameter / flag name → config key. Types are checked by the config loader.
 RUN_FLAGS = {

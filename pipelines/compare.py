@@ -22,10 +22,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from pipelines.config import RunConfig, coerce, digest, with_overrides
+from pipelines.config import RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.freezing import parse_policy
 from pipelines.study_worker import RUN_ATTR, fail_trial
+from pipelines.values import coerce
 
 _KEYS = ("name", "backbones", "freeze", "seeds", "arms")
 _ARM_KEYS = ("backbone", "weights", "freeze", "seed")

@@ -1,8 +1,8 @@
 """One typed, frozen config tree for a run, loaded from YAML plus dotted overrides.
 
 Unknown keys and values of the wrong type are rejected with a one-line ConfigError that names the
-key and, for a typo, the closest valid key. PyYAML reads `1e-3` as a string, so numbers are cast
-here rather than trusted.
+key and, for a typo, the closest valid key. Each value is cast to its field's type by
+pipelines/values.py (PyYAML reads `1e-3` as a string: numbers are cast, not trusted).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from pipelines.errors import ConfigError
+from pipelines.values import coerce
 
 
 @dataclass(frozen=True)
@@ -177,52 +177,6 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         else:
             values[name] = coerce(raw[name], kind, f"{prefix}{name}", source)
     return cls(**values)
-
-
-def coerce(value: Any, kind: Any, key: str, source: str = "config") -> Any:
-    """Cast a YAML/CLI value to the field's type, or fail with a one-line message naming the key."""
-    bad = ConfigError(f"{source}: {key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
-    if isinstance(kind, types.UnionType):
-        kind = next(k for k in typing.get_args(kind) if k is not type(None))
-    if typing.get_origin(kind) is tuple:  # a YAML list, or "2,3" from the command line
-        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
-        return tuple(coerce(v, typing.get_args(kind)[0], f"{key}[{i}]", source) for i, v in enumerate(items))
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off"):
-            return False
-        raise bad
-    if kind is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        try:
-            number = float(str(value).strip())  # MLflow's float-typed params arrive as "5.0"
-        except ValueError:
-            raise bad from None
-        if not number.is_integer():
-            raise bad
-        return int(number)
-    if kind is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if number != number:  # NaN is never a valid setting
-            raise bad
-        return number
-    if kind is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise bad
-        return str(value)
-    raise ConfigError(f"{source}: {key} has an unsupported type {kind}")
 
 
 def validate(cfg: RunConfig) -> None:

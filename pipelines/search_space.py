@@ -22,10 +22,11 @@ from typing import Any
 
 import optuna
 
-from pipelines.config import MONITORS, RunConfig, coerce, with_overrides
+from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.freezing import parse_policy
 from pipelines.studies import DIRECTIONS
+from pipelines.values import coerce
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
