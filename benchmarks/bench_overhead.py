@@ -27,7 +27,7 @@ from torch import nn  # noqa: E402
 
 import tracking  # noqa: E402,F401 - MLflow environment defaults
 from freezeframe.single_run import prepare_run, run_tracked  # noqa: E402
-from pipelines import lite0_weights  # noqa: E402
+from pipelines import lite_weights  # noqa: E402
 from pipelines.backbones import Preprocessing  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.data import build_data, make_loaders  # noqa: E402
@@ -40,8 +40,7 @@ def bare_pytorch(args) -> float:
     start = time.perf_counter()
     seed_everything(0)
     raw = load_dataset("digits")
-    model = timm.create_model(lite0_weights.TIMM_NAME, drop_rate=0.0)
-    model.load_state_dict(lite0_weights.load_state_dict())
+    model = lite_weights.load_into(timm.create_model("tf_efficientnet_lite0", drop_rate=0.0), "tf_efficientnet_lite0")
     model.reset_classifier(len(raw.class_names))
     if args.freeze == "frozen":
         for name, p in model.named_parameters():

@@ -1,7 +1,7 @@
 """Weights sources: none | imagenet | a local state_dict file (a `models:/` URI is resolved by tracking/).
 
 `imagenet` keeps the real download path for online users, but never sits in a retry loop offline:
-bundled weights first (Lite0), then the local cache, then a bounded reachability probe, and an error
+bundled weights first (EfficientNet-Lite0/1/2), then the local cache, then a bounded reachability probe, and an error
 naming the offline options when none of them works.
 """
 
@@ -17,13 +17,13 @@ import torch
 import torchvision
 from torch import nn
 
-from pipelines import lite0_weights
+from pipelines import lite_weights
 from pipelines.errors import WeightsError, first_line
 
 LOCAL_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 OFFLINE_OPTIONS = (
     "use weights=none, a local .pth/.safetensors file, a models:/<name>@<alias> URI, "
-    "or timm/tf_efficientnet_lite0 (its ImageNet weights ship with the install)"
+    "or timm/tf_efficientnet_lite0/1/2 (their ImageNet weights ship with the install)"
 )
 
 
@@ -64,9 +64,9 @@ def reachable(host: str, timeout: float = 1.5) -> bool:
 def create_timm(name: str, weights: str, num_classes: int, drop_rate: float) -> nn.Module:
     if weights != "imagenet":
         return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
-    if name.split(".")[0] == lite0_weights.TIMM_NAME:
-        model = timm.create_model(lite0_weights.TIMM_NAME, pretrained=False, drop_rate=drop_rate)
-        model.load_state_dict(lite0_weights.load_state_dict(), strict=True)
+    if lite_weights.bundled(name):
+        model = timm.create_model(name.split(".")[0], pretrained=False, drop_rate=drop_rate)
+        lite_weights.load_into(model, name)
         model.reset_classifier(num_classes)
         return model
     cached = _hf_cached_file(name)
