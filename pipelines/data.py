@@ -7,6 +7,7 @@ so that can be checked rather than assumed.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from pipelines.config import DataConfig
 from pipelines.datasets import RawDataset
 from pipelines.errors import DataError
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
@@ -73,19 +75,28 @@ def build_data(cfg: DataConfig, raw: RawDataset, preprocessing: Preprocessing) -
 
 def split_indices(raw: RawDataset, val_fraction: float, test_fraction: float, seed: int,
                   max_samples: int = 0) -> dict[str, np.ndarray]:
-    """Stratified train/val/test; a dataset's own test split is kept as the test split."""
+    """Stratified train/val/test; splits the dataset comes with (`raw.given_splits`) are kept as they are.
+
+    The others are carved, stratified and seeded, from the given train split, or else from the rows no
+    given split holds: test first, then val, whose fraction is of that pool before test was carved.
+    """
     labels = raw.labels
-    everything = np.arange(len(labels))
-    if raw.test_start is not None:
-        test, pool = everything[raw.test_start:], everything[: raw.test_start]
-        train, val = _stratified(pool, labels, val_fraction, seed)
-    else:
-        pool, test = _stratified(everything, labels, test_fraction, seed)
-        train, val = _stratified(pool, labels, val_fraction / (1 - test_fraction), seed)
-    splits = {"train": train, "val": val, "test": test}
+    given = raw.given_splits or {}
+    splits = dict(given)
+    taken = np.concatenate([np.arange(0), *given.values()])
+    pool = given.get("train", np.setdiff1d(np.arange(len(labels)), taken))
+    if "test" not in splits:
+        pool, splits["test"] = _stratified(pool, labels, test_fraction, seed)
+        if given:
+            log.info("%s comes without a test split: test is %g of its train split, stratified (seed %d)",
+                     raw.name, test_fraction, seed)
+    if "val" not in splits:
+        fraction = val_fraction / (1 - test_fraction) if "test" not in given else val_fraction
+        pool, splits["val"] = _stratified(pool, labels, fraction, seed)
+    splits["train"] = pool
     if max_samples:
         splits = {name: _cap(idx, labels, max_samples, seed) for name, idx in splits.items()}
-    return {name: np.sort(idx) for name, idx in splits.items()}
+    return {name: np.sort(splits[name]) for name in SPLITS}
 
 
 def _stratified(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
@@ -100,7 +111,9 @@ def _stratified(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int)
 def _cap(idx: np.ndarray, labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
     if len(idx) <= cap:
         return idx
-    if cap >= len(np.unique(labels[idx])):
+    n_classes = len(np.unique(labels[idx]))
+    # Stratifying needs every class representable on both sides; else a seeded random pick.
+    if cap >= n_classes and len(idx) - cap >= n_classes:
         kept, _ = train_test_split(idx, train_size=cap, stratify=labels[idx], random_state=seed)
         return kept
     return np.random.default_rng(seed).permutation(idx)[:cap]

@@ -2,7 +2,8 @@
 
 `digits` (sklearn's bundled load_digits, the offline default), `fashion-mnist` (Debian's
 dataset-fashion-mnist files when present, else torchvision's download), `imagefolder:<path>` (one
-sub-folder per class), and torchvision dataset names (`cifar10`, `mnist`, ...) for online users.
+sub-folder per class, or pre-split as train/<class>/ + val/<class>/ [+ test/<class>/], the ImageNet
+layout, whose splits are kept), and torchvision dataset names (`cifar10`, `mnist`, ...) for online users.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "kmnist": "KMNIST",
                "svhn": "SVHN", "stl10": "STL10"}
 BUILTIN = ("digits", "fashion-mnist", "imagefolder:<path>")
+SPLIT_NAMES = ("train", "val", "test")  # the top-level folders of a pre-split image folder
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -40,7 +42,8 @@ class RawDataset:
     labels: np.ndarray
     class_names: list[str]
     source: str  # where it came from, for MLflow dataset lineage
-    test_start: int | None = None  # rows from here on are the dataset's own test split
+    # Row indices of the splits the dataset comes with (e.g. its own "test"); the others are carved.
+    given_splits: dict[str, np.ndarray] | None = None
     skipped: int = 0  # unreadable image files left out
 
 
@@ -98,7 +101,8 @@ def _fashion_mnist(root: Path) -> RawDataset:
         source = str(root / "FashionMNIST")
     images = torch.from_numpy(np.concatenate([train_x, test_x])).unsqueeze(1)
     labels = np.concatenate([train_y, test_y]).astype(np.int64)
-    return RawDataset("fashion-mnist", images, labels, FASHION_CLASSES, source, test_start=len(train_x))
+    return RawDataset("fashion-mnist", images, labels, FASHION_CLASSES, source,
+                      given_splits={"test": np.arange(len(train_x), len(labels))})
 
 
 def _torchvision(name: str, root: Path) -> RawDataset:
@@ -120,16 +124,63 @@ def _torchvision(name: str, root: Path) -> RawDataset:
         arrays.append(data.contiguous())
         labels.append(np.asarray(getattr(part, "targets", getattr(part, "labels", None))))
     classes = list(getattr(parts[0], "classes", [])) or [str(c) for c in sorted(set(labels[0].tolist()))]
+    n_train, n_all = len(arrays[0]), sum(len(a) for a in arrays)
     return RawDataset(name, torch.cat(arrays), np.concatenate(labels).astype(np.int64), classes,
-                      source=str(root / TORCHVISION[name]), test_start=len(arrays[0]))
+                      source=str(root / TORCHVISION[name]), given_splits={"test": np.arange(n_train, n_all)})
 
 
 def _image_folder(root: Path) -> RawDataset:
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
+    top = _subdirs(root)
+    if {"train", "val"} <= {d.name for d in top}:
+        return _pre_split_folder(root, top)
+    if not top:
         raise DataError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    paths, labels, skipped = _read_classes(root, top)
+    _warn_skipped(skipped, root)
+    return RawDataset(f"imagefolder:{root.name}", paths, labels, [d.name for d in top],
+                      source=str(root.resolve()), skipped=skipped)
+
+
+def _pre_split_folder(root: Path, top: list[Path]) -> RawDataset:
+    """train/<class>/ + val/<class>/ (+ test/<class>/): each split read as a class folder and kept as given."""
+    extra = [d.name for d in top if d.name not in SPLIT_NAMES]
+    if extra:
+        raise DataError(f"pre-split folder {root}: unexpected folders beside train/val/test: {_listed(extra)}")
+    dirs = {d.name: d for d in top}
+    splits = [s for s in SPLIT_NAMES if s in dirs]
+    class_dirs = {s: _subdirs(dirs[s]) for s in splits}
+    for split in splits:
+        if not class_dirs[split]:
+            raise DataError(f"pre-split folder {root}: {split}/ is empty (expected {split}/<class>/<image>)")
+    names = {s: [d.name for d in class_dirs[s]] for s in splits}
+    problems = []
+    for split in splits[1:]:
+        lacks = sorted(set(names["train"]) - set(names[split]))
+        more = sorted(set(names[split]) - set(names["train"]))
+        problems += [f"{split} lacks {_listed(lacks)}"] if lacks else []
+        problems += [f"{split} has extra {_listed(more)}"] if more else []
+    if problems:
+        raise DataError(f"pre-split folder {root}: classes differ between splits: {'; '.join(problems)}")
+    paths, labels, given, skipped = [], [], {}, 0
+    for split in splits:
+        # Same sorted class names in every split, so each split's label indices are the train split's.
+        split_paths, split_labels, split_skipped = _read_classes(dirs[split], class_dirs[split])
+        given[split] = np.arange(len(paths), len(paths) + len(split_paths))
+        paths += split_paths
+        labels.append(split_labels)
+        skipped += split_skipped
+    _warn_skipped(skipped, root)
+    return RawDataset(f"imagefolder:{root.name}", paths, np.concatenate(labels), names["train"],
+                      source=str(root.resolve()), given_splits=given, skipped=skipped)
+
+
+def _read_classes(folder: Path, class_dirs: list[Path]) -> tuple[list[str], np.ndarray, int]:
+    """Readable image files under each class folder (recursively, as torchvision's ImageFolder), labelled by
+    position; unreadable ones are counted."""
+    for class_dir in class_dirs:
+        _refuse_nested_only(folder, class_dir, class_dirs)
     paths, labels, skipped = [], [], 0
     for index, class_dir in enumerate(class_dirs):
         for path in sorted(class_dir.rglob("*")):
@@ -141,15 +192,41 @@ def _image_folder(root: Path) -> RawDataset:
             else:
                 skipped += 1
     if not paths:
-        raise DataError(f"image folder {root} holds no readable images ({skipped} unreadable)")
+        raise DataError(f"image folder {folder} holds no readable images ({skipped} unreadable)")
     empty = [d.name for i, d in enumerate(class_dirs) if i not in set(labels)]
     if empty:
-        raise DataError(f"image folder {root}: class folders without readable images: {', '.join(empty[:5])}")
+        raise DataError(f"image folder {folder}: class folders without readable images: {_listed(empty)}")
+    return paths, np.array(labels, dtype=np.int64), skipped
+
+
+def _refuse_nested_only(folder: Path, class_dir: Path, class_dirs: list[Path]) -> None:
+    """A class folder with only sub-folders is most often a split or an extra level: refuse rather than
+    silently flatten it into one class."""
+    inner = _subdirs(class_dir)
+    if not inner or any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in class_dir.iterdir()):
+        return
+    hint = ""
+    if class_dir.name in SPLIT_NAMES:
+        missing = [s for s in ("train", "val") if s not in {d.name for d in class_dirs}]
+        hint = f"is {folder} a pre-split folder missing {' and '.join(f'{s}/' for s in missing)}? " if missing else ""
+    raise DataError(f"image folder {folder}: class folder '{class_dir.name}' holds only sub-folders "
+                    f"({_listed([d.name for d in inner])}): {hint}images must sit in <class>/ "
+                    "(or train/<class>/ + val/<class>/)")
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _warn_skipped(skipped: int, root: Path) -> None:
     if skipped:
         # Decision: skip and count rather than fail, so one bad file does not sink a large folder.
         log.warning("skipped %d unreadable image file(s) under %s", skipped, root)
-    return RawDataset(f"imagefolder:{root.name}", paths, np.array(labels, dtype=np.int64),
-                      [d.name for d in class_dirs], source=str(root.resolve()), skipped=skipped)
 
 
 def readable(path: Path) -> bool:

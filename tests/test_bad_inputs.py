@@ -63,6 +63,14 @@ def files(tmp: Path) -> dict[str, Path]:
     out["only_bad"] = tmp / "only-bad"
     (tmp / "no-classes").mkdir()
     out["no_classes"] = tmp / "no-classes"
+    out["empty_val"], out["split_classes"] = tmp / "empty-val", tmp / "split-classes"
+    # pre-split folders with a good train/ (classes a, b): val/ empty, or val/ with classes a, c
+    for folder, val_classes in ((out["empty_val"], ""), (out["split_classes"], "ac")):
+        (folder / "val").mkdir(parents=True)
+        for split, classes in (("train", "ab"), ("val", val_classes)):
+            for name in classes:
+                (folder / split / name).mkdir(parents=True)
+                (folder / split / name / "0.png").write_bytes(good.read_bytes())
     out["zero_pth"] = tmp / "zero.pth"
     out["zero_pth"].write_bytes(b"")
     from pipelines.backbones import build_backbone
@@ -88,6 +96,11 @@ CASES = {
                            "no class sub-folders"),
     "only corrupt images": (lambda t, f: train(t, "--dataset", f"imagefolder:{f['only_bad']}"),
                             "no readable images (2 unreadable)"),
+    # pre-split image folders
+    "pre-split, empty val/": (lambda t, f: train(t, "--dataset", f"imagefolder:{f['empty_val']}"),
+                              "val/ is empty"),
+    "pre-split, classes differ": (lambda t, f: train(t, "--dataset", f"imagefolder:{f['split_classes']}"),
+                                  "classes differ between splits: val lacks b; val has extra c"),
     "batch size 0": (lambda t, f: train(t, "--batch_size", "0"), "train.batch_size must be >= 1"),
     "lr not a number": (lambda t, f: train(t, "--lr", "abc"), "train.lr must be float, got 'abc'"),
     "fractional epochs": (lambda t, f: train(t, "--epochs", "2.5"), "train.epochs must be int"),

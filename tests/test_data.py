@@ -1,3 +1,6 @@
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +53,8 @@ def test_bundle_digest_and_tensors():
 def test_fashion_mnist_from_debian_keeps_its_test_split():
     raw = load_dataset("fashion-mnist")
     assert raw.images.shape == (70000, 1, 28, 28) and raw.source == str(DEBIAN_FASHION_MNIST)
-    assert raw.class_names[9] == "Ankle boot" and raw.test_start == 60000
+    assert raw.class_names[9] == "Ankle boot" and list(raw.given_splits) == ["test"]
+    assert raw.given_splits["test"][0] == 60000 and len(raw.given_splits["test"]) == 10000
     splits = split_indices(raw, 0.1, 0.15, seed=0)
     assert len(splits["test"]) == 10000 and splits["test"].min() == 60000
 
@@ -97,6 +101,93 @@ def test_missing_and_empty_folders(tmp_path):
     (tmp_path / "empty" / "cat").mkdir()
     with pytest.raises(DataError, match="no readable images"):
         load_dataset(f"imagefolder:{tmp_path / 'empty'}")
+
+
+def make_pre_split(root, counts=(("train", 4), ("val", 2), ("test", 3)), classes=("cat", "dog", "owl")):
+    for split, per_class in counts:
+        make_folder(root / split, per_class=per_class, classes=classes)
+    return root
+
+
+def files_of(root, split):
+    return {str(p) for p in (root / split).rglob("*.png")}
+
+
+def test_pre_split_folder_keeps_its_splits(tmp_path):
+    root = make_pre_split(tmp_path / "imgs")
+    (root / ".cache").mkdir()  # hidden folders are not splits
+    raw = load_dataset(f"imagefolder:{root}")
+    assert raw.name == "imagefolder:imgs" and raw.source == str(root.resolve())
+    assert raw.class_names == ["cat", "dog", "owl"]
+    splits = split_indices(raw, 0.15, 0.15, seed=0)
+    assert {s: len(v) for s, v in splits.items()} == {"train": 12, "val": 6, "test": 9}
+    for split, idx in splits.items():
+        assert {raw.images[i] for i in idx} == files_of(root, split)  # no re-split
+        # labels index the train split's class names in every split
+        assert all(raw.class_names[raw.labels[i]] == Path(raw.images[i]).parent.name for i in idx)
+
+
+def test_pre_split_folder_without_test_carves_it_from_train(tmp_path, caplog):
+    root = make_pre_split(tmp_path / "imgs", counts=(("train", 8), ("val", 2)))
+    raw = load_dataset(f"imagefolder:{root}")
+    with caplog.at_level(logging.INFO, logger="pipelines.data"):
+        splits = split_indices(raw, 0.15, 0.25, seed=0)
+    assert "imagefolder:imgs comes without a test split" in caplog.text
+    assert len(splits["train"]) + len(splits["test"]) == 24 and len(splits["test"]) == 6
+    assert {raw.images[i] for i in splits["val"]} == files_of(root, "val")
+    assert {raw.images[i] for i in [*splits["train"], *splits["test"]]} == files_of(root, "train")
+    assert np.bincount(raw.labels[splits["test"]]).tolist() == [2, 2, 2]  # stratified
+    assert np.array_equal(split_indices(raw, 0.15, 0.25, seed=0)["test"], splits["test"])
+
+
+def test_pre_split_folder_through_build_data(tmp_path):
+    root = make_pre_split(tmp_path / "imgs")
+    bundle = build_data(DataConfig(image_size=32), load_dataset(f"imagefolder:{root}"), PREP)
+    assert bundle.sizes() == {"train": 12, "val": 6, "test": 9}
+    assert bundle.datasets["val"][0][0].shape == (3, 32, 32)
+    capped = build_data(DataConfig(image_size=32, max_samples=5), load_dataset(f"imagefolder:{root}"), PREP)
+    assert capped.sizes() == {"train": 5, "val": 5, "test": 5}
+
+
+def test_pre_split_folder_refuses_mismatched_classes(tmp_path):
+    root = tmp_path / "imgs"
+    make_folder(root / "train", classes=("cat", "dog", "owl"))
+    make_folder(root / "val", classes=("cat", "dog"))
+    make_folder(root / "test", classes=("cat", "dog", "emu", "owl"))
+    with pytest.raises(DataError, match="classes differ between splits: val lacks owl; test has extra emu"):
+        load_dataset(f"imagefolder:{root}")
+
+
+def test_pre_split_folder_refuses_extra_and_empty_folders(tmp_path):
+    root = make_pre_split(tmp_path / "imgs")
+    (root / "extra").mkdir()
+    (root / "more").mkdir()
+    with pytest.raises(DataError, match="unexpected folders beside train/val/test: extra, more"):
+        load_dataset(f"imagefolder:{root}")
+    root = make_pre_split(tmp_path / "no-val", counts=(("train", 4),))
+    (root / "val").mkdir()
+    with pytest.raises(DataError, match="val/ is empty"):
+        load_dataset(f"imagefolder:{root}")
+
+
+def test_class_folder_of_only_sub_folders_is_refused(tmp_path):
+    root = tmp_path / "imgs"  # a pre-split folder missing val/: read plainly, train/ would be one class
+    make_pre_split(root, counts=(("train", 2), ("test", 2)))
+    with pytest.raises(DataError, match=r"class folder 'test' holds only sub-folders \(cat, dog, owl\): "
+                                        r"is .* a pre-split folder missing val/\?"):
+        load_dataset(f"imagefolder:{root}")
+    nested = make_folder(tmp_path / "nested" / "cat" / "2024", classes=("a",))
+    with pytest.raises(DataError, match="class folder 'cat' holds only sub-folders \\(2024\\)"):
+        load_dataset(f"imagefolder:{nested.parent.parent}")
+
+
+def test_plain_folder_still_gathers_recursively(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=3, classes=("cat", "dog", "train"))
+    make_folder(root / "dog" / "more", per_class=2, classes=("x",))  # images beside a sub-folder: gathered
+    raw = load_dataset(f"imagefolder:{root}")
+    assert raw.class_names == ["cat", "dog", "train"] and raw.given_splits is None
+    assert np.bincount(raw.labels).tolist() == [3, 5, 3]
+    assert sum(len(v) for v in split_indices(raw, 0.25, 0.25, seed=0).values()) == 11
 
 
 def test_transform_uses_backbone_normalisation():
