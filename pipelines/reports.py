@@ -84,15 +84,20 @@ def pareto_figure(points: list[dict], title: str) -> Figure:
     return fig
 
 
-def delta_figure(deltas: dict[str, float], title: str) -> Figure:
-    """Per backbone: unfrozen minus frozen test accuracy (above zero: fine-tuning paid off)."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(deltas) + 2), 4))
-    names = list(deltas)
-    values = [deltas[n] for n in names]
-    ax.bar(names, values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
+def delta_figure(paired: list[dict], title: str) -> Figure:
+    """One bar per backbone × policy: its paired test-acc difference against frozen (above zero: that
+    policy paid off), with the 95% CI as error bar where two or more shared seeds define it."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(paired) + 2), 4))
+    labels = [f"{p['backbone']}\n{p['freeze']}" for p in paired]
+    means = [p["delta"].mean for p in paired]
+    ax.bar(labels, means, color=["tab:green" if v >= 0 else "tab:red" for v in means])
+    for x, p in enumerate(paired):
+        d = p["delta"]
+        if d.lo is not None:  # one shared seed: no interval, and no bar pretending to be one
+            ax.errorbar(x, d.mean, yerr=[[d.mean - d.lo], [d.hi - d.mean]], fmt="none", ecolor="black", capsize=4)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("test acc: unfrozen − frozen")
+    ax.set_ylabel("test acc: policy − frozen (paired, 95% CI)")
     ax.set_title(title)
-    ax.tick_params(axis="x", labelrotation=20)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.tight_layout()
     return fig

@@ -67,14 +67,24 @@ def test_comparison_parent_children_summary_and_resume(tracking_store, tmp_path,
     assert {r.data.tags["comparison"] for r in children} == {"tiny"}
     assert "timm/test_resnet · frozen · seed 1" in {r.info.run_name for r in children}
     assert parent.info.run_name == "compare · tiny" and parent.data.tags["arms_failed"] == "0"
-    assert "delta/timm/test_resnet" in parent.data.metrics and parent.data.tags["best_run_id"]
+    assert parent.data.tags["best_run_id"]
+    acc = {(r.data.tags["freeze"], r.data.tags["seed"]): r.data.metrics["test/acc"] for r in children}
+    delta = parent.data.metrics["delta/timm/test_resnet/unfrozen"]  # paired over seeds 0 and 1
+    assert delta == pytest.approx((acc["unfrozen", "0"] - acc["frozen", "0"] + acc["unfrozen", "1"]
+                                   - acc["frozen", "1"]) / 2)
+    lo, hi = (parent.data.metrics[f"delta_ci_{end}/timm/test_resnet/unfrozen"] for end in ("lo", "hi"))
+    assert lo <= delta <= hi and {k for k in parent.data.metrics if k.startswith("delta")} == {
+        "delta/timm/test_resnet/unfrozen", "delta_ci_lo/timm/test_resnet/unfrozen",
+        "delta_ci_hi/timm/test_resnet/unfrozen"}
     from mlflow.tracking import MlflowClient
 
     paths = {a.path for d in ("summary", "plots") for a in MlflowClient().list_artifacts(parent.info.run_id, d)}
     assert paths == {"summary/summary.md", "summary/summary.csv", "plots/val_acc_curves.png",
-                     "plots/accuracy_vs_time.png", "plots/frozen_vs_unfrozen.png"}
+                     "plots/accuracy_vs_time.png", "plots/policy_vs_frozen.png"}
     table = capsys.readouterr().out
     assert "| timm/test_resnet | frozen | 2 |" in table and " ± " in table
+    assert "Paired difference vs frozen (same seeds, same split)" in table
+    assert f"| timm/test_resnet | unfrozen | 2 | {delta:+.4f} | [{lo:+.4f}, {hi:+.4f}] |" in table
     # the rerun: same parent, no new arm
     assert main(["compare", "--experiment", path]) == 0
     assert capsys.readouterr().out.count("FINISHED earlier") == 4

@@ -3,21 +3,17 @@ skipped on a rerun are summarised like the ones just run): tables, figures, metr
 
 from __future__ import annotations
 
-import csv
-import io
-import statistics
+import re
 
 import matplotlib.pyplot as plt
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipelines import reports
+from pipelines.summary import csv_text, group_rows, markdown, paired_rows
 from tracking import tags
 from tracking.parent_run import log_values
 from tracking.registry import register_champion
-
-GROUP_COLUMNS = ("backbone", "freeze", "seeds", "best_val_acc", "test_acc", "test_f1_macro", "params_trainable",
-                 "train_s", "images_per_s")
 
 
 def arm_record(run: Run) -> dict:
@@ -35,59 +31,25 @@ def arm_record(run: Run) -> dict:
             "train_s": train_s, "images_per_s": images_per_s}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def metric_key(*parts: str) -> str:
+    """MLflow takes `/ \\w . - space` everywhere and `:` only off Windows, so `last_n:2` is logged as
+    `last_n_2`: the same key on every client."""
+    return "/".join(re.sub(r"[^/\w.\- ]", "_", part) for part in parts)
 
 
-def group_rows(records: list[dict]) -> list[dict]:
-    """Mean ± std over seeds for each backbone × policy, from its FINISHED arms."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        if r["status"] == "FINISHED" and r["test_acc"] is not None:
-            groups.setdefault((r["backbone"], r["freeze"]), []).append(r)
-    rows = []
-    for (backbone, freeze), arms in groups.items():
-        row = {"backbone": backbone, "freeze": freeze, "seeds": len(arms)}
-        for key in ("best_val_acc", "test_acc", "test_f1_macro", "train_s", "images_per_s"):
-            values = [a[key] for a in arms if a[key] is not None]
-            row[key], row[f"{key}_std"] = _mean_std(values) if values else (float("nan"), 0.0)
-        row["params_trainable"] = int(arms[0]["params_trainable"] or 0)
-        rows.append(row)
-    return rows
-
-
-def _cell(row: dict, key: str) -> str:
-    if key in ("best_val_acc", "test_acc", "test_f1_macro"):
-        return f"{row[key]:.4f} ± {row[key + '_std']:.4f}"
-    if key in ("train_s", "images_per_s"):
-        return f"{row[key]:.1f}"
-    return str(row[key])
-
-
-def markdown(rows: list[dict], failed: list[dict]) -> str:
-    lines = ["| " + " | ".join(GROUP_COLUMNS) + " |", "|" + "---|" * len(GROUP_COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r, c) for c in GROUP_COLUMNS) + " |" for r in rows]
-    if failed:
-        lines += ["", "Arms that did not finish:", "", "| arm | status | error | run_id |", "|---|---|---|---|"]
-        lines += [f"| {f['backbone']} · {f['freeze']} · seed {f['seed']} | {f['status']} | "
-                  f"{f['error'].replace('|', '/')} | {f['run_id']} |" for f in failed]
-    return "\n".join(lines)
-
-
-def csv_text(rows: list[dict]) -> str:
-    keys = ["backbone", "freeze", "seeds", "params_trainable"]
-    keys += [k for metric in ("best_val_acc", "test_acc", "test_f1_macro", "train_s", "images_per_s")
-             for k in (metric, f"{metric}_std")]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def frozen_deltas(rows: list[dict]) -> dict[str, float]:
-    by = {(r["backbone"], r["freeze"]): r["test_acc"] for r in rows}
-    return {b: by[(b, "unfrozen")] - by[(b, "frozen")] for b, f in by if f == "frozen" and (b, "unfrozen") in by}
+def delta_metrics(paired: list[dict]) -> dict[str, float]:
+    """`delta/<backbone>/<policy>` (mean paired test-acc difference vs frozen) and its CI bounds where
+    two or more shared seeds define them."""
+    metrics = {}
+    for p in paired:
+        d = p["delta"]
+        if d is None:
+            continue
+        metrics[metric_key("delta", p["backbone"], p["freeze"])] = d.mean
+        if d.lo is not None:
+            metrics[metric_key("delta_ci_lo", p["backbone"], p["freeze"])] = d.lo
+            metrics[metric_key("delta_ci_hi", p["backbone"], p["freeze"])] = d.hi
+    return metrics
 
 
 def current_attempts(runs: list[Run], digests: set[str]) -> list[Run]:
@@ -122,13 +84,13 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
         points = [{"label": f"{r['backbone']} · {r['freeze']}", "train_s": r["train_s"], "test_acc": r["test_acc"],
                    "test_acc_std": r["test_acc_std"]} for r in rows]
         figures["plots/accuracy_vs_time.png"] = reports.pareto_figure(points, f"{name}: accuracy vs training time")
-    deltas = frozen_deltas(rows)
-    if deltas:
-        figures["plots/frozen_vs_unfrozen.png"] = reports.delta_figure(deltas, f"{name}: what unfreezing buys")
+    paired = [p for p in paired_rows(rows) if p["delta"] is not None]
+    if paired:
+        figures["plots/policy_vs_frozen.png"] = reports.delta_figure(paired, f"{name}: each policy against frozen")
     for path, figure in figures.items():
         client.log_figure(parent_run_id, figure, path)
         plt.close(figure)
-    metrics = {f"delta/{backbone}": value for backbone, value in deltas.items()}
+    metrics = delta_metrics(paired)
     finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
     run_tags = {"arms_total": str(len(records)), "arms_failed": str(len(failed))}
     best = max(finished, key=lambda r: r["test_acc"]) if finished else None

@@ -1,0 +1,116 @@
+"""Seed statistics of a comparison: checked against scipy, against a hand computation, and as rendered."""
+
+import csv
+import io
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pipelines.reports import delta_figure
+from pipelines.stats import mean_ci, paired_delta, verdict
+from pipelines.summary import csv_text, group_rows, markdown, paired_rows
+from tracking.comparison_report import delta_metrics
+
+
+def test_mean_ci_by_hand():
+    # mean 0.92; std sqrt((0.02² + 0 + 0.02²) / 2) = 0.02; half-width t(0.975, 2) · 0.02 / √3
+    # = 4.302653 · 0.011547 = 0.049682
+    ci = mean_ci([0.90, 0.92, 0.94])
+    assert (ci.mean, ci.std, ci.n) == (pytest.approx(0.92), pytest.approx(0.02), 3)
+    assert ci.half_width == pytest.approx(0.049682, abs=1e-6)
+    assert (ci.lo, ci.hi) == (pytest.approx(0.870318, abs=1e-6), pytest.approx(0.969682, abs=1e-6))
+
+
+@pytest.mark.parametrize("values, confidence", [([0.81, 0.86, 0.79, 0.90, 0.84], 0.95),
+                                                ([0.5, 0.7], 0.95), ([0.61, 0.64, 0.60, 0.66], 0.90)])
+def test_mean_ci_matches_scipy(values, confidence):
+    ci = mean_ci(values, confidence)
+    lo, hi = stats.t.interval(confidence, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert (ci.lo, ci.hi) == (pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
+    assert ci.std == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+
+
+def test_one_value_has_no_spread():
+    ci = mean_ci([0.9444])
+    assert (ci.mean, ci.std, ci.n, ci.lo, ci.hi, ci.half_width) == (0.9444, None, 1, None, None, None)
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_ci([])
+
+
+def test_paired_delta_matches_ttest_rel_on_shared_seeds_only():
+    a = {"0": 0.91, "1": 0.88, "2": 0.93, "10": 0.90, "7": 0.99}  # seed 7: only a ran it
+    b = {"0": 0.85, "1": 0.86, "2": 0.88, "10": 0.87, "5": 0.10}  # seed 5: only b ran it
+    d = paired_delta(a, b)
+    assert d.seeds == ("0", "1", "2", "10") and d.n == 4  # numeric order, unpaired seeds left out
+    shared_a, shared_b = [a[s] for s in d.seeds], [b[s] for s in d.seeds]
+    interval = stats.ttest_rel(shared_a, shared_b).confidence_interval(0.95)
+    assert (d.lo, d.hi) == (pytest.approx(interval.low, rel=1e-12), pytest.approx(interval.high, rel=1e-12))
+    assert d.mean == pytest.approx(0.04) and d.std == pytest.approx(np.std([0.06, 0.02, 0.05, 0.03], ddof=1))
+    assert paired_delta(a, {"3": 0.5}) is None
+    one = paired_delta({"0": 0.9}, {"0": 0.8, "1": 0.7})
+    assert (one.n, one.mean, one.lo, verdict(one)) == (1, pytest.approx(0.1), None, "no clear difference")
+
+
+def test_verdict_needs_an_interval_clear_of_zero():
+    assert verdict(mean_ci([0.02, 0.03, 0.04])) == "better"
+    assert verdict(mean_ci([-0.02, -0.03, -0.04])) == "worse"
+    assert verdict(mean_ci([-0.02, 0.01, 0.04])) == "no clear difference"
+    assert verdict(None) == "no clear difference"
+
+
+def arm(freeze: str, seed: str, test_acc: float, backbone: str = "timm/test_resnet", status: str = "FINISHED") -> dict:
+    return {"backbone": backbone, "freeze": freeze, "seed": seed, "status": status, "run_id": f"r{freeze}{seed}",
+            "error": "", "best_val_acc": test_acc - 0.01, "test_acc": test_acc, "test_f1_macro": test_acc - 0.02,
+            "params_trainable": 10, "train_s": 2.0, "images_per_s": 100.0}
+
+
+RECORDS = [arm("frozen", "0", 0.80), arm("frozen", "1", 0.82), arm("frozen", "2", 0.81),
+           arm("unfrozen", "0", 0.90), arm("unfrozen", "1", 0.93), arm("unfrozen", "2", 0.91),
+           arm("last_n:2", "0", 0.85), arm("last_n:2", "9", 0.70),  # seed 9 has no frozen partner
+           arm("frozen", "0", 0.9444, backbone="tv/resnet18"), arm("unfrozen", "1", 0.5, backbone="tv/resnet18"),
+           arm("unfrozen", "3", 0.1, status="FAILED")]
+
+
+def test_summary_tables_and_csv():
+    rows = group_rows(RECORDS)
+    text = markdown(rows, [])
+    val, test = mean_ci([a - 0.01 for a in (0.80, 0.82, 0.81)]), mean_ci([0.80, 0.82, 0.81])
+    assert (f"| timm/test_resnet | frozen | 3 | 0.8000 ± 0.0100 [{val.lo:.4f}, {val.hi:.4f}] | "
+            f"0.8100 ± 0.0100 [{test.lo:.4f}, {test.hi:.4f}] |") in text
+    assert "| tv/resnet18 | frozen | 1 | 0.9344 ± — [—] | 0.9444 ± — [—] | 0.9244 ± — [—] | 10 | 2.0 | 100.0 |" in text
+    assert "Paired difference vs frozen (same seeds, same split)" in text
+    up = mean_ci([0.10, 0.11, 0.10])
+    assert f"| timm/test_resnet | unfrozen | 3 | +0.1033 | [{up.lo:+.4f}, {up.hi:+.4f}] | better |" in text
+    assert "| timm/test_resnet | last_n:2 | 1 | +0.0500 | — | no clear difference |" in text
+    assert "| tv/resnet18 | unfrozen | 0 | — | — | no shared seeds |" in text
+    table = list(csv.DictReader(io.StringIO(csv_text(rows))))
+    assert len(table) == 5 and {"test_acc_ci_lo", "test_acc_ci_hi", "delta_ci_lo", "delta_seeds"} <= set(table[0])
+    by = {(r["backbone"], r["freeze"]): r for r in table}
+    assert by[("timm/test_resnet", "unfrozen")]["delta_seeds"] == "0 1 2"
+    assert float(by[("timm/test_resnet", "unfrozen")]["delta_ci_lo"]) == pytest.approx(up.lo)
+    assert by[("tv/resnet18", "frozen")]["test_acc_std"] == "" and by[("tv/resnet18", "frozen")]["test_acc_ci_lo"] == ""
+    assert by[("timm/test_resnet", "frozen")]["delta_n"] == ""  # the reference has no delta to itself
+
+
+def test_a_seed_run_twice_in_a_group_pairs_with_nothing():
+    rows = group_rows([arm("frozen", "0", 0.8), arm("frozen", "1", 0.8), arm("unfrozen", "0", 0.9),
+                       arm("unfrozen", "0", 0.7), arm("unfrozen", "1", 0.85)])
+    (p,) = paired_rows(rows)
+    assert p["delta"].seeds == ("1",) and p["delta"].mean == pytest.approx(0.05)
+
+
+def test_delta_metrics_and_figure():
+    paired = [p for p in paired_rows(group_rows(RECORDS)) if p["delta"] is not None]
+    metrics = delta_metrics(paired)
+    up = mean_ci([0.10, 0.11, 0.10])
+    assert metrics == {"delta/timm/test_resnet/unfrozen": pytest.approx(up.mean),
+                       "delta_ci_lo/timm/test_resnet/unfrozen": pytest.approx(up.lo),
+                       "delta_ci_hi/timm/test_resnet/unfrozen": pytest.approx(up.hi),
+                       "delta/timm/test_resnet/last_n_2": pytest.approx(0.05)}  # ':' is not portable
+    figure = delta_figure(paired, "t")
+    ax = figure.axes[0]
+    assert len(ax.patches) == 2 and len(ax.containers) == 2  # two bars, one error bar (last_n:2 has no CI)
+    assert ax.get_ylabel() == "test acc: policy − frozen (paired, 95% CI)"
+    assert not any(math.isnan(v) for v in metrics.values())
