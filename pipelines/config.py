@@ -26,7 +26,9 @@ from pipelines.values import coerce
 class ModelConfig:
     backbone: str = "timm/tf_efficientnet_lite0"  # "timm/<name>" or "torchvision/<name>"
     weights: str = "imagenet"  # none | imagenet | path to .pth/.safetensors | models:/<name>/<v|@alias>
-    freeze: str = "frozen"  # unfrozen | frozen | last_n:K | gradual
+    freeze: str = "frozen"  # unfrozen | frozen | last_n:K | gradual | layer_decay:F (0 < F < 1)
+    # BatchNorm of frozen stages: frozen keeps its running statistics; train lets them adapt to the data
+    bn: str = "frozen"
     drop_rate: float = 0.0
     # gradual: start frozen; before each listed epoch thaw the next stage, last stage first, whose
     # parameters train at lr * unfreeze_lr_mult (discriminative lr, as in fastai and Lightning).
@@ -181,7 +183,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
 
 def validate(cfg: RunConfig) -> None:
     """Value checks that do not need the model or the data (those come when they are built)."""
-    from pipelines.freezing import parse_policy  # local: keeps `import pipelines.config` light
+    from pipelines.freezing import BN_MODES, parse_policy  # local: keeps `import pipelines.config` light
 
     t, d = cfg.train, cfg.data
     checks = [
@@ -201,6 +203,7 @@ def validate(cfg: RunConfig) -> None:
         (0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
          "data.val_fraction and data.test_fraction must each be in (0, 1) and sum to less than 1"),
         (0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}"),
+        (cfg.model.bn in BN_MODES, f"model.bn must be one of {BN_MODES}, got '{cfg.model.bn}'"),
         (cfg.model.unfreeze_lr_mult > 0, f"model.unfreeze_lr_mult must be > 0, got {cfg.model.unfreeze_lr_mult}"),
         (d.feature_cache in FEATURE_CACHES,
          f"data.feature_cache must be one of {FEATURE_CACHES}, got '{d.feature_cache}'"),

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import timm.optim
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -26,6 +25,7 @@ from pipelines.config import MONITORS, TrainConfig
 from pipelines.errors import TrainingError
 from pipelines.freezing import without_policy_hooks
 from pipelines.metrics import compute, make_metrics
+from pipelines.optim import make_optimizer
 from pipelines.runtime import autocast_context, grad_scaler
 
 
@@ -47,22 +47,17 @@ class FitResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """timm's factory: only parameters that require grad, and no weight decay on norms and biases."""
-    kwargs = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
-    return timm.optim.create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                          **kwargs)
-
-
 def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_classes: int,
         device: torch.device, checkpoint_dir: Path | None = None, listeners: tuple[Listener, ...] = (),
-        thaw: dict[int, list[str]] | None = None, thaw_lr_mult: float = 1.0) -> FitResult:
+        thaw: dict[int, list[str]] | None = None, thaw_lr_mult: float = 1.0,
+        layer_decay: float | None = None) -> FitResult:
     """Train, validate each epoch, test the best epoch. `thaw` maps an epoch to parameters to unfreeze
-    before it (gradual unfreezing); they join the optimizer at lr * thaw_lr_mult."""
+    before it (gradual unfreezing); they join the optimizer at lr * thaw_lr_mult. `layer_decay` gives
+    each layer group before the head `layer_decay` times the next one's lr."""
     thaw = thaw or {}
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, layer_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.scheduler == "cosine" else None)
     scaler = grad_scaler(device, cfg.amp)
@@ -90,7 +85,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         train_metrics, _ = step.run_epoch(loaders["train"], train=True, desc=f"epoch {epoch}/{cfg.epochs} train")
         train_seconds = time.perf_counter() - tick
         val_metrics, val_confusion = step.run_epoch(loaders["val"], train=False, desc=f"epoch {epoch} val")
-        lr = optimizer.param_groups[0]["lr"]
+        lr = max(group["lr"] for group in optimizer.param_groups)  # the head's: other groups run lower
         if scheduler is not None:
             scheduler.step()
         epoch_s = time.perf_counter() - tick

@@ -56,6 +56,8 @@ def blocker(prepared) -> str | None:
         return f"policy {cfg.model.freeze} trains the backbone"
     if cfg.data.feature_cache == "off":
         return "data.feature_cache is off"
+    if cfg.model.bn == "train":
+        return "model.bn is train: the frozen backbone's BatchNorm normalises each batch by its own statistics"
     if cfg.data.augment:
         return "random augmentation: the train transform is not deterministic"
     head = head_prefix(prepared.backbone.model)

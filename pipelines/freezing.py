@@ -1,19 +1,25 @@
-"""Freeze policies: which stages train, and BatchNorm kept in inference mode where frozen.
+"""Freeze policies: which stages train, and whether BatchNorm in frozen stages keeps its statistics.
 
-Policies: `unfrozen` | `frozen` (head only) | `last_n:K` (the last K stages plus the head).
+Policies: `unfrozen` | `frozen` (head only) | `last_n:K` (the last K stages plus the head) |
+`gradual` (thaw stages during training) | `layer_decay:F` (everything trains, each layer group at F
+times the lr of the one after it; pipelines/optim.py builds the groups with timm).
 Stages are timm's own coarse `group_matcher` groups; for torchvision models, the model's natural
 top-level stages (resnet's layer1..4, mobilenet's features[i], ...).
 
-A BatchNorm layer whose parameters are all frozen normalises with its running statistics and never
+`model.bn` says what BatchNorm layers of frozen stages do in training mode. `frozen` (the default):
+a BatchNorm layer whose parameters are all frozen normalises with its running statistics and never
 updates them, even under `model.train()` (the classic silent bug when only requires_grad is switched
 off). A forward pre-hook enforces it, reading requires_grad at each call, so thawing a stage later
 (gradual unfreezing) brings its BatchNorm back to training mode with no extra bookkeeping. The hook
 keeps PyTorch's fused batch_norm kernel: timm's FrozenBatchNorm2d computes the same in several
-element-wise passes and made frozen Lite0 training 14% slower here.
+element-wise passes and made frozen Lite0 training 14% slower here. `train`: frozen stages'
+BatchNorm layers normalise with batch statistics and update their running ones (their affine
+parameters stay frozen), which can help when the target images are far from the pretraining ones.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -22,18 +28,22 @@ from torch import nn
 
 from pipelines.errors import ConfigError
 
-POLICIES = ("unfrozen", "frozen", "last_n:K", "gradual")
+POLICIES = ("unfrozen", "frozen", "last_n:K", "gradual", "layer_decay:F")
+BN_MODES = ("frozen", "train")
 _MIN_STAGES = 4
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)
 class Policy:
-    kind: str  # unfrozen | frozen | last_n | gradual
-    n: int = 0
+    kind: str  # unfrozen | frozen | last_n | gradual | layer_decay
+    n: int = 0  # last_n: how many stages train
+    decay: float = 0.0  # layer_decay: the lr factor from one layer group to the one before it
 
     def __str__(self) -> str:
-        return f"last_n:{self.n}" if self.kind == "last_n" else self.kind
+        if self.kind == "last_n":
+            return f"last_n:{self.n}"
+        return f"layer_decay:{self.decay:g}" if self.kind == "layer_decay" else self.kind
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,16 @@ def parse_policy(text: str) -> Policy:
     match = re.fullmatch(r"last_n:(\d+)", text)
     if match and int(match[1]) >= 1:
         return Policy("last_n", int(match[1]))
+    if text.startswith("layer_decay:"):
+        factor = text.removeprefix("layer_decay:")
+        try:
+            decay = float(factor)
+        except ValueError:
+            decay = math.nan
+        if not 0 < decay < 1:  # NaN fails this too
+            raise ConfigError(f"freeze policy '{text}': the layer decay factor must be a number in (0, 1), "
+                              "e.g. layer_decay:0.7 (1 would be plain unfrozen)")
+        return Policy("layer_decay", decay=decay)
     raise ConfigError(f"unknown freeze policy '{text}' (valid: {', '.join(POLICIES)}, with K >= 1)")
 
 
@@ -116,8 +136,10 @@ def _parametrized_children(module: nn.Module, prefix: str, head: str) -> list[st
     return out
 
 
-def apply_policy(model: nn.Module, policy: Policy | str, unfreeze_at: tuple[int, ...] = ()) -> FreezeReport:
-    """Set requires_grad per the policy; `gradual` starts frozen (see thaw_schedule for the rest)."""
+def apply_policy(model: nn.Module, policy: Policy | str, unfreeze_at: tuple[int, ...] = (),
+                 bn: str = "frozen") -> FreezeReport:
+    """Set requires_grad per the policy, and BatchNorm per `bn` (module docstring); `gradual` starts
+    frozen (see thaw_schedule for the rest)."""
     policy = parse_policy(policy) if isinstance(policy, str) else policy
     groups = stages(model)
     params_total = sum(p.numel() for p in model.parameters())
@@ -126,9 +148,12 @@ def apply_policy(model: nn.Module, policy: Policy | str, unfreeze_at: tuple[int,
     if policy.kind == "gradual" and len(unfreeze_at) > len(groups):
         raise ConfigError(f"gradual: {len(unfreeze_at)} thaw epochs (model.unfreeze_at) but "
                           f"{type(model).__name__} has only {len(groups)} stages")
-    trainable_stages = {"unfrozen": len(groups), "frozen": 0, "gradual": 0, "last_n": policy.n}[policy.kind]
+    if bn not in BN_MODES:
+        raise ConfigError(f"model.bn must be one of {BN_MODES}, got '{bn}'")
+    trainable_stages = {"unfrozen": len(groups), "layer_decay": len(groups), "frozen": 0, "gradual": 0,
+                        "last_n": policy.n}[policy.kind]
     frozen = {name for group in groups[: len(groups) - trainable_stages] for name in group}
-    set_frozen(model, frozen)
+    set_frozen(model, frozen, hold_batchnorm=bn == "frozen")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return FreezeReport(str(policy), len(groups), trainable_stages, trainable, params_total)
 
@@ -139,9 +164,13 @@ def thaw_schedule(model: nn.Module, unfreeze_at: tuple[int, ...]) -> dict[int, l
     return {epoch: groups[-(i + 1)] for i, epoch in enumerate(unfreeze_at)}
 
 
-def set_frozen(model: nn.Module, frozen: set[str]) -> None:
+def set_frozen(model: nn.Module, frozen: set[str], hold_batchnorm: bool = True) -> None:
+    """requires_grad off for `frozen`; with `hold_batchnorm`, their BatchNorm layers keep their statistics."""
     for name, param in model.named_parameters():
         param.requires_grad = name not in frozen
+    if not hold_batchnorm:
+        without_policy_hooks(model)
+        return
     for module in model.modules():
         if isinstance(module, _BATCHNORM) and _hold_eval_if_frozen not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(_hold_eval_if_frozen)

@@ -23,7 +23,7 @@ from pipelines.data import DataBundle, build_data, denormalize, make_loaders
 from pipelines.datasets import load_dataset
 from pipelines.engine import FitResult, Listener, fit
 from pipelines.errors import ConfigError, first_line
-from pipelines.freezing import FreezeReport, apply_policy, thaw_schedule
+from pipelines.freezing import FreezeReport, apply_policy, parse_policy, thaw_schedule
 from pipelines.runtime import resolve_device, seed_everything
 from pipelines.weights import check_source
 
@@ -70,7 +70,7 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
                               cfg.model.drop_rate, state_dict=state_dict)
     _check_image_size(backbone, cfg.data.image_size)
     data = build_data(cfg.data, raw, backbone.preprocessing)
-    freeze = apply_policy(backbone.model, cfg.model.freeze, cfg.model.unfreeze_at)
+    freeze = apply_policy(backbone.model, cfg.model.freeze, cfg.model.unfreeze_at, bn=cfg.model.bn)
     prepared = PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
     prepared.feature_cache = feature_cache.plan(prepared)
     return prepared
@@ -113,10 +113,12 @@ def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunO
         loaders = feature_cache.head_loaders(found, cfg.train.batch_size, cfg.seed)
         model = feature_cache.head_module(model)
         train_cfg = dataclasses.replace(cfg.train, channels_last=False)  # features are [N, D]
-    thaw = thaw_schedule(model, cfg.model.unfreeze_at) if cfg.model.freeze == "gradual" else None
+    policy = parse_policy(cfg.model.freeze)
+    thaw = thaw_schedule(model, cfg.model.unfreeze_at) if policy.kind == "gradual" else None
     result = fit(model, loaders, train_cfg, len(prepared.data.class_names), prepared.device,
                  checkpoint_dir=prepared.checkpoint_dir, listeners=listeners, thaw=thaw,
-                 thaw_lr_mult=cfg.model.unfreeze_lr_mult)
+                 thaw_lr_mult=cfg.model.unfreeze_lr_mult,
+                 layer_decay=policy.decay if policy.kind == "layer_decay" else None)
     result.extra.update(extra)
     y_true, y_pred = result.test_predictions
     names = prepared.data.class_names

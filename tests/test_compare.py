@@ -110,6 +110,14 @@ def test_a_failing_arm_fails_alone(tracking_store, tmp_path):
     assert len([r for r in runs_in(tracking_store) if r.info.status == "FINISHED"]) == 2
 
 
+def test_batchnorm_that_trains_turns_the_feature_cache_off(tmp_path):
+    """With model.bn=train a frozen backbone's features depend on each batch: caching them would change
+    the result, so the run trains through the backbone and says why."""
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"model.freeze": "frozen", "model.bn": "train"}))
+    plan = prepare(cfg).feature_cache
+    assert not plan.on and "model.bn is train" in plan.reason
+
+
 def test_feature_cache_matches_the_uncached_run(tmp_path):
     results = {}
     for mode in ("off", "memory"):

@@ -1,11 +1,13 @@
+import math
+
 import pytest
 import torch
 
 from pipelines.backbones import build_backbone
 from pipelines.config import TrainConfig
-from pipelines.engine import make_optimizer
 from pipelines.errors import ConfigError
-from pipelines.freezing import apply_policy, head_prefix, stages
+from pipelines.freezing import apply_policy, head_prefix, parse_policy, stages
+from pipelines.optim import make_optimizer
 
 
 def trainable_names(model):
@@ -38,6 +40,23 @@ def test_frozen_batchnorm_statistics_do_not_move_in_train_mode():
     model(torch.randn(8, 3, 32, 32) * 5 + 3)
     after = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert before and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+@pytest.mark.parametrize("policy", ["frozen", "last_n:1", "gradual", "unfrozen", "layer_decay:0.7"])
+def test_model_bn_decides_what_frozen_stages_batchnorm_does(policy, bn):
+    """conv1.1 is the stem's BatchNorm, frozen under the first three policies: its statistics move in
+    train mode only with bn=train; under unfrozen and layer_decay nothing is frozen, so they always move."""
+    model = build_backbone("timm/test_resnet", 4).model
+    apply_policy(model, "frozen", bn="frozen")  # a model re-used with another setting sheds the old hooks
+    apply_policy(model, policy, unfreeze_at=(2,), bn=bn)
+    stem_frozen = not model.conv1[1].weight.requires_grad
+    assert stem_frozen == (policy in ("frozen", "last_n:1", "gradual"))
+    before = model.state_dict()["conv1.1.running_mean"].clone()
+    model.train()
+    model(torch.randn(8, 3, 32, 32) * 5 + 3)
+    moved = not torch.equal(before, model.state_dict()["conv1.1.running_mean"])
+    assert moved == (bn == "train" or not stem_frozen)
 
 
 def test_unfrozen_batchnorm_statistics_do_move():
@@ -132,3 +151,97 @@ def test_gradual_schedule_longer_than_the_stages():
     model = build_backbone("timm/test_resnet", 4).model
     with pytest.raises(ConfigError, match="6 thaw epochs .* only 5 stages"):
         apply_policy(model, "gradual", unfreeze_at=(2, 3, 4, 5, 6, 7))
+
+
+@pytest.mark.parametrize("name", ["timm/tf_efficientnet_lite0", "timm/test_resnet", "torchvision/resnet18"])
+def test_layer_decay_groups_and_lrs_are_timms(name):
+    from timm.optim import param_groups_layer_decay
+
+    from pipelines.optim import layer_decay_groups
+
+    model = build_backbone(name, 4).model
+    report = apply_policy(model, "layer_decay:0.7")
+    assert report.params_trainable == report.params_total and report.policy == "layer_decay:0.7"
+    optimizer = make_optimizer(model, TrainConfig(lr=0.01), layer_decay=0.7)
+    got = [({id(p) for p in g["params"]}, g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+    grouped = model if hasattr(model, "group_matcher") else None
+    if grouped is not None:  # timm's own grouping, by the model's fine group_matcher
+        timms = param_groups_layer_decay(model, weight_decay=1e-4, layer_decay=0.7,
+                                         no_weight_decay_list=model.no_weight_decay()
+                                         if hasattr(model, "no_weight_decay") else ())
+        assert got == [({id(p) for p in g["params"]}, pytest.approx(0.01 * g["lr_scale"]), g["weight_decay"])
+                       for g in timms]
+    else:
+        assert len(layer_decay_groups(model, 0.01, 1e-4, 0.7)) == len(got)
+    lr_of = {n: g["lr"] for g in optimizer.param_groups for n, p in model.named_parameters()
+             if any(p is q for q in g["params"])}
+    head = head_prefix(model)
+    depth = round(math.log(min(lr_of.values()) / 0.01, 0.7))
+    assert lr_of[f"{head}.weight"] == pytest.approx(0.01)  # the head at lr
+    assert depth >= 4 and len({round(v, 12) for v in lr_of.values()}) == depth + 1  # one lr per layer group
+    assert in_order_of_depth(model, lr_of)
+
+
+def in_order_of_depth(model, lr_of) -> bool:
+    """Input side lowest: lrs never fall from one parameter to the next in the model's own order."""
+    lrs = [lr_of[n] for n, _ in model.named_parameters()]
+    return all(a <= b + 1e-15 for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_layer_decay_on_torchvision_uses_the_freeze_stages():
+    model = build_backbone("torchvision/resnet18", 4).model
+    apply_policy(model, "layer_decay:0.5")
+    optimizer = make_optimizer(model, TrainConfig(lr=0.08), layer_decay=0.5)
+    lr_of = {n: g["lr"] for g in optimizer.param_groups for n, p in model.named_parameters()
+             if any(p is q for q in g["params"])}
+    # stages: conv1, bn1, layer1..4 (see test_torchvision_natural_stages), then the head
+    expected = {"conv1.weight": 0.08 / 64, "bn1.weight": 0.08 / 32, "layer1.0.conv1.weight": 0.08 / 16,
+                "layer2.0.conv1.weight": 0.08 / 8, "layer3.0.conv1.weight": 0.08 / 4,
+                "layer4.1.conv2.weight": 0.08 / 2, "fc.weight": 0.08}
+    assert {n: lr_of[n] for n in expected} == pytest.approx(expected)
+
+
+def test_cosine_schedule_keeps_the_layer_decay_ratios():
+    model = build_backbone("timm/test_resnet", 4).model
+    apply_policy(model, "layer_decay:0.7")
+    optimizer = make_optimizer(model, TrainConfig(lr=0.01), layer_decay=0.7)
+    start = [g["lr"] for g in optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    optimizer.step()
+    scheduler.step()
+    now = [g["lr"] for g in optimizer.param_groups]
+    assert now[0] < start[0] and [a / b for a, b in zip(now, start, strict=True)] == pytest.approx([now[0] / start[0]] * len(now))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("layer_decay:0", "must be a number in \\(0, 1\\)"), ("layer_decay:1.5", "must be a number in \\(0, 1\\)"),
+    ("layer_decay:x", "must be a number in \\(0, 1\\)"), ("layer_decay:nan", "must be a number in \\(0, 1\\)"),
+    ("layer_decay", "unknown freeze policy"),
+])
+def test_layer_decay_factor_is_validated(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_policy(text)
+
+
+def test_layer_decay_run_trains_every_layer_and_logs_the_heads_lr(tmp_path):
+    from pipelines.config import load_config
+    from pipelines.run import execute, prepare
+    from tests.conftest import tiny_overrides
+
+    class Watch:
+        def __init__(self):
+            self.rows = {}
+
+        def on_epoch_end(self, epoch, metrics):
+            self.rows[epoch] = metrics
+
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"model.freeze": "layer_decay:0.5", "train.epochs": 1,
+                                                        "train.lr": 0.002}))
+    prepared = prepare(cfg)
+    assert prepared.freeze.params_trainable == prepared.freeze.params_total
+    assert not prepared.feature_cache.on
+    stem_before = next(prepared.backbone.model.parameters()).detach().clone()
+    watch = Watch()
+    execute(prepared, listeners=(watch,))
+    assert watch.rows[1]["lr"] == pytest.approx(0.002)
+    assert not torch.equal(stem_before, next(prepared.backbone.model.parameters()).detach())

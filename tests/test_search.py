@@ -30,6 +30,7 @@ def spec_of(section, **overrides):
      "grid sampler needs discrete values"),
     ({"batch_size": {"low": 8, "high": 16}, "batch": 3}, "unknown key 'search.batch'"),
     ({"batch_size": [8, 16]}, "needs {low, high}"),
+    ({"batch_size": {"low": 8, "high": 16}, "freeze": ["frozen", "layer_decay:1"]}, "'layer_decay:1'"),
 ])
 def test_bad_search_sections(section, message):
     with pytest.raises(ConfigError, match=message):
@@ -42,6 +43,16 @@ def test_every_suggested_batch_size_is_a_multiple_of_8():
     study.optimize(lambda t: suggest(t, spec)["batch_size"], n_trials=60)
     sizes = {t.params["batch_size"] for t in study.trials}
     assert all(b % 8 == 0 and 8 <= b <= 128 for b in sizes) and len(sizes) > 5
+
+
+def test_layer_decay_is_a_freeze_categorical():
+    spec = spec_of({"batch_size": {"low": 8, "high": 16}, "freeze": ["frozen", "layer_decay:0.7"]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: suggest(t, spec)["batch_size"], n_trials=12)
+    chosen = {t.params["freeze"] for t in study.trials}
+    assert chosen == {"frozen", "layer_decay:0.7"}
+    config = trial_config(load_config(None), spec, {"batch_size": 8, "freeze": "layer_decay:0.7"})
+    assert config.model.freeze == "layer_decay:0.7"
 
 
 def test_linear_scaling_rule():
