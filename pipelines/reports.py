@@ -101,3 +101,26 @@ def delta_figure(paired: list[dict], title: str) -> Figure:
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.tight_layout()
     return fig
+
+
+def params_figure(points: list[dict], title: str) -> Figure:
+    """Test accuracy against trainable parameters (log scale), one point per backbone × policy: colour
+    names the backbone, marker the policy; error bars are the 95% CI over seeds where two or more define it."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = {b: f"C{i}" for i, b in enumerate(dict.fromkeys(p["backbone"] for p in points))}
+    markers = {f: "osD^vP*X"[i % 8] for i, f in enumerate(dict.fromkeys(p["freeze"] for p in points))}
+    for p in points:
+        lo, hi = p.get("test_acc_ci_lo"), p.get("test_acc_ci_hi")
+        yerr = None if lo is None else [[p["test_acc"] - lo], [hi - p["test_acc"]]]
+        ax.errorbar(p["params_trainable"], p["test_acc"], yerr=yerr, fmt=markers[p["freeze"]], capsize=3,
+                    color=colours[p["backbone"]], markersize=7, alpha=0.85)
+    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=b) for b, c in colours.items()]
+    handles += [plt.Line2D([], [], color="grey", marker=m, linestyle="", label=f) for f, m in markers.items()]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("test accuracy (mean, 95% CI)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
