@@ -105,15 +105,22 @@ def delta_figure(paired: list[dict], title: str) -> Figure:
 
 def params_figure(points: list[dict], title: str) -> Figure:
     """Test accuracy against trainable parameters (log scale), one point per backbone × policy: colour
-    names the backbone, marker the policy; error bars are the 95% CI over seeds where two or more define it."""
+    names the backbone, marker the policy; error bars are the 95% CI over seeds where two or more define it.
+    Points are nudged apart sideways (equal counts would hide each other: same-width heads, or unfrozen and
+    layer_decay of one backbone), and the y axis stays within [0, 1] where a few-seed interval runs past it."""
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = {b: f"C{i}" for i, b in enumerate(dict.fromkeys(p["backbone"] for p in points))}
-    markers = {f: "osD^vP*X"[i % 8] for i, f in enumerate(dict.fromkeys(p["freeze"] for p in points))}
+    policies = list(dict.fromkeys(p["freeze"] for p in points))
+    markers = {f: "osD^vP*X"[i % 8] for i, f in enumerate(policies)}
     for p in points:
         lo, hi = p.get("test_acc_ci_lo"), p.get("test_acc_ci_hi")
         yerr = None if lo is None else [[p["test_acc"] - lo], [hi - p["test_acc"]]]
-        ax.errorbar(p["params_trainable"], p["test_acc"], yerr=yerr, fmt=markers[p["freeze"]], capsize=3,
+        slot = list(colours).index(p["backbone"]) * len(policies) + policies.index(p["freeze"])
+        nudge = 1.03 ** (slot - (len(colours) * len(policies) - 1) / 2)
+        ax.errorbar(p["params_trainable"] * nudge, p["test_acc"], yerr=yerr, fmt=markers[p["freeze"]], capsize=3,
                     color=colours[p["backbone"]], markersize=7, alpha=0.85)
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0.0), min(high, 1.0))
     handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=b) for b, c in colours.items()]
     handles += [plt.Line2D([], [], color="grey", marker=m, linestyle="", label=f) for f, m in markers.items()]
     ax.legend(handles=handles, fontsize=8, loc="best")
