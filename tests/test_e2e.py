@@ -53,7 +53,7 @@ def test_train_entry_point(tmp_path):
 
 
 def test_main_entry_point_runs_the_quickstart_comparison(tmp_path):
-    # the shipped quickstart grid (Lite0 frozen / last_n:2 / unfrozen), checkpoints in tmp, few images at 32 px;
+    # the shipped quickstart grid (Lite0 and Lite1, frozen / unfrozen), checkpoints in tmp, few images;
     # a rerun that starts no arm is tested in-process (tests/test_compare.py) and by the fault tests
     quickstart = yaml.safe_load((ROOT / "experiments" / "quickstart.yaml").read_text())
     quickstart["train"]["checkpoint_dir"] = str(tmp_path / "checkpoints")
@@ -67,7 +67,8 @@ def test_main_entry_point_runs_the_quickstart_comparison(tmp_path):
     # the launcher's run is the worker's record, beside the comparison's parent
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "worker_of" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["freeze"] for r in children) == ["frozen", "last_n:2", "unfrozen"]
+    assert sorted((r.data.tags["backbone"], r.data.tags["freeze"]) for r in children) == [
+        (f"timm/tf_efficientnet_lite{n}", policy) for n in (0, 1) for policy in ("frozen", "unfrozen")]
     assert {r.info.status for r in runs} == {"FINISHED"}
     (worker,) = [r for r in runs if "worker_of" in r.data.tags]
     assert worker.data.tags["worker_of"] == parent.info.run_id and worker.data.params["epochs"] == "1"
