@@ -21,7 +21,8 @@ def short(backbone: str) -> str:
 
 
 def pct(v: float | None, sign: str = "") -> str:
-    return "—" if v is None or v != v else f"{100 * v:{sign}.1f}"
+    """In %: accuracies to 0.1; signed differences to 0.01, so a CI bound just clear of zero reads so."""
+    return "—" if v is None or v != v else f"{100 * v:{sign}.{2 if sign else 1}f}"
 
 
 def ci(lo: float | None, hi: float | None, sign: str = "") -> str:
