@@ -4,8 +4,11 @@ Both sides train the same backbone with the same weights, freeze policy, data, b
 evaluate on val every epoch and on test at the end. freezeframe adds torchmetrics, checkpoints,
 progress bars and MLflow logging (into a tmp sqlite store); the model export (log_model) is timed
 apart since it is optional. Prints the median wall-time ratio (goal <= 1.03) and MLflow's share.
+`--system-metrics compare` runs freezeframe with MLflow's system metrics on (the default) and off
+each repeat, to price the sampling thread.
 
     .venv/bin/python benchmarks/bench_overhead.py --freeze frozen --epochs 3 --repeats 3
+    .venv/bin/python benchmarks/bench_overhead.py --system-metrics compare --epochs 2 --repeats 2
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def _overrides(args) -> dict:
             "data.feature_cache": "off"}  # like for like: benchmarks/bench_feature_cache.py measures the cache
 
 
-def freezeframe_run(args, workdir: Path, repeat: int) -> tuple[float, float]:
+def freezeframe_run(args, workdir: Path, repeat: int | str, system_metrics: bool = True) -> tuple[float, float]:
     """(wall seconds, seconds spent in MLflow logging) for one tracked run.
 
     One store for all repeats, as for a user: its one-off schema creation happens in the warm-up.
@@ -89,13 +92,15 @@ def freezeframe_run(args, workdir: Path, repeat: int) -> tuple[float, float]:
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
-    cfg = load_config(None, {**_overrides(args), "train.checkpoint_dir": str(workdir / f"ckpt{repeat}")})
+    cfg = load_config(None, {**_overrides(args), "train.checkpoint_dir": str(workdir / f"ckpt{repeat}"),
+                             "tracking.system_metrics": system_metrics})
     start = time.perf_counter()
     prepared = prepare_run(cfg)
     prepared_s = time.perf_counter() - start
     done = run_tracked(prepared, entry_point="benchmark", attach=False)
     wall = time.perf_counter() - start
-    print(f"  freezeframe: prepare {prepared_s:.2f}s, training loop {done.outcome.fit.train_seconds:.2f}s, "
+    print(f"  freezeframe (system metrics {_on(system_metrics)}): prepare {prepared_s:.2f}s, "
+          f"training loop {done.outcome.fit.train_seconds:.2f}s, "
           f"mlflow {done.logging_seconds:.2f}s, rest {wall - prepared_s - done.outcome.fit.train_seconds:.2f}s")
     return wall, done.logging_seconds
 
@@ -109,24 +114,38 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--max-samples", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--system-metrics", default="on", choices=["on", "off", "compare"],
+                        help="tracking.system_metrics for the freezeframe runs; compare: both, each repeat")
     args = parser.parse_args()
+    variants = {"on": [True], "off": [False], "compare": [True, False]}[args.system_metrics]
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # MLflow's ./mlruns artifacts land in tmp
         freezeframe_run(args, Path(tmp), repeat=-1)  # first-call costs (imports, DB schema) off the clock
-        bare, ours, logging_s = [], [], []
+        bare: list[float] = []
+        ours: dict[bool, list[float]] = {v: [] for v in variants}
+        logging_s: dict[bool, list[float]] = {v: [] for v in variants}
         for i in range(args.repeats):
             bare.append(bare_pytorch(args))
-            wall, logged = freezeframe_run(args, Path(tmp), repeat=i)
-            ours.append(wall)
-            logging_s.append(logged)
-            print(f"repeat {i + 1}: bare {bare[-1]:.2f}s  freezeframe {wall:.2f}s  mlflow logging {logged:.2f}s",
-                  flush=True)
-    b, o = statistics.median(bare), statistics.median(ours)
+            for variant in variants:
+                wall, logged = freezeframe_run(args, Path(tmp), repeat=f"{i}-{variant}", system_metrics=variant)
+                ours[variant].append(wall)
+                logging_s[variant].append(logged)
+                print(f"repeat {i + 1}: bare {bare[-1]:.2f}s  freezeframe (system metrics {_on(variant)}) "
+                      f"{wall:.2f}s  mlflow logging {logged:.2f}s", flush=True)
+    b = statistics.median(bare)
     print(f"\n{args.freeze}, {args.epochs} epochs, digits at {args.image_size}px, batch {args.batch_size}, "
           f"torch threads {torch.get_num_threads()}")
-    print(f"median wall: bare PyTorch {b:.2f}s, freezeframe {o:.2f}s → ratio {o / b:.3f} (goal <= 1.03)")
-    print(f"MLflow logging: {statistics.median(logging_s):.2f}s = {statistics.median(logging_s) / o:.1%} of the run")
+    for variant in variants:
+        o, logged = statistics.median(ours[variant]), statistics.median(logging_s[variant])
+        print(f"system metrics {_on(variant)}: median wall: bare PyTorch {b:.2f}s, freezeframe {o:.2f}s → "
+              f"ratio {o / b:.3f} (goal <= 1.03); MLflow logging {logged:.2f}s = {logged / o:.1%} of the run")
+    if len(variants) == 2:
+        on, off = (statistics.median(ours[v]) for v in (True, False))
+        print(f"system metrics on / off: {on / off:.3f}")
 
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipelines.errors import ConfigError
-from pipelines.predict import image_paths, write_csv
+from pipelines.predict import image_inputs, write_csv
 from pipelines.predict import predict as classify
 from tracking.model_store import load_for_inference
 
@@ -15,9 +15,10 @@ def predict(args: argparse.Namespace, cfg: None, sections: dict) -> int:
         raise ConfigError("predict needs --input (-P input=...): an image file or a folder of images")
     if args.top_k < 1:
         raise ConfigError(f"--top_k must be >= 1, got {args.top_k}")
-    paths = image_paths(args.input)  # bad input fails before the (slower) model load
+    # a bad file fails before the (slower) model load; each image is decoded once, here or in classify
+    inputs = image_inputs(args.input)
     model, metadata = load_for_inference(args.model)
-    predictions = classify(model, metadata, paths, top_k=args.top_k)
+    predictions = classify(model, metadata, inputs, top_k=args.top_k)
     for p in predictions:
         print(f"{p.path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in p.top))
     if len(predictions) > 1 or args.output:

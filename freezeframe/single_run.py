@@ -37,7 +37,7 @@ def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id
     """
     cfg = target.cfg if isinstance(target, PreparedRun) else target
     with tracked_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
-                     attach=attach, tags=tags) as run:
+                     attach=attach, tags=tags, system_metrics=cfg.tracking.system_metrics) as run:
         if on_start is not None:
             on_start(run.info.run_id)
         prepared = target if isinstance(target, PreparedRun) else prepare_run(target)

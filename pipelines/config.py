@@ -79,6 +79,8 @@ class TrackingConfig:
     run_name: str = ""  # "" = "<backbone> · <freeze> · seed <seed>"
     log_model: bool = True  # mlflow.pytorch.log_model at the end; off saves a few seconds per run
     log_plots: bool = True  # curves, confusion matrix, input samples; off saves ~0.5 s per run (big searches)
+    # CPU, memory, disk, network and (NVIDIA) GPU use as `system/*` metrics every 5 s while a run trains
+    system_metrics: bool = True
 
 
 @dataclass(frozen=True)

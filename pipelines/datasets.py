@@ -229,11 +229,15 @@ def _warn_skipped(skipped: int, root: Path) -> None:
         log.warning("skipped %d unreadable image file(s) under %s", skipped, root)
 
 
+# What PIL raises for a file that is not a complete, sane image (truncated, empty, text, decompression bomb).
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def readable(path: Path) -> bool:
     """Decode the whole file: verify() alone misses truncated image data."""
     try:
         with Image.open(path) as img:
             img.load()
         return True
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except UNREADABLE:
         return False

@@ -7,7 +7,8 @@ with the model, never re-typed here; a single image gets its batch dimension lik
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,8 +17,8 @@ from torch import nn
 
 from pipelines.backbones import Preprocessing
 from pipelines.data import make_transform
-from pipelines.datasets import IMAGE_SUFFIXES, readable
-from pipelines.errors import DataError
+from pipelines.datasets import IMAGE_SUFFIXES, UNREADABLE
+from pipelines.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -28,53 +29,84 @@ class Prediction:
     top: list[tuple[str, float]]  # (class name, probability), most likely first
 
 
-def image_paths(target: str | Path) -> list[Path]:
-    """The readable images of a file or folder, checked before any model is loaded.
+@dataclass(frozen=True)
+class ImageInputs:
+    """The image files to classify, in order. Each is decoded once: a single file here, as it is
+    checked (so a bad one fails before any model loads), and kept for `predict`; a folder's files in
+    `predict`, batch by batch, so a large folder is never held in memory whole."""
+    source: Path
+    paths: tuple[Path, ...]
+    decoded: Image.Image | None = field(default=None, compare=False)  # the single file's image
 
-    A single unreadable file is an error; in a folder, unreadable files are skipped and counted,
-    as for training data (pipelines/datasets.py)."""
+
+def image_inputs(target: str | Path) -> ImageInputs:
+    """A file (decoded now: unreadable is an error) or a folder's image files (decoded when predicted;
+    unreadable ones are then skipped and counted, as for training data in pipelines/datasets.py)."""
     target = Path(target)
     if target.is_file():
-        if not readable(target):
-            raise DataError(f"cannot read image {target}: not a complete image file PIL can decode")
-        return [target]
+        return ImageInputs(target, (target,), decode(target))
     if not target.is_dir():
         raise DataError(f"input not found: {target}")
-    candidates = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    paths = [p for p in candidates if readable(p)]
+    paths = tuple(sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
     if not paths:
         raise DataError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) under {target}")
-    if len(paths) < len(candidates):
-        log.warning("skipped %d unreadable image file(s) under %s", len(candidates) - len(paths), target)
-    return paths
+    return ImageInputs(target, paths)
 
 
-def predict(model: nn.Module, metadata: dict, target: str | Path | list[Path], top_k: int = 5,
+def decode(path: Path) -> Image.Image:
+    """The whole image decoded to RGB: the one read that both checks a file and feeds the model
+    (a header alone would pass a truncated file)."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except UNREADABLE as exc:
+        raise DataError(f"cannot read image {path}: not a complete image file PIL can decode "
+                        f"({first_line(exc)})") from None
+
+
+def predict(model: nn.Module, metadata: dict, target: str | Path | ImageInputs, top_k: int = 5,
             batch_size: int = 32) -> list[Prediction]:
     prep = Preprocessing(tuple(metadata["mean"]), tuple(metadata["std"]), metadata["interpolation"])
     transform = make_transform(prep, int(metadata["image_size"]), augment=False)
     names = list(metadata["class_names"])
     k = max(1, min(top_k, len(names)))
-    paths = image_paths(target) if not isinstance(target, list) else target
+    inputs = target if isinstance(target, ImageInputs) else image_inputs(target)
     model.eval()
     out: list[Prediction] = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        batch = torch.stack([transform(_read(p)) for p in chunk])
+    for chunk in _decoded_batches(inputs, batch_size):
+        batch = torch.stack([transform(image) for _, image in chunk])
         with torch.inference_mode():
             probabilities = model(batch).float().softmax(dim=1)
         values, indices = probabilities.topk(k, dim=1)
-        for path, v, i in zip(chunk, values.tolist(), indices.tolist(), strict=True):
+        for (path, _), v, i in zip(chunk, values.tolist(), indices.tolist(), strict=True):
             out.append(Prediction(str(path), [(names[c], p) for c, p in zip(i, v, strict=True)]))
     return out
 
 
-def _read(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+def _decoded_batches(inputs: ImageInputs, size: int) -> Iterator[list[tuple[Path, Image.Image]]]:
+    """(path, image) batches, each file decoded once; a folder's unreadable files skipped and counted."""
+    if inputs.decoded is not None:
+        yield [(inputs.paths[0], inputs.decoded)]
+        return
+    chunk: list[tuple[Path, Image.Image]] = []
+    skipped = 0
+    for path in inputs.paths:
+        try:
+            chunk.append((path, decode(path)))
+        except DataError:
+            skipped += 1
+            continue
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+    if skipped == len(inputs.paths):
+        raise DataError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) under {inputs.source} "
+                        f"({skipped} unreadable)")
+    if skipped:
+        # Decision: skip and count rather than fail, so one bad file does not sink a large folder.
+        log.warning("skipped %d unreadable image file(s) under %s", skipped, inputs.source)
 
 
 def write_csv(predictions: list[Prediction], path: str) -> None:

@@ -1,14 +1,17 @@
 """From a comparison to a prediction: the best arm registered as champion, then `predict` on files."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from freezeframe.cli import main
+from pipelines.predict import image_inputs, predict
 from tests.conftest import runs_in
 from tests.test_compare import write_experiment
 
@@ -61,3 +64,29 @@ def test_best_arm_is_champion_and_predict_reads_its_preprocessing(tracking_store
 def test_predict_bad_input(tracking_store, digit_images, capsys, flags, message):
     assert main(["predict", *[str(digit_images) if f == "IMAGES" else f for f in flags]]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_each_image_is_decoded_once_and_a_folder_skips_unreadable_files(digit_images, monkeypatch, caplog):
+    """The decode that checks a file is the one that feeds the model: one PIL open per file, bad ones too."""
+    good = sorted(p.name for p in digit_images.iterdir())
+    (digit_images / "truncated.png").write_bytes((digit_images / good[0]).read_bytes()[:60])
+    (digit_images / "notes.png").write_text("not an image")
+    opened = []
+    real_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):  # the real open, counted: real files are still decoded
+        opened.append(Path(fp).name)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    metadata = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "image_size": 16,
+                "class_names": [str(d) for d in range(10)]}
+    predictions = predict(model, metadata, image_inputs(digit_images), top_k=3, batch_size=4)
+    assert [Path(p.path).name for p in predictions] == good
+    assert sorted(opened) == sorted([*good, "truncated.png", "notes.png"])
+    assert "skipped 2 unreadable image file(s)" in caplog.text
+    opened.clear()
+    one = digit_images / good[1]
+    (single,) = predict(model, metadata, image_inputs(one), top_k=3)
+    assert opened == [one.name] and single.path == str(one)

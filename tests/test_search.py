@@ -1,5 +1,6 @@
 """Optuna searches: the space, the study and its MLflow mirror, in-process on real sqlite storages."""
 
+import threading
 import time
 
 import optuna
@@ -107,6 +108,9 @@ def test_search_mirrors_every_trial_in_mlflow_and_continues_the_study(tracking_s
     runs = runs_in(tracking_store)
     assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
     assert {r.info.status for r in runs} == {"FINISHED"}
+    # each trial's system-metrics monitor ended with it; the parent, which only waits, has none
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]
+    assert not [k for k in parent.data.metrics if k.startswith("system/")]
 
 
 def test_pruned_trials_end_killed_and_tagged(tracking_store, tmp_path, monkeypatch):
@@ -122,6 +126,7 @@ def test_pruned_trials_end_killed_and_tagged(tracking_store, tmp_path, monkeypat
     assert {r.info.status for r in children} == {"KILLED"}
     assert {r.data.tags["optuna.state"] for r in children} == {"PRUNED"}
     assert all("pruned at epoch 1" in r.data.tags["error"] for r in children)
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]  # stopped with the runs
 
 
 def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tracking_store, tmp_path):

@@ -1,14 +1,16 @@
 """Tracking against a real sqlite store: what a run logs, how it ends, and the registry as a weights source."""
 
+import threading
 import time
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from freezeframe.single_run import prepare_run, run_tracked
 from pipelines.config import load_config
-from tests.conftest import runs_in, tiny_overrides
+from tests.conftest import runs_in, tiny_experiment, tiny_overrides
 from tracking.store import TrackingError, ensure_reachable
 
 
@@ -75,6 +77,27 @@ def test_interrupted_run_ends_killed(tracking_store, tmp_path):
         run_tracked(prepare_run(load_config(None, tiny_overrides(tmp_path))), "train", listeners=(CtrlC(),))
     (run,) = runs_in(tracking_store)
     assert run.info.status == "KILLED"
+
+
+def test_a_run_logs_system_metrics_unless_switched_off(tracking_store, tmp_path, monkeypatch):
+    """CPU and memory sampled while the run trains (GPU too where there is one), the monitor's thread
+    gone with the run; `tracking.system_metrics=false` logs none."""
+    from freezeframe.cli import main
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a run of seconds: several samples
+    path = tiny_experiment(tmp_path, **{"train.epochs": 1})
+    assert main(["train", "--experiment", str(path)]) == 0
+    assert main(["train", "--experiment", str(path), "--set", "tracking.system_metrics=false"]) == 0
+    on, off = sorted(runs_in(tracking_store), key=lambda r: r.info.start_time)
+    assert on.info.status == off.info.status == "FINISHED"
+    client = MlflowClient()
+    names = ["system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"]
+    if torch.cuda.is_available():
+        names += ["system/gpu_0_utilization_percentage", "system/gpu_0_memory_usage_megabytes"]
+    for name in names:
+        assert len(client.get_metric_history(on.info.run_id, name)) >= 2, name
+    assert not [k for k in off.data.metrics if k.startswith("system/")]
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]
 
 
 def test_registry_model_is_a_weights_source(tracking_store, tmp_path):

@@ -7,6 +7,7 @@ SIGTERM: never left RUNNING by our own code.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from mlflow.tracking import MlflowClient
 from pipelines.errors import FreezeframeError, first_line
 from tracking import tags as tag_names
 
+SYSTEM_METRICS_INTERVAL_S = 5.0  # seconds between system/* samples: a 30 s run gets 6; each costs ~25 ms of CPU
+
+_log = logging.getLogger(__name__)
 _UNREAD = object()
 _launcher_run_id: object | str | None = _UNREAD
 
@@ -34,20 +38,54 @@ def launcher_run_id() -> str | None:
 
 @contextlib.contextmanager
 def tracked_run(run_name: str, experiment_name: str, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None, attach: bool = True) -> Iterator[mlflow.ActiveRun]:
-    """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child."""
+                parent_run_id: str | None = None, attach: bool = True,
+                system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child;
+    `system_metrics` samples CPU/memory/GPU use into it while it is open."""
     run_id = take_launcher_run() if attach else None
+    # log_system_metrics=False: our monitor (below) is the only one, whatever
+    # MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says; tracking.system_metrics decides.
     if run_id:
-        run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
+        run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags, log_system_metrics=False)
     else:
         if parent_run_id:
             experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         else:
             experiment_id = use_experiment(experiment_name)
         run = mlflow.start_run(run_name=run_name, tags=tags, nested=parent_run_id is not None,
-                               parent_run_id=parent_run_id, experiment_id=experiment_id)
-    with _ended_on_exit(run.info.run_id):
+                               parent_run_id=parent_run_id, experiment_id=experiment_id,
+                               log_system_metrics=False)
+    with _ended_on_exit(run.info.run_id), _system_metrics(run.info.run_id, system_metrics, existing=bool(run_id)):
         yield run
+
+
+@contextlib.contextmanager
+def _system_metrics(run_id: str, enabled: bool, existing: bool) -> Iterator[None]:
+    """MLflow's system-metrics monitor (one thread) for this run, stopped and flushed before the run ends.
+
+    Ours rather than `start_run(log_system_metrics=True)`'s: that one is stopped by `mlflow.end_run`
+    only, after the run is marked ended, and stays behind when ending fails; this one stops in `finally`
+    on every path, so a long search leaves no monitor thread per child behind.
+    """
+    if not enabled:
+        yield
+        return
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, when set, overrides the interval (MLflow reads it first);
+        # an existing run (the launcher's) goes on from its last system/* step.
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=existing)
+    except Exception as exc:  # noqa: BLE001 - psutil missing, say: the run trains all the same, unmonitored
+        _log.warning("system metrics off for run %s: %s (pip install psutil, or set "
+                     "tracking.system_metrics=false)", run_id, first_line(exc))
+        yield
+        return
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def take_launcher_run() -> str | None:
