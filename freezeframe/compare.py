@@ -10,7 +10,7 @@ import argparse
 
 import optuna
 
-from freezeframe.study_run import experiment_stem, on_dead_trial, open_storage, run_child, work
+from freezeframe.study_run import experiment_stem, link_study, on_dead_trial, open_storage, print_links, run_child, work
 from pipelines.compare import DIGEST_ATTR, Arm, arm_configs, parse_comparison, queue_arms
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError
@@ -56,6 +56,7 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     parent = parent_run.open_parent("compare", name, storage_id(url), cfg.tracking.experiment_name,
                                     {"dataset": cfg.data.dataset, "experiment_file": args.experiment},
                                     {"compare.storage": storage_id(url), "compare.arms": len(arms)})
+    link_study(study, parent)
 
     def report(parent_run_id: str) -> tuple[list[dict], str | None]:
         runs = comparison_report.current_attempts(parent_run.children(parent_run_id), set(arms))
@@ -66,4 +67,8 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
         print(comparison_report.markdown(summary[0], []))
         if summary[1]:
             print(f"best arm registered as {summary[1]}")
+    order = list(arms)  # the grid's order
+    runs = comparison_report.current_attempts(parent_run.children(parent.run_id), set(arms))
+    runs.sort(key=lambda r: order.index(r.data.tags[tags.CONFIG_DIGEST]))
+    print_links(parent, [r.info.run_id for r in runs], "arms", "test/acc")
     return 0

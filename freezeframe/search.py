@@ -7,15 +7,17 @@ import argparse
 
 import optuna
 
-from freezeframe.study_run import experiment_stem, open_storage, run_child, work
+from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, run_child, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.run import slug
 from pipelines.search import EpochReporter, open_search
 from pipelines.search_space import SearchSpec, parse_search, suggest, trial_config
 from pipelines.studies import storage_id
-from pipelines.study_worker import RETRY_ATTR
+from pipelines.study_worker import RETRY_ATTR, RUN_ATTR
 from tracking import parent_run, study_report
 from tracking.store import ensure_reachable
+
+COMPARED_TRIALS = 10
 
 
 class TrialObjective:
@@ -49,8 +51,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
               "search.batch_sizes": f"{spec.batch_sizes[0]}..{spec.batch_sizes[-1]} step 8"}
     parent = parent_run.open_parent("search", spec.study_name, storage_id(url), cfg.tracking.experiment_name,
                                     {"optuna.direction": spec.direction}, params)
-    study.set_user_attr("mlflow_experiment_id", parent.experiment_id)
-    study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+    link_study(study, parent)
 
     def report(parent_run_id: str) -> str | None:
         return study_report.log_study(study, parent_run_id, spec.metric, experiment_stem(args.experiment))
@@ -61,4 +62,14 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         best = study.best_trial
         print(f"best: trial {best.number} {best.params} → {spec.metric} {best.value:.4f}; champion {champion}")
+    print_links(parent, best_run_ids(study), "trials", spec.metric,
+                ascending=study.direction == optuna.study.StudyDirection.MINIMIZE)
     return 0
+
+
+def best_run_ids(study: optuna.Study, limit: int = COMPARED_TRIALS) -> list[str]:
+    """The complete trials' runs, best first: the compare view is readable up to about ten."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.user_attrs.get(RUN_ATTR)]
+    complete.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    return [t.user_attrs[RUN_ATTR] for t in complete[:limit]]

@@ -14,10 +14,13 @@ from freezeframe.single_run import TrackedRun, run_tracked
 from pipelines.config import RunConfig, digest
 from pipelines.studies import DEFAULT_STORAGE, make_storage, study_lock
 from pipelines.study_worker import REASON_ATTR, RUN_ATTR, StudyWorker, requeue
-from tracking import parent_run, session, tags
+from tracking import links, parent_run, session, tags
 from tracking.parent_run import FAILED, FINISHED, KILLED, ParentRun
 
 T = TypeVar("T")
+# the study's way back to MLflow, shown by optuna-dashboard with the study
+EXPERIMENT_ID_ATTR, PARENT_RUN_ID_ATTR = "mlflow_experiment_id", "mlflow_parent_run_id"
+EXPERIMENT_URL_ATTR, PARENT_RUN_URL_ATTR = "mlflow_experiment_url", "mlflow_parent_run_url"
 
 
 def open_storage(url: str) -> tuple[str, optuna.storages.BaseStorage]:
@@ -34,6 +37,20 @@ def on_dead_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial whose worker died: its child run KILLED, its params queued again for another worker."""
     parent_run.close_dead_child(trial)
     requeue(study, trial)
+
+
+def link_study(study: optuna.Study, parent: ParentRun) -> None:
+    """The study's user attrs name its MLflow parent run and experiment, by id and by UI link."""
+    study.set_user_attr(EXPERIMENT_ID_ATTR, parent.experiment_id)
+    study.set_user_attr(PARENT_RUN_ID_ATTR, parent.run_id)
+    study.set_user_attr(EXPERIMENT_URL_ATTR, links.runs_page(parent.experiment_id))
+    study.set_user_attr(PARENT_RUN_URL_ATTR, links.run_page(parent.experiment_id, parent.run_id))
+
+
+def print_links(parent: ParentRun, run_ids: list[str], what: str, order_by: str, ascending: bool = False) -> None:
+    """The last lines of a compare or search: where to look in the MLflow UI."""
+    found = links.study_links(parent.experiment_id, parent.run_id, run_ids, what, order_by, ascending)
+    print(links.format_links(found), flush=True)
 
 
 def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str,

@@ -6,6 +6,7 @@ import argparse
 
 from freezeframe.single_run import prepare_run, run_tracked
 from pipelines.config import RunConfig, with_overrides
+from tracking import links
 from tracking.registry import register_run_model
 from tracking.store import ensure_reachable
 
@@ -15,6 +16,7 @@ def train(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     done = run_tracked(prepare_run(cfg), entry_point="train")
     fit = done.outcome.fit
     print(f"run {done.run_id}: test/acc {fit.test['test/acc']:.4f} (best epoch {fit.best_epoch})")
+    print(links.format_links(links.run_links(done.run_id)))
     return 0
 
 
@@ -30,4 +32,8 @@ def pretrain(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
                              f"{cfg.model.backbone} pretrained on {cfg.data.dataset} "
                              f"({cfg.train.epochs} epochs, test/acc {test_acc:.4f}), run {done.run_id}")
     print(f"registered {uri} (test/acc {test_acc:.4f}); use it with -P weights={uri}")
+    found = links.run_links(done.run_id)
+    if page := links.registered_model_page(uri):
+        found["registered"] = page
+    print(links.format_links(found))
     return 0

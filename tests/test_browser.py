@@ -1,15 +1,15 @@
 """What a user sees: the MLflow UI and optuna-dashboard in a real headless Chromium (Debian's package).
 
 Skipped where /usr/bin/chromium is missing, unless FREEZEFRAME_REQUIRE_BROWSER=1 (as .ci/run sets,
-after installing it). Screenshots land in the test's tmp folder; docs/ holds the README's copies.
+after installing it). Screenshots land in the test's tmp folder, or in the folder FREEZEFRAME_SCREENSHOTS
+names; docs/ holds the README's, taken from a real comparison (its plot set to val/acc and test/acc).
 """
 
-import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 
 import mlflow
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
-         "--window-size=1600,1100", "--virtual-time-budget=30000"]
+         "--window-size=1600,1100", "--virtual-time-budget=30000"]  # the window is resized for screenshots
 
 
 @pytest.fixture(autouse=True)
@@ -36,41 +36,70 @@ def chromium_present():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
 
 
-def browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
-    """The page's DOM after its scripts ran (and a screenshot of it)."""
+def browse(url: str, profile: Path, screenshot: Path | None = None, height: int = 1100) -> str:
+    """The page's DOM after its scripts ran (and a screenshot of it, `height` px tall)."""
     base = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}"]
     if screenshot is not None:
-        subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
+        subprocess.run([*base, f"--window-size=1600,{height}", f"--screenshot={screenshot}", url],
+                       capture_output=True, timeout=120, check=True)
         assert screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
     done = subprocess.run([*base.copy(), "--dump-dom", url], capture_output=True, text=True, timeout=120,
                           check=True)
     return done.stdout
 
 
-def test_mlflow_ui_shows_the_comparison(mlflow_server, tmp_path, monkeypatch):
+def shot(tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("FREEZEFRAME_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def printed_link(output: str, label: str) -> str:
+    """The URL an entry point printed as `MLflow: <label>  <url>`."""
+    (line,) = [line for line in output.splitlines() if line.startswith(f"MLflow: {label} ")]
+    return line.split()[-1]
+
+
+def test_mlflow_ui_shows_the_comparison(mlflow_server, tmp_path, monkeypatch, capsys):
+    """The links compare prints open the Training runs page and the compare view of its arms."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(mlflow_server)
     grid = write_experiment(tmp_path, "  name: seen\n  freeze: [frozen, unfrozen]\n",
-                            **{"tracking.experiment_name": "seen"})
+                            **{"tracking.experiment_name": "seen", "tracking.log_model": True})
     assert main(["compare", "--experiment", grid]) == 0
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    output = capsys.readouterr().out
     client = MlflowClient(mlflow_server)
     (experiment,) = [e for e in client.search_experiments() if e.name == "seen"]
     children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    arms = ("timm/test_resnet · frozen · seed 0", "timm/test_resnet · unfrozen · seed 0")
 
-    runs_page = browse(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs", tmp_path / "p1",
-                       tmp_path / "training-runs.png")
+    runs_link = printed_link(output, "training runs")
+    assert runs_link == f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs"
+    runs_page = browse(runs_link, tmp_path / "p1", shot(tmp_path, "training-runs.png"), height=1000)
     assert "compare · seen" in runs_page  # the parent, its children folded under it
+    assert "Training runs" in runs_page
 
-    ids = urllib.parse.quote(json.dumps([r.info.run_id for r in children]))
-    compare = browse(f"{mlflow_server}/#/compare-runs?runs={ids}&experiments="
-                     f"{urllib.parse.quote(json.dumps([experiment.experiment_id]))}",
-                     tmp_path / "p2", tmp_path / "compare-runs.png")
+    compare_link = printed_link(output, "compare arms")
+    assert compare_link.startswith(f"{mlflow_server}/#/compare-runs?runs=")
+    assert all(r.info.run_id in compare_link for r in children) and len(children) == 2
+    compare = browse(compare_link, tmp_path / "p2", shot(tmp_path, "compare-runs.png"))
     assert "Comparing 2 Runs" in compare
-    for name in ("timm/test_resnet · frozen · seed 0", "timm/test_resnet · unfrozen · seed 0", "val/acc",
-                 "test/acc"):
+    for name in arms:
         assert name in compare, name
+    # its metric table shows only its first rows (system/* before test/ and val/): accuracy is charted here
+    charts = browse(printed_link(output, "arm charts"), tmp_path / "p4", shot(tmp_path, "arm-charts.png"))
+    text = re.sub(r"<[^>]+>", "", charts)
+    assert "2 matching runs" in text and "compare · seen" not in text  # the arms alone, flat
+    for name in (*arms, "val/acc", "test/acc"):
+        assert name in charts, name
+
+    version = client.get_model_version_by_alias("freezeframe-grid", "champion").version
+    champion_link = printed_link(output, "champion")
+    assert champion_link == f"{mlflow_server}/#/models/freezeframe-grid/versions/{version}"
+    champion = browse(champion_link, tmp_path / "p3")
+    assert f"Version {version}" in champion and "best arm of comparison seen" in champion
 
 
 def test_optuna_dashboard_shows_the_study(tmp_path, tracking_store):
@@ -83,8 +112,10 @@ def test_optuna_dashboard_shows_the_study(tmp_path, tracking_store):
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/api/studies", process=dashboard)
-        page = browse(f"http://127.0.0.1:{port}/dashboard/studies/1", tmp_path / "p3", tmp_path / "study.png")
+        page = browse(f"http://127.0.0.1:{port}/dashboard/studies/1", tmp_path / "p3",
+                      shot(tmp_path, "study.png"), height=1000)
         assert "tiny" in page and "History" in page and "batch_size" in page
+        assert "mlflow_parent_run_url" in page  # Study User Attributes: the way back to MLflow
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=20)

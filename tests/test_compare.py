@@ -1,5 +1,6 @@
 """The compare entry point and its grid, in-process against a real sqlite store."""
 
+import optuna
 import pytest
 import torch
 
@@ -85,6 +86,14 @@ def test_comparison_parent_children_summary_and_resume(tracking_store, tmp_path,
     assert "| timm/test_resnet | frozen | 2 |" in table and " ± " in table
     assert "Paired difference vs frozen (same seeds, same split)" in table
     assert f"| timm/test_resnet | unfrozen | 2 | {delta:+.4f} | [{lo:+.4f}, {hi:+.4f}] |" in table
+    # the way into the UI: links printed last, and the study's attrs for optuna-dashboard
+    ui, eid = "http://127.0.0.1:5000", parent.info.experiment_id  # `make ui`, for a sqlite store
+    assert f"MLflow: training runs  {ui}/#/experiments/{eid}/runs\n" in table and "MLflow: champion" not in table
+    (compared,) = [line for line in table.splitlines() if line.startswith("MLflow: compare arms  ")]
+    assert f"%22{eid}%22" in compared and all(f"%22{r.info.run_id}%22" in compared for r in children)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert study.user_attrs["mlflow_parent_run_url"] == f"{ui}/#/experiments/{eid}/runs/{parent.info.run_id}"
+    assert study.user_attrs["mlflow_experiment_url"] == f"{ui}/#/experiments/{eid}/runs"
     # the rerun: same parent, no new arm
     assert main(["compare", "--experiment", path]) == 0
     assert capsys.readouterr().out.count("FINISHED earlier") == 4

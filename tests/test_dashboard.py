@@ -39,6 +39,11 @@ def test_dashboard_shows_the_study_and_its_trials(tracking_store, tmp_path):
         expected = optuna.load_study(study_name="tiny", storage=storage).trials
         run_ids = [a["value"] for t in trials for a in t["user_attrs"] if a["key"] == "mlflow_run_id"]
         assert sorted(run_ids) == sorted(t.user_attrs["mlflow_run_id"] for t in expected)
+        # the study's way back to its MLflow parent run, among the study's user attrs
+        attrs = {a["key"]: a["value"] for a in detail["user_attrs"]}
+        runs_page = f"http://127.0.0.1:5000/#/experiments/{attrs['mlflow_experiment_id']}/runs"  # `make ui`
+        assert attrs["mlflow_experiment_url"] == runs_page
+        assert attrs["mlflow_parent_run_url"] == f"{runs_page}/{attrs['mlflow_parent_run_id']}"
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=20)
