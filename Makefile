@@ -8,25 +8,39 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 OPTUNA_STORAGE ?= sqlite:///optuna.db
+UI_PORT ?= 5000
+DASHBOARD_PORT ?= 8080
+# Succeeds when nothing listens on 127.0.0.1:<port> (SO_REUSEADDR: a port left in TIME_WAIT by a
+# stopped server counts as free, as it does for the servers themselves).
+PORT_FREE = $(BIN)/python -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' 2>/dev/null
+# When this make started: `make run` reports its time, install included.
+START := $(shell date +%s)
 
 .PHONY: install run test lint ui dashboard lock clean
 
-# The stamp makes a second install a no-op; editing requirements or the lock reinstalls.
-$(STAMP): requirements.txt constraints.txt
+# The stamp makes a second install a no-op; editing requirements, the lock or pyproject.toml reinstalls.
+# The project itself goes in editable (the checkout is the code that runs) for the `freezeframe`
+# command; --no-build-isolation: setuptools is already there, so this step needs no network.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# --env-manager local runs the entry point's `python` from PATH: here .venv's, as after `source .venv/bin/activate`.
 run: install
 	PATH="$(BIN):$$PATH" MLFLOW_TRACKING_URI=$(TRACKING_URI) \
 	  $(BIN)/mlflow run . -e main --env-manager local --experiment-name quickstart
 	@echo
-	@echo "Compare the runs in the MLflow UI:  make ui   (or: $(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI))"
-	@echo "then open http://127.0.0.1:5000 → experiment 'quickstart' → Training runs → expand the parent,"
-	@echo "select its child runs → Compare. Classify an image with the champion:"
-	@echo "  $(VENV)/bin/mlflow run . -e predict --env-manager local -P input=<image or folder>"
+	@echo "make run took $$(( $$(date +%s) - $(START) )) s (set-up included)."
+	@echo "Compare the runs in the MLflow UI:  make ui   then open http://127.0.0.1:$(UI_PORT) → experiment"
+	@echo "'quickstart' → Training runs → expand the parent, select its child runs → Compare."
+	@echo "Next commands (README.md), in this shell after activating the venv once:"
+	@echo "  source $(VENV)/bin/activate"
+	@echo "  mlflow run . -e predict --env-manager local -P input=<image or folder>"
+	@echo "  freezeframe predict --input <image or folder> --top_k 3"
 
 # Two test processes: the slow tests mostly wait on subprocesses and servers. TEST_WORKERS=0 runs in one.
 TEST_WORKERS ?= 2
@@ -38,14 +52,16 @@ lint: install
 
 # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no GenAI job runners (half a dozen processes) for a training UI
 ui: install
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
+	@$(PORT_FREE) $(UI_PORT) || { echo "make ui: port $(UI_PORT) is in use: make ui UI_PORT=$$(( $(UI_PORT) + 1 ))"; exit 1; }
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 dashboard: install
-	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port 8080
+	@$(PORT_FREE) $(DASHBOARD_PORT) || { echo "make dashboard: port $(DASHBOARD_PORT) is in use: make dashboard DASHBOARD_PORT=$$(( $(DASHBOARD_PORT) + 1 ))"; exit 1; }
+	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 lock: install
 	{ echo "# Full lock of the environment resolved from requirements.txt on Python 3.11 / x86_64 (make lock rewrites it)."; \
-	  $(BIN)/pip freeze --exclude-editable; } > constraints.txt
+	  $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,251 @@
+"""The README's commands work as written, in a fresh shell after `make install`.
+
+Every line of the README's ```bash blocks is a set-up line (run before each command), a line this test
+runs (with tiny overrides, so it takes seconds), or a line it deliberately does not run, with the reason.
+A new README command without such a decision fails the test: that keeps the README and the code together.
+Every `mlflow run` and `freezeframe` line, run or not, is also checked against MLproject and the command
+line's parser (entry point, parameter and flag names, experiment files), which costs milliseconds.
+
+The shell is bash with PATH=/usr/local/bin:/usr/bin:/bin and HOME in tmp: nothing of the test's own
+interpreter leaks in, so a command that only works with `.venv/bin` on PATH fails here as it would for a
+newcomer. It runs in a tmp copy of the project (the files git would commit) whose `.venv` is a symlink to
+the checkout's venv, so `source .venv/bin/activate` runs exactly as written, and what the commands write
+relative to their folder (`optuna.db`, `checkpoints/`, `mlruns/`, `predictions.csv`) lands in tmp, never
+in the checkout; MLFLOW_TRACKING_URI names a tmp sqlite store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, runs_in
+
+# Lines run before each command, as written (they change the shell, not the stores).
+SETUP = {
+    r"source \.venv/bin/activate": "the one documented set-up: .venv's python, mlflow and freezeframe on PATH",
+}
+
+# The model the pretrain line registers; predict has no champion to load without the quickstart (minutes).
+PRETRAINED = "models:/resnet18-fashion@pretrained"
+TINY = {"epochs": "1", "image_size": "32", "max_samples": "24"}
+
+# README line (regex, matched from the line's start) → parameters the test sets, replacing the line's own
+# value or added: `-P key=value` for `mlflow run`, `--key value` for `freezeframe`. Run in this order
+# (pretrain first: its model is the one predict loads). Each command costs 15-25 s of CPU (torch, timm
+# and mlflow imports, twice under `mlflow run`) and the suite has little room, so two: `mlflow run
+# --env-manager local` in the activated shell (and the registry), then the `freezeframe` command.
+RUN = {
+    r"mlflow run \. -e pretrain --env-manager local -P registered_model=resnet18-fashion$":
+        {**TINY, "backbone": "timm/test_resnet", "dataset": "digits"},  # Fashion-MNIST: a system package
+    r"freezeframe predict --model models:/freezeframe-quickstart@champion --input imgs/ --top_k 3$":
+        {"model": PRETRAINED},
+}
+
+# README line (regex) → why this test does not run it. "Checked only" lines are still checked against
+# MLproject and the parser (test_readme_commands_name_real_entry_points_parameters_and_files).
+NOT_RUN = {
+    r"mlflow run \. -e predict --env-manager local -P input=path/to/image\.png":
+        "checked only (~24 s of CPU): the launcher path of the pretrain line run here, and the predict code "
+        "of the `freezeframe predict` line run here",
+    r"mlflow run \. -e train --env-manager local -P backbone=timm/resnet18 "
+    r"-P weights=models:/resnet18-fashion@pretrained -P freeze=last_n:2$":
+        "checked only: the same launcher path as the pretrain line run here; transfer from a models:/ URI "
+        "is tests/test_pretrain.py's",
+    r"mlflow run \. -e train --env-manager local --experiment-name mine ":
+        "checked only: tests/test_e2e.py runs `mlflow run -e train` (one run costs ~25 s of CPU)",
+    r"freezeframe train --experiment experiments/last_n\.yaml ":
+        "checked only: the `freezeframe` command is run by the predict line; train in-process is most tests'",
+    r"mlflow run \. -e search --env-manager local --experiment-name search -P experiment=":
+        "checked only: tests/test_search.py and test_server.py run searches (one run costs ~25 s of CPU)",
+    r"make run$": "the quickstart itself, minutes; tests/test_e2e.py runs its `mlflow run -e main` tiny",
+    r"make test$": "the whole suite, this test included",
+    r"make ui\b": "a server that runs until stopped; tests/test_server.py and test_browser.py start one",
+    r"make dashboard\b": "a server that runs until stopped; tests/test_dashboard.py starts one",
+    r"MLFLOW_TRACKING_URI=http://127\.0\.0\.1:5000 mlflow run \. -e main ":
+        "needs `make ui` running and the quickstart grid (minutes); tests/test_server.py does this tiny",
+    r"mlflow run \. -e compare --env-manager local --experiment-name backbones "
+    r"-P experiment=experiments/backbones\.yaml$":
+        "60 arms, hours on 2 cores, and -P cannot shrink a grid; the compare entry point runs through "
+        "`mlflow run` in tests/test_e2e.py (main), test_server.py and test_workers.py",
+    r"mlflow server --backend-store-uri postgresql": "placeholder PostgreSQL and S3 hosts (a tracking server)",
+    r"export MLFLOW_TRACKING_URI=http://tracking-host:": "placeholder tracking host",
+    r"mlflow run \. -e (compare|search) .*-P storage=postgresql":
+        "placeholder PostgreSQL host; tests/test_workers.py runs such workers on a real PostgreSQL",
+    r"python benchmarks/transfer_report\.py ": "36 arms on Fashion-MNIST, about 21 minutes on 2 cores",
+    r"sudo apt-get install dataset-fashion-mnist": "a system package (root, network); .ci/run installs it",
+    r"mlflow run \. -e train --env-manager uv$":
+        "builds a new environment from conda.yaml: downloads GBs of pinned wheels on first use",
+}
+
+
+def readme_lines() -> list[str]:
+    """The shell lines of the README's ```bash blocks, continuation lines joined, comments-only lines left out."""
+    lines = []
+    for block in re.findall(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M):
+        for line in re.sub(r"\\\n\s*", "", block).splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                lines.append(line.strip())
+    return lines
+
+
+def decision(line: str) -> tuple[str, str]:
+    found = [(table, pattern) for table, patterns in (("setup", SETUP), ("run", RUN), ("not run", NOT_RUN))
+             for pattern in patterns if re.match(pattern, line)]
+    assert len(found) == 1, (f"README line {line!r} needs exactly one decision in tests/test_readme.py "
+                             f"(SETUP, RUN or NOT_RUN), has {found or 'none'}")
+    return found[0]
+
+
+def with_overrides(line: str, overrides: dict[str, str]) -> str:
+    """The line with each override replacing the line's own value of that parameter, or added at the end."""
+    tokens = shlex.split(line, comments=True)
+    mlflow_run = tokens[:2] == ["mlflow", "run"]
+    left = dict(overrides)
+    for i, token in enumerate(tokens[:-1]):
+        if mlflow_run and token == "-P":
+            key = tokens[i + 1].split("=", 1)[0]
+            if key in left:
+                tokens[i + 1] = f"{key}={left.pop(key)}"
+        elif not mlflow_run and token.startswith("--") and token[2:] in left:
+            tokens[i + 1] = left.pop(token[2:])
+    for key, value in left.items():
+        tokens += ["-P", f"{key}={value}"] if mlflow_run else [f"--{key}", value]
+    return shlex.join(tokens)
+
+
+def test_every_readme_command_has_a_decision():
+    lines = readme_lines()
+    decided = {decision(line) for line in lines}
+    unused = [p for table, patterns in (("setup", SETUP), ("run", RUN), ("not run", NOT_RUN))
+              for p in patterns if (table, p) not in decided]
+    assert not unused, f"no README line matches these entries any more: {unused}"
+
+
+MLFLOW_RUN_OPTIONS = {"-e", "--entry-point", "--env-manager", "--experiment-name", "--run-name", "-P"}
+
+
+def test_readme_commands_name_real_entry_points_parameters_and_files():
+    checked = [line for line in readme_lines() if check_command(line)]
+    assert len(checked) >= len(RUN)
+
+
+def test_make_run_hints_are_the_readme_way():
+    """`make run`'s closing hints: activate once, then plain commands that exist (no `.venv/bin/...` forms)."""
+    recipe = re.search(r"^run:.*?\n\n", (ROOT / "Makefile").read_text(), re.S | re.M).group(0)
+    hints = [h.strip().replace("$(VENV)", ".venv") for h in re.findall(r'@echo "(.*)"', recipe)]
+    commands = [re.sub(r"<[^>]+>", "x.png", h) for h in hints if re.match(r"(mlflow|freezeframe|source) ", h)]
+    assert commands and commands[0] == "source .venv/bin/activate", hints
+    assert all(check_command(command) for command in commands[1:]), commands
+
+
+def check_command(line: str) -> bool:
+    """Whether `line` is an `mlflow run .` or `freezeframe` command; if it is, it names an entry point and
+    parameters MLproject declares (flags the parser knows) and experiment files that exist."""
+    import yaml
+
+    from freezeframe.cli import build_parser
+    from pipelines.errors import ConfigError
+
+    tokens = shlex.split(line, comments=True)
+    while tokens and re.match(r"[A-Z_]+=", tokens[0]):  # VAR=value before the command
+        tokens = tokens[1:]
+    if tokens[:3] == ["mlflow", "run", "."]:
+        entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+        pairs = list(zip(tokens[3::2], tokens[4::2], strict=True))  # every option of these lines has a value
+        options = dict(pairs)
+        params = dict(value.split("=", 1) for flag, value in pairs if flag == "-P")
+        assert set(options) <= MLFLOW_RUN_OPTIONS, f"{line}: unknown option {set(options) - MLFLOW_RUN_OPTIONS}"
+        entry = options.get("-e", options.get("--entry-point", "main"))
+        assert entry in entry_points, f"{line}: no entry point {entry!r} in MLproject"
+        assert options.get("--env-manager") in ("local", "uv"), f"{line}: the README's ways are local and uv"
+        unknown = set(params) - set(entry_points[entry].get("parameters", {}))
+        assert not unknown, f"{line}: entry point {entry} has no parameter(s) {unknown}"
+        experiments = [params["experiment"]] if "experiment" in params else []
+    elif tokens[:1] == ["freezeframe"] or tokens[:3] == ["python", "-m", "freezeframe"]:
+        argv = tokens[1:] if tokens[0] == "freezeframe" else tokens[3:]
+        try:
+            args = build_parser().parse_args(argv)
+        except ConfigError as exc:
+            pytest.fail(f"{line}: {exc}")
+        experiments = [args.experiment] if "--experiment" in argv else []
+    else:
+        return False
+    for experiment in experiments:
+        assert (ROOT / experiment).is_file(), f"{line}: no experiment file {experiment}"
+    return True
+
+
+def project_copy(folder: Path) -> Path:
+    """The files git would commit (tracked and new, not ignored), with `.venv` a link to the checkout's venv."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    copy = folder / "project"
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    (copy / ".venv").symlink_to(ROOT / ".venv")
+    return copy
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_readme_commands_run_in_a_fresh_shell(tmp_path):
+    if not (ROOT / ".venv" / "bin" / "activate").is_file():
+        message = f"no venv at {ROOT / '.venv'}: run `make install` first"
+        if os.environ.get("FREEZEFRAME_REQUIRE_README") == "1":
+            pytest.fail(message + " (FREEZEFRAME_REQUIRE_README=1)")
+        pytest.skip(message)
+    from PIL import Image
+
+    copy = project_copy(tmp_path)
+    (copy / "path" / "to").mkdir(parents=True)
+    (copy / "imgs").mkdir()
+    for target in (copy / "path" / "to" / "image.png", copy / "imgs" / "a.png", copy / "imgs" / "b.png"):
+        Image.new("RGB", (8, 8), (40, 200, 90)).save(target)
+    (tmp_path / "home").mkdir()
+    # a store the first command creates, as on a fresh machine: its Default experiment's artifacts then go
+    # to the copy's mlruns/ (a store made beforehand would root them in the folder it was made from)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": store,
+           "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
+           # set on some processors so that old OpenBLAS builds compute correctly: kept as found
+           **{k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}}
+    watched = ("mlflow.db", "optuna.db", "mlruns", "mlartifacts", "checkpoints", "predictions.csv")
+    before = {name: _stamp(ROOT / name) for name in watched}
+
+    lines = readme_lines()
+    setup = [line for line in lines if decision(line)[0] == "setup"]
+    for pattern, overrides in RUN.items():
+        line = next(line for line in lines if re.match(pattern, line))
+        command = with_overrides(line, overrides)
+        started, cpu = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run(["bash", "--noprofile", "--norc", "-c", "\n".join(["set -e", *setup, command])],
+                              cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+        output = (done.stdout + done.stderr)[-3000:]
+        assert done.returncode == 0, f"README line failed: {line}\nran: {command}\n{output}"
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+        print(f"{time.monotonic() - started:5.1f} s ({cpu_s:5.1f} s CPU) {command}")  # shown with -s or on failure
+
+    runs = runs_in(store)
+    # pretrain's run, ended FINISHED (never a FAILED run left behind)
+    assert len(runs) == 1 and {r.info.status for r in runs} == {"FINISHED"}, \
+        [(r.info.run_name, r.info.status, r.data.tags.get("error")) for r in runs]
+    assert (copy / "predictions.csv").is_file()  # the folder's predictions, in the copy
+    assert {name: _stamp(ROOT / name) for name in watched} == before, "the README test wrote into the checkout"
+
+
+def _stamp(path: Path):
+    return path.stat().st_mtime_ns if path.exists() else None
