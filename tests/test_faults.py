@@ -25,8 +25,11 @@ def start(tmp_path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store_in(tmp_path), "PYTHONPATH": str(ROOT)}
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(leaked, None)
+    # SIGINT back to its default: a suite started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C could not be tested.
     return subprocess.Popen([sys.executable, "-m", "freezeframe", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def rerun(capsys, *args: str) -> str:
