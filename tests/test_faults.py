@@ -42,7 +42,7 @@ def rerun(capsys, *args: str) -> str:
     return out + err
 
 
-def wait_for(predicate, seconds: float = 120) -> None:
+def wait_for(predicate, seconds: float = 300) -> None:  # generous: a loaded 2-core CI machine is slow
     deadline = time.monotonic() + seconds
     while not predicate():
         if time.monotonic() > deadline:
@@ -225,9 +225,11 @@ def test_kill_9_one_of_two_compare_workers_mid_arm(tmp_path):
     assert parent.info.status == "FINISHED" and "RUNNING" not in {r.info.status for r in runs.values()}
 
 
-@pytest.mark.parametrize("kind", ["compare", "search"])
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_to_a_lone_worker_then_rerun(tmp_path, tracking_store, capsys, kind, signum):
+# Both signals and both kinds, in two runs rather than four: the worker loop and its signal handling
+# are one piece of code for compare and search (each pair costs ~30 s of a suite kept under 8 minutes).
+@pytest.mark.parametrize("signum, kind", [(signal.SIGTERM, "compare"), (signal.SIGINT, "search")],
+                         ids=["SIGTERM-compare", "SIGINT-search"])
+def test_a_signal_to_a_lone_worker_then_rerun(tmp_path, tracking_store, capsys, signum, kind):
     """Interrupted after its first child: nothing FINISHED that did not finish, the parent KILLED (not
     FINISHED); the rerun completes the grid or runs the interrupted trial, and finishes the parent."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
