@@ -35,8 +35,7 @@ run: install
 	  $(BIN)/mlflow run . -e main --env-manager local --experiment-name quickstart
 	@echo
 	@echo "make run took $$(( $$(date +%s) - $(START) )) s (set-up included)."
-	@echo "Compare the runs in the MLflow UI:  make ui   then open http://127.0.0.1:$(UI_PORT) → experiment"
-	@echo "'quickstart' → Training runs → expand the parent, select its child runs → Compare."
+	@echo "Open the MLflow UI with  make ui  and follow the MLflow links printed above."
 	@echo "Next commands (README.md), in this shell after activating the venv once:"
 	@echo "  source $(VENV)/bin/activate"
 	@echo "  mlflow run . -e predict --env-manager local -P input=<image or folder>"

@@ -58,9 +58,13 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
                                     {"compare.storage": storage_id(url), "compare.arms": len(arms)})
     link_study(study, parent)
 
+    def arm_runs(parent_run_id: str) -> list:
+        """Each arm's current attempt under the parent (arms of an earlier grid left out)."""
+        return comparison_report.current_attempts(parent_run.children(parent_run_id), set(arms))
+
     def report(parent_run_id: str) -> tuple[list[dict], str | None]:
-        runs = comparison_report.current_attempts(parent_run.children(parent_run_id), set(arms))
-        return comparison_report.log_summary(parent_run_id, name, runs, experiment_stem(args.experiment))
+        return comparison_report.log_summary(parent_run_id, name, arm_runs(parent_run_id),
+                                             experiment_stem(args.experiment))
 
     summary = work(url, storage, study, parent, ArmObjective(arms, parent.run_id, name), report)
     if summary is not None:
@@ -68,7 +72,6 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
         if summary[1]:
             print(f"best arm registered as {summary[1]}")
     order = list(arms)  # the grid's order
-    runs = comparison_report.current_attempts(parent_run.children(parent.run_id), set(arms))
-    runs.sort(key=lambda r: order.index(r.data.tags[tags.CONFIG_DIGEST]))
+    runs = sorted(arm_runs(parent.run_id), key=lambda r: order.index(r.data.tags[tags.CONFIG_DIGEST]))
     print_links(parent, [r.info.run_id for r in runs], "arms", "test/acc")
     return 0

@@ -173,13 +173,18 @@ def test_layer_decay_groups_and_lrs_are_timms(name):
                        for g in timms]
     else:
         assert len(layer_decay_groups(model, 0.01, 1e-4, 0.7)) == len(got)
-    lr_of = {n: g["lr"] for g in optimizer.param_groups for n, p in model.named_parameters()
-             if any(p is q for q in g["params"])}
+    lr_of = lr_by_name(model, optimizer)
     head = head_prefix(model)
     depth = round(math.log(min(lr_of.values()) / 0.01, 0.7))
     assert lr_of[f"{head}.weight"] == pytest.approx(0.01)  # the head at lr
     assert depth >= 4 and len({round(v, 12) for v in lr_of.values()}) == depth + 1  # one lr per layer group
     assert in_order_of_depth(model, lr_of)
+
+
+def lr_by_name(model, optimizer) -> dict[str, float]:
+    """Each parameter's lr, from the optimizer group that holds it."""
+    return {n: g["lr"] for g in optimizer.param_groups for n, p in model.named_parameters()
+            if any(p is q for q in g["params"])}
 
 
 def in_order_of_depth(model, lr_of) -> bool:
@@ -192,8 +197,7 @@ def test_layer_decay_on_torchvision_uses_the_freeze_stages():
     model = build_backbone("torchvision/resnet18", 4).model
     apply_policy(model, "layer_decay:0.5")
     optimizer = make_optimizer(model, TrainConfig(lr=0.08), layer_decay=0.5)
-    lr_of = {n: g["lr"] for g in optimizer.param_groups for n, p in model.named_parameters()
-             if any(p is q for q in g["params"])}
+    lr_of = lr_by_name(model, optimizer)
     # stages: conv1, bn1, layer1..4 (see test_torchvision_natural_stages), then the head
     expected = {"conv1.weight": 0.08 / 64, "bn1.weight": 0.08 / 32, "layer1.0.conv1.weight": 0.08 / 16,
                 "layer2.0.conv1.weight": 0.08 / 8, "layer3.0.conv1.weight": 0.08 / 4,
