@@ -45,7 +45,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     spec = parse_search(sections.get("search"), cfg, overrides, source=args.experiment)
     ensure_reachable()
     url, storage = open_storage(args.storage)
-    study = open_search(spec, storage, cfg.train.epochs)
+    study = open_search(spec, url, storage, cfg.train.epochs)
     params = {"search.storage": storage_id(url), "search.sampler": spec.sampler, "search.pruner": spec.pruner,
               "search.metric": spec.metric,
               "search.batch_sizes": f"{spec.batch_sizes[0]}..{spec.batch_sizes[-1]} step 8"}

@@ -25,8 +25,8 @@ def make_pruner(spec: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, epochs: int) -> optuna.Study:
-    return open_study(spec.study_name, storage, "search", spec.direction, spec.metric,
+def open_search(spec: SearchSpec, url: str, storage: optuna.storages.BaseStorage, epochs: int) -> optuna.Study:
+    return open_study(spec.study_name, url, storage, "search", spec.direction, spec.metric,
                       sampler=make_sampler(spec), pruner=make_pruner(spec, epochs))
 
 

@@ -74,29 +74,33 @@ def _sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///")).expanduser()
 
 
-def open_study(name: str, storage: optuna.storages.BaseStorage, kind: str, direction: str, metric: str,
+def open_study(name: str, url: str, storage: optuna.storages.BaseStorage, kind: str, direction: str, metric: str,
                sampler: optuna.samplers.BaseSampler | None = None,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create the study, or continue it. One of another kind or direction is refused before any trial."""
-    try:
-        existing = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        existing = None
-    if existing is not None:
-        found = existing.user_attrs.get(KIND_ATTR, "search")  # studies from before kinds were all searches
-        if found != kind:
-            raise ConfigError(f"study '{name}' in this storage is a {found}, not a {kind}: choose another "
-                              "study_name")
-        if existing.direction.name.lower() != direction:
-            raise ConfigError(f"study '{name}' exists and {existing.direction.name.lower()}s; this {kind} would "
-                              f"{direction} {metric}: pick another study_name")
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
-                                pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True)
-    if existing is None:
-        study.set_user_attr(KIND_ATTR, kind)
-        with warnings.catch_warnings():  # ExperimentalWarning: the API is stable in practice since Optuna 3.2
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([metric])  # optuna-dashboard shows "val/acc", not "Objective 0"
+    """Create the study, or continue it. One of another kind or direction is refused before any trial.
+
+    Under the study's set-up lock: between a worker's create_study and its kind attribute, another
+    worker starting at the same moment would find an untagged study and take it for a search."""
+    with study_lock(url, name):
+        try:
+            existing = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            existing = None
+        if existing is not None:
+            found = existing.user_attrs.get(KIND_ATTR, "search")  # studies from before kinds were all searches
+            if found != kind:
+                raise ConfigError(f"study '{name}' in this storage is a {found}, not a {kind}: choose another "
+                                  "study_name")
+            if existing.direction.name.lower() != direction:
+                raise ConfigError(f"study '{name}' exists and {existing.direction.name.lower()}s; this {kind} "
+                                  f"would {direction} {metric}: pick another study_name")
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                    pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True)
+        if existing is None:
+            study.set_user_attr(KIND_ATTR, kind)
+            with warnings.catch_warnings():  # ExperimentalWarning: the API is stable in practice since Optuna 3.2
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([metric])  # optuna-dashboard shows "val/acc", not "Objective 0"
     return study
 
 
