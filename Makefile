@@ -19,11 +19,12 @@ START := $(shell date +%s)
 .PHONY: install run test lint ui dashboard lock clean
 
 # The stamp makes a second install a no-op; editing requirements, the lock or pyproject.toml reinstalls.
+# requirements.txt: the package's runtime dependencies; requirements-dev.txt: tests, lint, uv.
 # The project itself goes in editable (the checkout is the code that runs) for the `freezeframe`
 # command; --no-build-isolation: setuptools is already there, so this step needs no network.
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -59,7 +60,7 @@ dashboard: install
 	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 lock: install
-	{ echo "# Full lock of the environment resolved from requirements.txt on Python 3.11 / x86_64 (make lock rewrites it)."; \
+	{ echo "# Full lock of the environment resolved from requirements.txt and requirements-dev.txt on Python 3.11 / x86_64 (make lock rewrites it)."; \
 	  $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt
 
 clean:
