@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
+from freezeframe import __version__
 from pipelines.config import RunConfig, load_experiment
 from pipelines.errors import ConfigError, FreezeframeError, first_line
 from pipelines.values import coerce
@@ -34,6 +35,8 @@ STUDY_FLAGS = {
     "sampler": "tpe | random | grid", "pruner": "median | hyperband | none", "seed": "sampler seed",
 }
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# An installed wheel holds experiments/ as freezeframe/experiments/ (pyproject.toml's package-dir).
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="freezeframe", description="Tracked transfer-learning runs.")
+    parser.add_argument("--version", action="version", version=f"freezeframe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="one run: one backbone, one freeze policy")
     _add_run_flags(train)
@@ -99,12 +103,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 
 def resolve_experiment(path: str) -> Path:
-    """Relative to the working folder, else to the project (so the shipped experiments work from anywhere)."""
+    """Relative to the working folder, else the shipped one: in the checkout (experiments/...), or in the
+    installed package (freezeframe/experiments/...), so `--experiment experiments/last_n.yaml` works anywhere."""
     given = Path(path)
     if given.is_absolute() or given.exists():
         return given
-    shipped = PROJECT_ROOT / given
-    return shipped if shipped.exists() else given
+    for shipped in (PACKAGE_DIR / given, PROJECT_ROOT / given):
+        if shipped.is_file():
+            return shipped
+    return given
 
 
 def main(argv: list[str] | None = None) -> int:

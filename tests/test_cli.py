@@ -5,6 +5,8 @@ import shlex
 import pytest
 import yaml
 
+import freezeframe
+from freezeframe import cli
 from freezeframe.cli import RUN_FLAGS, build_parser, main
 from tests.conftest import ROOT, runs_in, tiny_overrides
 
@@ -35,6 +37,33 @@ def test_train_entry_exposes_every_run_flag():
 def test_main_runs_the_quickstart_comparison():
     assert "freezeframe compare" in MLPROJECT["entry_points"]["main"]["command"]
     assert MLPROJECT["entry_points"]["main"]["parameters"]["experiment"]["default"] == "experiments/quickstart.yaml"
+
+
+def test_version_is_pyprojects(capsys):
+    import tomllib
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert freezeframe.__version__ == version
+    assert capsys.readouterr().out == f"freezeframe {version}\n"
+
+
+def test_shipped_experiments_are_found_from_any_folder(tmp_path, monkeypatch):
+    """The checkout's experiments/, or the installed package's freezeframe/experiments/; the working folder first."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.resolve_experiment(cli.DEFAULT_EXPERIMENT) == ROOT / "experiments" / "quickstart.yaml"
+    installed = tmp_path / "site-packages" / "freezeframe"
+    (installed / "experiments").mkdir(parents=True)
+    (installed / "experiments" / "quickstart.yaml").write_text("seed: 1\n")
+    monkeypatch.setattr(cli, "PACKAGE_DIR", installed)
+    monkeypatch.setattr(cli, "PROJECT_ROOT", installed.parent)  # a wheel's site-packages: no experiments/
+    assert cli.resolve_experiment(cli.DEFAULT_EXPERIMENT) == installed / "experiments" / "quickstart.yaml"
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quickstart.yaml").write_text("seed: 2\n")
+    assert cli.resolve_experiment(cli.DEFAULT_EXPERIMENT) == cli.Path("experiments/quickstart.yaml")
+    assert cli.resolve_experiment("missing.yaml") == cli.Path("missing.yaml")  # the loader names it
 
 
 def cli_args(tmp_path, *given):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import freezeframe
 from freezeframe.single_run import prepare_run, run_tracked
 from pipelines.config import load_config
 from tests.conftest import runs_in, tiny_experiment, tiny_overrides
@@ -36,6 +37,7 @@ def test_a_run_logs_params_tags_metrics_artifacts(tracking_store, tmp_path):
     for key in ("backbone", "source", "weights", "freeze", "dataset", "seed", "entry_point", "config_digest",
                 "split_digest", "version.torch", "version.timm", "version.torchvision", "version.mlflow"):
         assert key in tags, key
+    assert tags["version.freezeframe"] == freezeframe.__version__
     assert tags["source"] == "timm" and tags["freeze"] == "unfrozen"
     assert [m.step for m in client.get_metric_history(run_id, "val/acc")] == [1, 2]
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]

@@ -21,6 +21,7 @@ from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from freezeframe import __version__ as freezeframe_version
 from pipelines import config as config_mod
 from pipelines import reports
 from pipelines.config import RunConfig
@@ -43,7 +44,7 @@ def run_tags(prepared: PreparedRun, entry_point: str) -> dict[str, str]:
         t.WEIGHTS: cfg.model.weights, t.FREEZE: cfg.model.freeze, t.DATASET: cfg.data.dataset,
         t.SEED: str(cfg.seed), t.ENTRY_POINT: entry_point, t.CONFIG_DIGEST: prepared.config_digest,
         t.SPLIT_DIGEST: prepared.data.split_digest, t.DEVICE: str(prepared.device),
-        t.FEATURE_CACHE: str(prepared.feature_cache)[:250],
+        t.FEATURE_CACHE: str(prepared.feature_cache)[:250], "version.freezeframe": freezeframe_version,
     }
     commit = git_commit()
     if commit:
