@@ -68,6 +68,10 @@ NOT_RUN = {
         "checked only: tests/test_search.py and test_server.py run searches (one run costs ~25 s of CPU)",
     r"make run$": "the quickstart itself, minutes; tests/test_e2e.py runs its `mlflow run -e main` tiny",
     r"make test$": "the whole suite, this test included",
+    r"make lint\b": "ruff over the checkout, seconds; .ci/run runs it before make test",
+    r"pip install \. -c constraints\.txt":
+        "tests/test_package.py builds the wheel, installs it into a new venv with the lock as constraints and "
+        "runs freezeframe --version, --help and train outside the checkout",
     r"make ui\b": "a server that runs until stopped; tests/test_server.py and test_browser.py start one",
     r"make dashboard\b": "a server that runs until stopped; tests/test_dashboard.py starts one",
     r"MLFLOW_TRACKING_URI=http://127\.0\.0\.1:5000 mlflow run \. -e main ":
