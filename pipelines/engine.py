@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-import resource
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pipelines import checkpoints
+from pipelines import checkpoints, memory
 from pipelines.config import MONITORS, TrainConfig
 from pipelines.errors import TrainingError
 from pipelines.freezing import without_policy_hooks
@@ -75,6 +75,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         for listener in listeners:
             listener.on_epoch_end(int(past["epoch"]), past)
 
+    memory.reset_peak(device)  # this run's peak, not the worker's earlier ones (perf/peak_memory_mb, the guard)
     step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
                     cfg.memory_limit_mb)
     stopped_early, started = False, time.perf_counter()
@@ -116,6 +117,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         confusion={"val": state.best_confusion, "test": test_confusion}, test_predictions=(y_true, y_pred),
         stopped_early=stopped_early, resumed_from_epoch=resumed_from,
         train_seconds=time.perf_counter() - started,
+        extra={"perf/steady_images_per_s": steady_images_per_s(state.history),
+               "perf/peak_memory_mb": memory.peak_mb(device)},
     )
 
 
@@ -132,12 +135,11 @@ def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: flo
         scheduler.base_lrs.append(base_lr)
 
 
-def _check_memory(limit_mb: int) -> None:
-    """The CPU counterpart of CUDA's out-of-memory error: fail this run before the machine swaps."""
-    if limit_mb:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-        if peak_mb > limit_mb:
-            raise MemoryError(f"peak memory {peak_mb:.0f} MB is over train.memory_limit_mb {limit_mb}")
+def steady_images_per_s(history: list[dict[str, float]]) -> float:
+    """Training throughput once warmed up: the median epoch after the first (which pays for lazy
+    initialisation, allocator growth and cold caches); the only epoch when there is one."""
+    rates = [row["perf/images_per_s"] for row in history if "perf/images_per_s" in row]
+    return statistics.median(rates[1:] or rates) if rates else 0.0
 
 
 def _summary(row: dict[str, float], epochs: int) -> str:
@@ -174,7 +176,7 @@ class _Stepper:
                     raise TrainingError(f"{split} loss became {loss.item()} at batch {count // len(y) + 1} "
                                         f"(lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr")
                 if train:
-                    _check_memory(self.memory_limit_mb)
+                    memory.check_limit(self.memory_limit_mb)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
                     self.scaler.step(self.optimizer)
