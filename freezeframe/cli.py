@@ -31,8 +31,9 @@ DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
 STUDY_FLAGS = {
     "storage": "Optuna storage URL: sqlite:///optuna.db (when ''), postgresql+psycopg2://..., journal:<file>",
     "study_name": "study name ('' = the file's compare.name or search.study_name)",
-    "n_trials": "trials this worker adds", "timeout": "seconds this worker may start trials for",
-    "sampler": "tpe | random | grid", "pruner": "median | hyperband | none", "seed": "sampler seed",
+    "n_trials": "trials this worker adds", "max_trials": "the study's total over every worker and rerun",
+    "timeout": "seconds this worker may start trials for", "sampler": "tpe | random | grid | nsga2",
+    "pruner": "successive_halving | hyperband | median | none", "seed": "sampler seed",
 }
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # An installed wheel holds experiments/ as freezeframe/experiments/ (pyproject.toml's package-dir).

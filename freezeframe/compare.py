@@ -47,7 +47,8 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     name = args.study_name or spec.name
     ensure_reachable()
     url, storage = open_storage(args.storage)
-    study = open_study(name, url, storage, "compare", DIRECTIONS[MONITORS[cfg.train.monitor]], cfg.train.monitor)
+    study = open_study(name, url, storage, "compare", (DIRECTIONS[MONITORS[cfg.train.monitor]],),
+                       (cfg.train.monitor,))
     with study_lock(url, name):
         reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
         done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)

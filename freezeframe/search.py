@@ -10,66 +10,101 @@ import optuna
 from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, run_child, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.run import slug
-from pipelines.search import EpochReporter, open_search
+from pipelines.search import (
+    EpochReporter,
+    batch_size_ceiling,
+    champion_trial,
+    finished_twin,
+    make_sampler,
+    objective_values,
+    open_search,
+)
 from pipelines.search_space import SearchSpec, parse_search, suggest, trial_config
 from pipelines.studies import storage_id
 from pipelines.study_worker import RETRY_ATTR, RUN_ATTR
-from tracking import parent_run, study_report
+from tracking import parent_run, study_report, tags
 from tracking.store import ensure_reachable
 
 COMPARED_TRIALS = 10
 
 
 class TrialObjective:
-    """suggest → the base config with the trial's choices → the same run function → report each epoch."""
+    """suggest → the base config with the trial's choices → the same run function → report each epoch;
+    params a finished trial already had → its result, without training."""
 
     def __init__(self, spec: SearchSpec, base: RunConfig, parent_run_id: str):
         self.spec, self.base, self.parent_run_id = spec, base, parent_run_id
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         choice = suggest(trial, self.spec)
+        name = f"trial {trial.number} · bs {choice['batch_size']}"
+        twin = finished_twin(trial.study, trial)
+        if twin is not None and twin.user_attrs.get(RUN_ATTR):
+            run_id = parent_run.record_twin(self.parent_run_id, twin.user_attrs[RUN_ATTR], name,
+                                            {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number)})
+            trial.set_user_attr(RUN_ATTR, run_id)
+            trial.set_user_attr(study_report.TWIN_ATTR, twin.number)
+            print(f"trial {trial.number} {trial.params}: as trial {twin.number}, reused (run {run_id})", flush=True)
+            return self._value(twin.values)
         # each trial its own checkpoint folder (two trials may draw the same params, in two workers at
         # once); a retried trial reuses the folder of the trial it retries, and resumes from it
         origin = trial.user_attrs.get(RETRY_ATTR)
         folder = f"{self.base.train.checkpoint_dir}/{slug(self.spec.study_name)}/trial-{origin or trial.number}"
         cfg = with_overrides(trial_config(self.base, self.spec, choice), {
-            "tracking.run_name": f"trial {trial.number} · bs {choice['batch_size']}",
-            "train.checkpoint_dir": folder, "train.resume": origin is not None})
+            "tracking.run_name": name, "train.checkpoint_dir": folder, "train.resume": origin is not None})
         done = run_child(cfg, trial, self.parent_run_id, "search", {},
                          (EpochReporter(trial, self.spec.metric),))
-        return done.outcome.fit.best_value
+        return self._value(objective_values(self.spec, done.outcome.fit))
+
+    def _value(self, values: list[float]) -> float | list[float]:
+        return list(values) if self.spec.multi_objective else values[0]
 
 
 def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
-    overrides = {k: getattr(args, k) for k in ("n_trials", "timeout", "study_name", "sampler", "pruner", "seed")}
+    overrides = {k: getattr(args, k) for k in ("n_trials", "max_trials", "timeout", "study_name", "sampler",
+                                                "pruner", "seed")}
     spec = parse_search(sections.get("search"), cfg, overrides, source=args.experiment)
     ensure_reachable()
     url, storage = open_storage(args.storage)
     study = open_search(spec, url, storage, cfg.train.epochs)
-    params = {"search.storage": storage_id(url), "search.sampler": spec.sampler, "search.pruner": spec.pruner,
-              "search.metric": spec.metric,
-              "search.batch_sizes": f"{spec.batch_sizes[0]}..{spec.batch_sizes[-1]} step 8"}
+    declared = spec.batch_sizes
+    spec, ceilings = batch_size_ceiling(study, url, spec, cfg)  # a smallest batch that does not fit: refused here
+    study.sampler = make_sampler(spec)  # the grid sampler's grid is the space as cut
+    if spec.batch_sizes != declared:
+        print(f"search: batch sizes cut to {spec.batch_sizes[0]}..{spec.batch_sizes[-1]} (the memory ceiling on "
+              f"{ceilings[0].device}); {', '.join(map(str, declared[len(spec.batch_sizes):]))} do not fit", flush=True)
+    if spec.pruner_note:
+        print(f"search: pruner {spec.pruner_note}", flush=True)
+    params = {"search.storage": storage_id(url), "search.sampler": spec.sampler,
+              "search.pruner": f"none ({spec.pruner_note})" if spec.pruner_note else spec.pruner,
+              "search.metric": spec.metric, "search.objectives": ",".join(spec.objectives),
+              "search.max_trials": spec.max_trials or "none",
+              "search.batch_sizes": f"{declared[0]}..{declared[-1]} step 8",
+              "search.batch_size_ceiling": spec.batch_sizes[-1] if ceilings else "not probed"}
     parent = parent_run.open_parent("search", spec.study_name, storage_id(url), cfg.tracking.experiment_name,
-                                    {"optuna.direction": spec.direction}, params)
+                                    {"optuna.direction": ",".join(spec.directions)}, params)
     link_study(study, parent)
+    if ceilings:
+        study_report.log_ceilings(parent.run_id, ceilings)
 
     def report(parent_run_id: str) -> str | None:
-        return study_report.log_study(study, parent_run_id, spec.metric, experiment_stem(args.experiment))
+        return study_report.log_study(study, parent_run_id, spec.objectives, experiment_stem(args.experiment))
 
     champion = work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id), report, propose=True,
-                    n_trials=spec.n_trials, timeout=spec.timeout)
+                    n_trials=spec.n_trials, timeout=spec.timeout, max_trials=spec.max_trials)
     print(f"study {spec.study_name}: {len(study.trials)} trials in {url}; parent run {parent.run_id}")
-    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-        best = study.best_trial
-        print(f"best: trial {best.number} {best.params} → {spec.metric} {best.value:.4f}; champion {champion}")
+    best = champion_trial(study)
+    if best is not None:
+        values = ", ".join(f"{m} {v:.4f}" for m, v in zip(spec.objectives, best.values, strict=True))
+        print(f"best: trial {best.number} {best.params} → {values}; champion {champion}")
     print_links(parent, best_run_ids(study), "trials", spec.metric,
-                ascending=study.direction == optuna.study.StudyDirection.MINIMIZE)
+                ascending=study.directions[0] == optuna.study.StudyDirection.MINIMIZE)
     return 0
 
 
 def best_run_ids(study: optuna.Study, limit: int = COMPARED_TRIALS) -> list[str]:
-    """The complete trials' runs, best first: the compare view is readable up to about ten."""
+    """The complete trials' runs, best first on the first objective: the compare view is readable up to about ten."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if t.user_attrs.get(RUN_ATTR)]
-    complete.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    complete.sort(key=lambda t: t.values[0], reverse=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
     return [t.user_attrs[RUN_ATTR] for t in complete[:limit]]

@@ -64,12 +64,12 @@ def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_poi
 
 
 def work(url: str, storage: optuna.storages.BaseStorage, study: optuna.Study, parent: ParentRun,
-         objective: Callable[[optuna.Trial], float], report: Callable[[str], T], propose: bool = False,
-         n_trials: int | None = None, timeout: float = 0.0) -> T | None:
+         objective: Callable[[optuna.Trial], float | list[float]], report: Callable[[str], T], propose: bool = False,
+         n_trials: int | None = None, timeout: float = 0.0, max_trials: int = 0) -> T | None:
     """Run trials as this worker, then end what is this worker's to end. The last worker to leave
     writes the parent's report (returned; None from the others) and ends the parent."""
     worker = StudyWorker(study, storage, objective, on_told=_told, on_dead=on_dead_trial, propose=propose,
-                         n_trials=n_trials, timeout=timeout)
+                         n_trials=n_trials, timeout=timeout, max_trials=max_trials, url=url)
     status, error, result = FINISHED, "", None
     try:
         worker.run()
@@ -98,6 +98,6 @@ def _told(trial: FrozenTrial) -> None:
     parent_run.mirror_trial(trial)
     name = trial.user_attrs.get("arm") or f"trial {trial.number} {trial.params}"
     if trial.state == TrialState.COMPLETE:
-        print(f"{name}: {trial.value:.4f}", flush=True)
+        print(f"{name}: {', '.join(f'{v:.4f}' for v in trial.values)}", flush=True)
     else:
         print(f"{name}: {trial.state.name} {trial.user_attrs.get(REASON_ATTR, '')}".rstrip(), file=sys.stderr)

@@ -7,15 +7,19 @@
       lr: {low: 1.0e-4, high: 1.0e-2}  # optional, log-uniform; or a list for the grid sampler
       freeze: [frozen, unfrozen]    # optional categorical; so is backbone
       linear_scaling: {base_batch_size: 32}  # optional: lr = base lr * batch_size / 32
-      n_trials: 6
-      sampler: tpe                  # tpe (seeded) | random | grid (exhaustive)
-      pruner: median                # median | hyperband | none
+      n_trials: 6                   # what this invocation adds
+      max_trials: 40                # optional: the study's total, over reruns and workers
+      sampler: tpe                  # tpe (seeded) | random | grid (exhaustive) | nsga2
+      pruner: successive_halving    # successive_halving | hyperband | median | none
+      probe_memory: true            # cut batch_size.high to the largest batch that fits in memory
+      objectives: [val/acc, perf/images_per_s]  # optional: a multi-objective study (Pareto front)
 
 Every bound and name is checked here, before a study or a trial exists.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,17 +32,23 @@ from pipelines.freezing import parse_policy
 from pipelines.studies import DIRECTIONS
 from pipelines.values import coerce
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
-_KEYS = ("study_name", "metric", "batch_size", "lr", "freeze", "backbone", "linear_scaling", "n_trials", "timeout",
-         "sampler", "pruner", "seed")
+SAMPLERS = ("tpe", "random", "grid", "nsga2")
+PRUNERS = ("successive_halving", "hyperband", "median", "none")
+DEFAULT_PRUNER = "successive_halving"  # benchmarks/bench_pruning.py: see README, "Pruning"
+_KEYS = ("study_name", "metric", "objectives", "batch_size", "lr", "freeze", "backbone", "linear_scaling",
+         "n_trials", "max_trials", "timeout", "sampler", "pruner", "probe_memory", "seed")
 BATCH_STEP = 8
+# What a trial can be judged on: the monitored metrics at the best epoch, and what the trial cost.
+# perf/images_per_s is the steady-state training throughput (perf/steady_images_per_s on the run).
+PERF_OBJECTIVES = {"perf/images_per_s": "max", "perf/peak_memory_mb": "min"}
+OBJECTIVES = {**MONITORS, **PERF_OBJECTIVES}
 
 
 @dataclass(frozen=True)
 class SearchSpec:
     study_name: str
-    metric: str
+    metric: str  # the first objective: it picks each trial's best epoch, drives pruning, names the champion
+    objectives: tuple[str, ...]  # (metric,) or more: a multi-objective study
     batch_sizes: tuple[int, ...]  # every candidate, multiples of 8
     lr: tuple[float, float] | tuple[float, ...] | None  # (low, high) log-uniform, or a list of values
     lr_is_list: bool
@@ -46,14 +56,25 @@ class SearchSpec:
     backbone: tuple[str, ...]
     linear_scaling_base: int  # 0 = off
     n_trials: int
+    max_trials: int  # the study's total over every worker and rerun; 0 = no cap
     timeout: float  # seconds, 0 = none
     sampler: str
     pruner: str
+    probe_memory: bool
     seed: int
+    pruner_note: str = ""  # why the pruner is off, when the file did not say so itself
 
     @property
-    def direction(self) -> str:
-        return DIRECTIONS[MONITORS[self.metric]]
+    def directions(self) -> tuple[str, ...]:
+        return tuple(DIRECTIONS[OBJECTIVES[name]] for name in self.objectives)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def cut_to(self, ceiling: int) -> SearchSpec:
+        """The space with batch sizes above the memory ceiling removed."""
+        return dataclasses.replace(self, batch_sizes=tuple(b for b in self.batch_sizes if b <= ceiling))
 
 
 def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None = None,
@@ -65,17 +86,25 @@ def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None
     unknown = [k for k in raw if k not in _KEYS]
     if unknown:
         raise ConfigError(f"{source}: unknown key 'search.{unknown[0]}' (valid: {', '.join(_KEYS)})")
-    metric = str(raw.get("metric", "val/acc"))
-    if metric not in MONITORS:
-        raise ConfigError(f"search.metric must be one of {tuple(MONITORS)}, got '{metric}'")
-    sampler, pruner = str(raw.get("sampler", "tpe")), str(raw.get("pruner", "median"))
+    objectives = _objectives(raw)
+    metric = objectives[0]
+    sampler, pruner = str(raw.get("sampler", "tpe")), str(raw.get("pruner", DEFAULT_PRUNER))
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler '{sampler}' (valid: {', '.join(SAMPLERS)})")
     if pruner not in PRUNERS:
         raise ConfigError(f"unknown pruner '{pruner}' (valid: {', '.join(PRUNERS)})")
+    pruner_note = ""
+    if len(objectives) > 1 and pruner != "none":
+        if "pruner" in raw:  # asked for by name: refusing beats silently not doing it
+            raise ConfigError(f"search.pruner '{pruner}' needs one objective (Optuna prunes single-objective "
+                              f"studies only): drop it or set pruner: none for objectives {list(objectives)}")
+        pruner, pruner_note = "none", "off: Optuna prunes single-objective studies only"
     n_trials = coerce(raw.get("n_trials", 10), int, "search.n_trials", source)
     if n_trials <= 0:
         raise ConfigError(f"search.n_trials must be > 0, got {n_trials}")
+    max_trials = coerce(raw.get("max_trials", 0), int, "search.max_trials", source)
+    if "max_trials" in raw and max_trials < 1:
+        raise ConfigError(f"search.max_trials must be >= 1 (the study's total), got {max_trials}")
     timeout = coerce(raw.get("timeout", 0), float, "search.timeout", source)
     lr, lr_is_list = _lr(raw.get("lr"), source)
     if sampler == "grid" and lr is not None and not lr_is_list:
@@ -87,14 +116,40 @@ def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None
     if not isinstance(scaling, dict) or any(k != "base_batch_size" for k in scaling):
         raise ConfigError("search.linear_scaling takes {base_batch_size: N}")
     spec = SearchSpec(
-        study_name=str(raw.get("study_name") or "freezeframe-search"), metric=metric,
+        study_name=str(raw.get("study_name") or "freezeframe-search"), metric=metric, objectives=objectives,
         batch_sizes=_batch_sizes(raw.get("batch_size"), source), lr=lr, lr_is_list=lr_is_list, freeze=freeze,
         backbone=tuple(str(b) for b in raw.get("backbone", []) or []),
         linear_scaling_base=coerce(scaling.get("base_batch_size", 0), int, "search.linear_scaling", source),
-        n_trials=n_trials, timeout=timeout, sampler=sampler, pruner=pruner,
-        seed=coerce(raw.get("seed", base.seed), int, "search.seed", source))
+        n_trials=n_trials, max_trials=max_trials, timeout=timeout, sampler=sampler, pruner=pruner,
+        probe_memory=coerce(raw.get("probe_memory", True), bool, "search.probe_memory", source),
+        seed=coerce(raw.get("seed", base.seed), int, "search.seed", source), pruner_note=pruner_note)
     trial_config(base, spec, {"batch_size": spec.batch_sizes[-1]})  # validated: e.g. a gradual schedule
     return spec
+
+
+def _objectives(raw: dict[str, Any]) -> tuple[str, ...]:
+    """`objectives:` or the single `metric:`; the first must be a validation metric (it picks the best epoch)."""
+    metric = raw.get("metric")
+    given = raw.get("objectives", [metric or "val/acc"])
+    if isinstance(given, str):
+        given = [given]
+    if not isinstance(given, list) or not given:
+        raise ConfigError(f"search.objectives is a list of metrics, e.g. [val/acc, perf/images_per_s] "
+                          f"(valid: {', '.join(OBJECTIVES)})")
+    objectives = tuple(str(name) for name in given)
+    for name in objectives:
+        if name not in OBJECTIVES:
+            raise ConfigError(f"search objective '{name}' is not a metric a trial reports "
+                              f"(valid: {', '.join(OBJECTIVES)})")
+    if objectives[0] not in MONITORS:
+        raise ConfigError(f"search.objectives must start with a validation metric ({', '.join(MONITORS)}), "
+                          f"not '{objectives[0]}': it picks each trial's best epoch")
+    if len(set(objectives)) < len(objectives):
+        raise ConfigError(f"search.objectives names a metric twice: {list(objectives)}")
+    if metric is not None and str(metric) != objectives[0]:
+        raise ConfigError(f"search.metric '{metric}' and search.objectives {list(objectives)} disagree: "
+                          "give objectives alone, the validation metric first")
+    return objectives
 
 
 def _batch_sizes(value: Any, source: str) -> tuple[int, ...]:

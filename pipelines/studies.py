@@ -74,10 +74,10 @@ def _sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///")).expanduser()
 
 
-def open_study(name: str, url: str, storage: optuna.storages.BaseStorage, kind: str, direction: str, metric: str,
-               sampler: optuna.samplers.BaseSampler | None = None,
+def open_study(name: str, url: str, storage: optuna.storages.BaseStorage, kind: str, directions: tuple[str, ...],
+               metrics: tuple[str, ...], sampler: optuna.samplers.BaseSampler | None = None,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create the study, or continue it. One of another kind or direction is refused before any trial.
+    """Create the study, or continue it. One of another kind or direction(s) is refused before any trial.
 
     Under the study's set-up lock: between a worker's create_study and its kind attribute, another
     worker starting at the same moment would find an untagged study and take it for a search."""
@@ -91,16 +91,17 @@ def open_study(name: str, url: str, storage: optuna.storages.BaseStorage, kind: 
             if found != kind:
                 raise ConfigError(f"study '{name}' in this storage is a {found}, not a {kind}: choose another "
                                   "study_name")
-            if existing.direction.name.lower() != direction:
-                raise ConfigError(f"study '{name}' exists and {existing.direction.name.lower()}s; this {kind} "
-                                  f"would {direction} {metric}: pick another study_name")
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+            have = tuple(d.name.lower() for d in existing.directions)
+            if have != tuple(directions):
+                raise ConfigError(f"study '{name}' exists and {' and '.join(d + 's' for d in have)}; this {kind} "
+                                  f"would {' and '.join(directions)} {' and '.join(metrics)}: pick another study_name")
+        study = optuna.create_study(study_name=name, storage=storage, directions=list(directions), sampler=sampler,
                                     pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True)
         if existing is None:
             study.set_user_attr(KIND_ATTR, kind)
             with warnings.catch_warnings():  # ExperimentalWarning: the API is stable in practice since Optuna 3.2
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names([metric])  # optuna-dashboard shows "val/acc", not "Objective 0"
+                study.set_metric_names(list(metrics))  # optuna-dashboard shows "val/acc", not "Objective 0"
     return study
 
 

@@ -24,12 +24,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.errors import first_line
 from pipelines.runtime import free_memory, process_alive
+from pipelines.studies import study_lock
 
 OWNER_ATTR = "worker"  # {"host", "pid"} of the process running the trial
 REASON_ATTR = "fail_reason"
 RUN_ATTR = "mlflow_run_id"
 RETRY_ATTR = "retry_of"  # the trial number a queued-again trial retries: its checkpoint may be resumed
 MAX_RETRIES = 3  # an arm that kills its worker every time (the OOM killer, say) is not retried forever
+# what max_trials counts: a failed trial is either queued again (WAITING) or did not use its place
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
 def trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> int:
@@ -77,25 +80,35 @@ class StudyWorker:
     propose: bool = False
     n_trials: int | None = None
     timeout: float = 0.0
+    max_trials: int = 0  # the study's total over every worker and rerun (0: none); needs `url` for its lock
+    url: str = ""
     trials_run: int = 0
 
     def run(self) -> int:
         start = time.monotonic()
-        while self.n_trials is None or self.trials_run < self.n_trials:
-            if self.timeout and time.monotonic() - start > self.timeout:
-                break
-            self.reap_dead()
-            trial = self.claim_waiting() or (self._ask() if self.propose else None)
-            if trial is None:
-                break
-            self._run_one(trial)
-            self.trials_run += 1
+        with _optimize_loop(self.study):
+            while self.n_trials is None or self.trials_run < self.n_trials:
+                if self.timeout and time.monotonic() - start > self.timeout:
+                    break
+                self.reap_dead()
+                trial = self.claim_waiting() or (self._ask() if self.propose else None)
+                if trial is None:
+                    break
+                self._run_one(trial)
+                self.trials_run += 1
+                if self.study._stop_flag:  # Study.stop(): the grid sampler has every point, say
+                    break
         return self.trials_run
 
-    def _ask(self) -> optuna.Trial:
-        with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": _run_one beats it
-            warnings.simplefilter("ignore", UserWarning)
-            return self.study.ask()
+    def _ask(self) -> optuna.Trial | None:
+        """A new trial from the sampler, unless the study has its `max_trials` already: counted and
+        asked under the study's lock, so two workers cannot both take the last place (Optuna's
+        MaxTrialsCallback counts after a trial, letting each worker's running trial overshoot)."""
+        with study_lock(self.url, self.study.study_name) if self.max_trials else contextlib.nullcontext():
+            if self.max_trials and len(self.study.get_trials(deepcopy=False, states=COUNTED)) >= self.max_trials:
+                print(f"study {self.study.study_name} has its max_trials {self.max_trials}: no new trial", flush=True)
+                return None
+            return self.study.ask()  # no heartbeat warning inside _optimize_loop: _run_one beats it
 
     def claim_waiting(self) -> optuna.Trial | None:
         for waiting in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -156,6 +169,19 @@ def reap_dead(study: optuna.Study, storage: optuna.storages.BaseStorage,
             continue
         if fail_trial(study, storage, trial.number, f"its worker (pid {pid}) died"):  # else reaped by another
             on_dead(study, storage.get_trial(trial_id(study, storage, trial.number)))
+
+
+@contextlib.contextmanager
+def _optimize_loop(study: optuna.Study) -> Iterator[None]:
+    """The state Study.optimize runs its loop in, which this loop replaces: Study.stop() (called by the
+    grid sampler once every point is taken, and by callbacks) works only there, and sets the flag
+    Optuna's own loop checks after each trial."""
+    study._stop_flag = False
+    study._thread_local.in_optimize_loop = True
+    try:
+        yield
+    finally:
+        study._thread_local.in_optimize_loop = False
 
 
 @contextlib.contextmanager

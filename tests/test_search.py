@@ -130,8 +130,9 @@ def test_pruned_trials_end_killed_and_tagged(tracking_store, tmp_path, monkeypat
 
 
 def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tracking_store, tmp_path):
+    """Without the ceiling probe (which would refuse this space), the guard fails each trial alone."""
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    path = search_experiment(tmp_path, SPACE)
+    path = search_experiment(tmp_path, SPACE + "  probe_memory: false\n")
     assert main(["search", "--experiment", path, "--storage", storage, "--n_trials", "2",
                  "--set", "train.memory_limit_mb=1"]) == 0
     study = optuna.load_study(study_name="tiny", storage=storage)

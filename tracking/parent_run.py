@@ -134,6 +134,26 @@ def mirror_trial(trial: FrozenTrial) -> None:
         client.set_tag(run_id, tags.FAIL_REASON, str(trial.user_attrs[REASON_ATTR])[:500])
 
 
+def record_twin(parent_run_id: str, twin_run_id: str, run_name: str, run_tags: dict[str, str]) -> str:
+    """A child run for a trial that reuses a finished trial's result: that run's params, final metrics
+    and comparison tags, tagged `duplicate_of=<its run id>`, FINISHED at once; nothing trains."""
+    client = MlflowClient()
+    twin = client.get_run(twin_run_id)
+    copied = {k: v for k, v in twin.data.tags.items() if not k.startswith("mlflow.") and k not in run_tags}
+    run = client.create_run(twin.info.experiment_id, run_name=run_name,
+                            tags={**copied, **run_tags, tags.PARENT: parent_run_id, tags.DUPLICATE_OF: twin_run_id})
+    try:
+        now = int(time.time() * 1000)
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in twin.data.params.items()],
+                         metrics=[Metric(k, v, now, 0) for k, v in twin.data.metrics.items()
+                                  if not k.startswith("system/")])  # it used no machine of its own
+    except BaseException as exc:
+        session.end_run(run.info.run_id, FAILED, session.one_line(exc))
+        raise
+    session.end_run(run.info.run_id, FINISHED, None)
+    return run.info.run_id
+
+
 def close_dead_child(trial: FrozenTrial) -> None:
     """A trial whose worker died (no heartbeat, or its process gone): its child must not stay RUNNING."""
     run_id = trial.user_attrs.get(RUN_ATTR)
