@@ -44,6 +44,10 @@ def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id
         stale.claim(prepared.checkpoint_dir, run.info.run_id, resuming=cfg.train.resume)
         tracker = MlflowTracker(run.info.run_id)
         tracker.log_setup(prepared, entry_point)
-        outcome = execute(prepared, listeners=(tracker, *listeners))
+        try:
+            outcome = execute(prepared, listeners=(tracker, *listeners))
+        except BaseException:
+            tracker.flush(raise_errors=False)  # the epochs it did reach the store before the run ends
+            raise
         tracker.log_outcome(outcome)
     return TrackedRun(run.info.run_id, outcome, tracker.seconds)

@@ -64,13 +64,34 @@ class MlflowTracker:
         self.run_id = run_id
         self.client = MlflowClient()
         self.seconds = 0.0  # time spent logging, reported by the benchmark
+        self._pending: list = []  # MLflow's futures for epochs not yet confirmed by the store
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Queued on MLflow's async logging thread, so the next epoch trains while the store writes.
+        At most one epoch is in flight: the previous one's write is awaited here (it had a whole epoch
+        to finish), so a store that went away stops the run an epoch later, not at its end; flush()
+        waits for the last before the run may end FINISHED."""
         tick = time.perf_counter()
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        while len(self._pending) > 1:
+            self._pending.pop(0).wait()
         self.seconds += time.perf_counter() - tick
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait until the store has every queued epoch; a failed write raises (the run then ends FAILED,
+        or with the tracking-lost error when the store is gone)."""
+        tick = time.perf_counter()
+        pending, self._pending = self._pending, []
+        try:
+            for operation in pending:
+                operation.wait()
+        except mlflow.exceptions.MlflowException:
+            if raise_errors:
+                raise
+        finally:
+            self.seconds += time.perf_counter() - tick
 
     def log_setup(self, prepared: PreparedRun, entry_point: str) -> None:
         """Before training: the config, tags, dataset lineage and model size, so a dying run still says what it was."""
@@ -96,6 +117,7 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
     def log_outcome(self, outcome: RunOutcome) -> None:
+        self.flush()
         tick = time.perf_counter()
         fit, prepared = outcome.fit, outcome.prepared
         names = prepared.data.class_names
