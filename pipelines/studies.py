@@ -27,6 +27,7 @@ GRACE_S = int(os.environ.get("FREEZEFRAME_GRACE_S", "30"))
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 KIND_ATTR = "freezeframe.kind"  # compare | search: a study name means one kind of work
+SCHEMA_LOCK = "freezeframe-schema"  # the lock name under which a storage's tables are created
 
 
 class StorageError(FreezeframeError):
@@ -43,7 +44,7 @@ def make_storage(url: str, on_dead_trial: Callable | None = None) -> optuna.stor
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     scheme = urlparse(url).scheme
     if not scheme or "://" not in url:
-        raise StorageError(f"storage '{url}' is not a URL: use {DEFAULT_STORAGE}, postgresql://..., "
+        raise StorageError(f"storage '{url}' is not a URL: use {DEFAULT_STORAGE}, postgresql+psycopg2://..., "
                            "or journal:<file>")
     if scheme == "sqlite":
         folder = _sqlite_path(url).resolve().parent
@@ -53,9 +54,12 @@ def make_storage(url: str, on_dead_trial: Callable | None = None) -> optuna.stor
     else:
         engine_kwargs = {"connect_args": {"connect_timeout": 3}, "pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=on_dead_trial)
+        # one worker at a time: workers starting together on an empty database race in Optuna's schema
+        # creation (PostgreSQL: UniqueViolation on pg_type), as MLflow's own store does
+        with study_lock(url, SCHEMA_LOCK):
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=on_dead_trial)
     except Exception as exc:  # noqa: BLE001 - drivers raise their own error types
         raise StorageError(f"storage {url} is unreachable: {first_line(exc)}") from None
 
@@ -129,7 +133,8 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
     elif urlparse(url).scheme.startswith("postgresql"):
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                          connect_args={"connect_timeout": 3})  # unreachable: fail in seconds
         try:
             with engine.connect() as connection:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": key})
