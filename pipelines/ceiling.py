@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -24,11 +25,13 @@ from torch import nn
 from pipelines.backbones import build_backbone
 from pipelines.config import RunConfig
 from pipelines.datasets import load_dataset
+from pipelines.errors import first_line
 from pipelines.freezing import apply_policy, parse_policy
 from pipelines.memory import available_mb, in_use_mb, peak_mb, reset_peak
 from pipelines.optim import make_optimizer
 from pipelines.runtime import autocast_context, free_memory, grad_scaler, resolve_device
 
+log = logging.getLogger(__name__)
 MARGIN = 0.1  # a step's memory counts 10% more: fragmentation, the loaders, the metrics
 
 
@@ -139,6 +142,11 @@ class _StepProbe:
             del x, y, loss
             peak = peak_mb(self.device)
         except torch.OutOfMemoryError:
+            peak = math.nan
+        except RuntimeError as exc:  # cuDNN/cuBLAS failing to allocate, a kernel past 32-bit indexing
+            if self.device.type != "cuda":
+                raise
+            log.info("batch size %s does not run on %s: %s", batch_size, self.device, first_line(exc))
             peak = math.nan
         self.optimizer.zero_grad(set_to_none=True)
         need = base + (peak - base) * (1 + MARGIN)

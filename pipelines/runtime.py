@@ -37,7 +37,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # including_emulation=False: pre-Ampere GPUs (T4, V100) "support" bf16 only by slow emulation
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def autocast_context(device: torch.device, amp: bool):
