@@ -238,8 +238,10 @@ def test_a_signal_to_a_lone_worker_then_rerun(tmp_path, tracking_store, capsys, 
         args = ["compare", "--experiment", str(path), "--storage", storage]
     else:
         path = experiment(tmp_path, **SLOW)
+        # an lr range: two trials on two batch sizes alone may draw the same params, and the second would
+        # reuse the first's result rather than train (and be interrupted)
         path.write_text(path.read_text() + "search:\n  study_name: lone\n  batch_size: {low: 8, high: 16}\n"
-                                           "  pruner: none\n")
+                                           "  lr: {low: 0.001, high: 0.01}\n  pruner: none\n")
         args = ["search", "--experiment", str(path), "--storage", storage, "--n_trials", "2"]
     worker = start(tmp_path, *args)
     wait_for(lambda: trial_running(storage, "lone", after=1))  # the first child done, the second under way
