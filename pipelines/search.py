@@ -4,7 +4,6 @@ run is worth on each objective."""
 from __future__ import annotations
 
 import itertools
-import logging
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -16,7 +15,6 @@ from pipelines.errors import ConfigError
 from pipelines.search_space import SearchSpec, grid_space, trial_config
 from pipelines.studies import open_study, study_lock
 
-log = logging.getLogger(__name__)
 CEILING_ATTR = "ceiling:"  # + probe_key: a probe's result, kept in the study for reruns and other workers
 
 
@@ -65,8 +63,8 @@ def batch_size_ceiling(study: optuna.Study, url: str, spec: SearchSpec,
             if cached is None:
                 ceiling = find_ceiling(cfg, spec.batch_sizes)
                 study.set_user_attr(attr, ceiling.to_dict())
-                log.info("batch-size ceiling of %s · %s on %s: %s (%s probes, %.1f s)", backbone, freeze,
-                         ceiling.device, ceiling.ceiling, len(ceiling.probes), ceiling.seconds)
+                print(f"search: batch-size ceiling of {backbone} · {freeze} on {ceiling.device}: {ceiling.ceiling} "
+                      f"({len(ceiling.probes)} probe steps, {ceiling.seconds:.1f} s)", flush=True)
             else:
                 ceiling = Ceiling.from_dict(cached)
         if ceiling.ceiling < spec.batch_sizes[0]:

@@ -81,5 +81,10 @@ def test_shipped_experiments_load():
 
     files = sorted((ROOT / "experiments").glob("*.yaml"))
     assert files
+    from pipelines.config import load_experiment
+    from pipelines.search_space import parse_search
+
     for path in files:
-        load_config(path)
+        cfg, sections = load_experiment(path)
+        if "search" in sections:  # the search: sections are checked as strictly as a run's keys
+            parse_search(sections["search"], cfg, source=str(path))

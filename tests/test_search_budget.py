@@ -28,6 +28,7 @@ def test_the_memory_ceiling_cuts_the_space_and_every_trial_fits(tracking_store, 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     assert main(["search", "--experiment", str(path), "--storage", storage, "--n_trials", "4"]) == 0
     out = capsys.readouterr().out
+    assert "search: batch-size ceiling of timm/test_resnet · unfrozen on cpu:" in out
     study = optuna.load_study(study_name="ceiling", storage=storage)
     (probe,) = [v for k, v in study.user_attrs.items() if k.startswith("ceiling:")]
     ceiling = probe["ceiling"]
@@ -51,7 +52,7 @@ def test_the_memory_ceiling_cuts_the_space_and_every_trial_fits(tracking_store, 
     assert main(["search", "--experiment", str(path), "--storage", storage, "--n_trials", "1"]) == 0
     assert [k for k in optuna.load_study(study_name="ceiling", storage=storage).user_attrs
             if k.startswith("ceiling:")] == [k for k in study.user_attrs if k.startswith("ceiling:")]
-    assert "batch-size ceiling of" not in capsys.readouterr().err
+    assert "batch-size ceiling of" not in capsys.readouterr().out
 
 
 def test_params_of_a_finished_trial_are_not_trained_again(tracking_store, tmp_path):
@@ -105,6 +106,24 @@ def test_accuracy_and_speed_give_a_pareto_front_and_a_champion(tracking_store, t
     assert version.run_id == best.user_attrs["mlflow_run_id"]
     trials_md = MlflowClient().download_artifacts(parent.info.run_id, "summary/trials.md", str(tmp_path))
     assert "perf/steady_images_per_s" in open(trials_md).read()
+    # optuna-dashboard (its own WSGI app over the same storage) shows both objectives and the front
+    page = dashboard_json(storage, f"/api/studies/{study._study_id}")
+    assert len(page["directions"]) == 2 and page["objective_names"] == ["val/acc", "perf/images_per_s"]
+    assert {t["number"] for t in page["best_trials"]} == {t.number for t in study.best_trials}
+
+
+def dashboard_json(storage: str, path: str) -> dict:
+    import json
+    import wsgiref.util
+
+    import optuna_dashboard
+
+    environ = {"PATH_INFO": path, "QUERY_STRING": "after=0", "REQUEST_METHOD": "GET"}
+    wsgiref.util.setup_testing_defaults(environ)
+    status = []
+    body = b"".join(optuna_dashboard.wsgi(storage)(environ, lambda s, h, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), status
+    return json.loads(body)
 
 
 @pytest.mark.slow
