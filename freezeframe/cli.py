@@ -1,4 +1,4 @@
-"""Command line: `python -m freezeframe <train|compare|search|pretrain> ...`, the commands MLproject's entry points run.
+"""Command line: `python -m freezeframe <command> ...`, the commands MLproject's entry points run (and reregister).
 
 Each MLproject parameter has a flag of the same name. An empty value means "as in the experiment
 file", so a parameter given to `mlflow run -P` overrides the file and an omitted one does not.
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--input", default="", help="an image file or a folder of images")
     pred.add_argument("--top_k", type=_whole_number, default=5)
     pred.add_argument("--output", default="", help="CSV path ('' = predictions.csv for a folder)")
+    again = sub.add_parser("reregister", help="add safetensors weights to a version logged before freezeframe "
+                                              "wrote them, from its pickle: only for a model you trust")
+    again.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<version>")
     return parser
 
 
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `mlflow run` cancellation end runs as KILLED
     try:
         args = build_parser().parse_args(argv)
-        cfg, sections = config_from_args(args) if args.command != "predict" else (None, {})
+        cfg, sections = config_from_args(args) if args.command not in ("predict", "reregister") else (None, {})
         from freezeframe import commands  # after parsing: `--help` and config errors stay instant
 
         return commands.COMMANDS[args.command](args, cfg, sections)

@@ -1,8 +1,9 @@
 """Each sub-command's body, by name; imported after parsing, so `--help` and config errors stay instant."""
 
 from freezeframe.compare import compare
-from freezeframe.predict import predict
+from freezeframe.predict import predict, reregister
 from freezeframe.search import search
 from freezeframe.train import pretrain, train
 
-COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare, "search": search, "predict": predict}
+COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare, "search": search, "predict": predict,
+            "reregister": reregister}

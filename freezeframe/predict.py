@@ -1,4 +1,5 @@
-"""`predict`: top-k classes for an image or a folder, from a registered or logged model."""
+"""`predict`: top-k classes for an image or a folder, from a registered or logged model; `reregister`:
+weights/ for a version logged before freezeframe wrote them (predict and weights= never unpickle)."""
 
 from __future__ import annotations
 
@@ -25,4 +26,11 @@ def predict(args: argparse.Namespace, cfg: None, sections: dict) -> int:
         output = args.output or "predictions.csv"
         write_csv(predictions, output)
         print(f"wrote {output} ({len(predictions)} images)")
+    return 0
+
+
+def reregister(args: argparse.Namespace, cfg: None, sections: dict) -> int:
+    from tracking.legacy_models import reregister as add_weights
+
+    print(add_weights(args.model))
     return 0

@@ -8,8 +8,9 @@ import mlflow
 import torch
 from mlflow.exceptions import MlflowException
 
-from pipelines.errors import first_line
+from pipelines import portable
 from tracking import tags
+from tracking.model_store import fetched_weights
 from tracking.store import TrackingError
 
 _MODELS_URI = re.compile(r"models:/[^/@]+(/\d+|@[\w-]+)")
@@ -20,17 +21,14 @@ def is_registry_uri(weights: str) -> bool:
 
 
 def resolve_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """Load a registered PyTorch model and hand pipelines its state_dict (pipelines never sees mlflow)."""
+    """The registered model's tensors for pipelines (which never sees mlflow): its safetensors file, read
+    as data. Its pickled flavour is never loaded, so registering a version cannot run code here."""
     if not _MODELS_URI.fullmatch(uri):
         raise TrackingError(f"weights '{uri}' is not a registry URI: use models:/<name>/<version> "
                             "or models:/<name>@<alias>")
-    try:
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-    except MlflowException as exc:
-        raise TrackingError(f"cannot load {uri} from the model registry: {first_line(exc)}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise TrackingError(f"{uri} is not a PyTorch model")
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with fetched_weights(uri, f"cannot load {uri} from the model registry") as folder:
+        portable.read_description(folder / portable.DESCRIPTION, uri)  # a crafted description fails here
+        return portable.read_tensors(folder / portable.TENSORS, uri)
 
 
 def register_run_model(run_id: str, name: str, alias: str, description: str, tag_run_id: str | None = None) -> str:

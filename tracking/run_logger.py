@@ -23,10 +23,11 @@ from mlflow.tracking import MlflowClient
 
 from freezeframe import __version__ as freezeframe_version
 from pipelines import config as config_mod
-from pipelines import reports
+from pipelines import portable, reports
 from pipelines.config import RunConfig
 from pipelines.engine import copy_model
 from pipelines.run import PreparedRun, RunOutcome
+from tracking import model_store
 from tracking import tags as t
 from tracking.session import git_commit
 
@@ -187,27 +188,32 @@ def _log_input_retrying(dataset, split: str, rows: int, attempts: int = 4) -> No
 
 
 def model_metadata(prepared: PreparedRun) -> dict:
-    """What predict needs to preprocess an image exactly as in training, stored with the model."""
+    """What rebuilds the network and what predict needs to preprocess an image exactly as in training,
+    stored with the model (weights/freezeframe.json, and the MLflow model's metadata)."""
     prep = prepared.backbone.preprocessing
-    return {"class_names": prepared.data.class_names, "image_size": prepared.cfg.data.image_size,
-            "mean": list(prep.mean), "std": list(prep.std), "interpolation": prep.interpolation,
-            "backbone": prepared.backbone.full_name, "freeze": prepared.cfg.model.freeze}
+    return portable.describe(prepared.backbone.full_name, prepared.cfg.model.weights, prepared.data.class_names,
+                             prepared.cfg.data.image_size, prep.mean, prep.std, prep.interpolation,
+                             prepared.cfg.model.freeze)
 
 
 def log_model(prepared: PreparedRun) -> None:
+    """MLflow's PyTorch model (pickled: for `mlflow models serve` and pyfunc users, who load only models
+    they trust) plus weights/ as safetensors + JSON, the only part freezeframe itself ever loads back."""
     model = copy_model(prepared.backbone.model)
     example, _ = prepared.data.datasets["val"][0]
     example = example.unsqueeze(0).numpy().astype(np.float32)
     with torch.inference_mode():
         output = model(torch.from_numpy(example)).numpy()
     requirements = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "torchvision", "timm")]
+    description = model_metadata(prepared)
     # pickle, not MLflow 3's default torch.export (pt2): an export specialises the batch dimension to the
-    # example's and loses the module structure that `models:/` weights and fine-tuning rely on.
-    with _quiet("mlflow.pytorch"):  # its pickle advice is for untrusted files; these are the user's own
-        mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
-                                 input_example=example, pip_requirements=requirements,
-                                 serialization_format="pickle",
-                                 metadata={"freezeframe": json.dumps(model_metadata(prepared))})
+    # example's and loses the module structure that `mlflow models serve` users fine-tune from.
+    with _quiet("mlflow.pytorch"):  # its pickle advice is for loaders: freezeframe loads weights/ instead
+        info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
+                                        input_example=example, pip_requirements=requirements,
+                                        serialization_format="pickle",
+                                        metadata={"freezeframe": json.dumps(description)})
+    model_store.log_weights(info.model_id, model, description)
 
 
 @contextlib.contextmanager
@@ -222,11 +228,5 @@ def _quiet(logger_name: str):
 
 
 def _log_state_dict(prepared: PreparedRun) -> None:
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model_state.pt"
-        torch.save(copy_model(prepared.backbone.model).state_dict(), path)
-        mlflow.log_artifact(str(path), "checkpoint")
-        mlflow.log_dict(model_metadata(prepared), "checkpoint/metadata.json")
+    """Without an MLflow model, the weights still go to the run: checkpoint/ as safetensors + JSON."""
+    model_store.log_run_weights(copy_model(prepared.backbone.model), model_metadata(prepared))
