@@ -24,9 +24,10 @@ def test_the_memory_ceiling_cuts_the_space_and_every_trial_fits(tracking_store, 
     limit = int(in_use_mb(torch.device("cpu"))) + 450
     path = tiny_experiment(tmp_path, "search:\n  study_name: ceiling\n  batch_size: {low: 8, high: 256}\n"
                                      "  pruner: none\n  sampler: random\n",
-                           **{"data.image_size": 128, "train.epochs": 1, "train.memory_limit_mb": limit})
+                           **{"data.image_size": 128, "data.max_samples": 24, "train.epochs": 1,
+                              "train.memory_limit_mb": limit})
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    assert main(["search", "--experiment", str(path), "--storage", storage, "--n_trials", "4"]) == 0
+    assert main(["search", "--experiment", str(path), "--storage", storage, "--n_trials", "3"]) == 0
     out = capsys.readouterr().out
     assert "search: batch-size ceiling of timm/test_resnet · unfrozen on cpu:" in out
     study = optuna.load_study(study_name="ceiling", storage=storage)
@@ -38,7 +39,7 @@ def test_the_memory_ceiling_cuts_the_space_and_every_trial_fits(tracking_store, 
     assert verdicts[256] is False and verdicts[ceiling] is True
     assert all(b > ceiling for b, fits in verdicts.items() if not fits)
     # every suggestion within the ceiling, a multiple of 8, and trained without tripping the guard
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert all(t.params["batch_size"] % 8 == 0 and t.params["batch_size"] <= ceiling for t in study.trials)
     parent, children = children_of(tracking_store)
     assert parent.data.params["search.batch_size_ceiling"] == str(ceiling)
