@@ -18,6 +18,7 @@ class TrackedRun:
     run_id: str
     outcome: RunOutcome
     logging_seconds: float  # time spent in MLflow calls (model export excluded), for the benchmark
+    logging_breakdown: dict[str, float]  # the same by kind: setup, epochs, final metrics, plots, reports, ...
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
@@ -50,4 +51,4 @@ def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id
             tracker.flush(raise_errors=False)  # the epochs it did reach the store before the run ends
             raise
         tracker.log_outcome(outcome)
-    return TrackedRun(run.info.run_id, outcome, tracker.seconds)
+    return TrackedRun(run.info.run_id, outcome, tracker.seconds, dict(tracker.timings))

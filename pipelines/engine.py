@@ -78,7 +78,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
     memory.reset_peak(device)  # this run's peak, not the worker's earlier ones (perf/peak_memory_mb, the guard)
     step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
                     cfg.memory_limit_mb)
-    stopped_early, started = False, time.perf_counter()
+    stopped_early, started, checkpoint_s = False, time.perf_counter(), 0.0
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if epoch in thaw:
             _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
@@ -101,7 +101,9 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         state.epoch = epoch
         state.history.append(row)
         if checkpoint_dir is not None:
+            saving = time.perf_counter()
             checkpoints.save(checkpoint_dir, state, model, optimizer, scheduler, scaler, loaders["train"].generator)
+            checkpoint_s += time.perf_counter() - saving
         tqdm.write(_summary(row, cfg.epochs))
         for listener in listeners:
             listener.on_epoch_end(epoch, row)
@@ -118,7 +120,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         stopped_early=stopped_early, resumed_from_epoch=resumed_from,
         train_seconds=time.perf_counter() - started,
         extra={"perf/steady_images_per_s": steady_images_per_s(state.history),
-               "perf/peak_memory_mb": memory.peak_mb(device)},
+               "perf/peak_memory_mb": memory.peak_mb(device), "perf/checkpoint_s": checkpoint_s},
     )
 
 

@@ -7,11 +7,13 @@ The MLflow UI compares runs by these names, so they are stable: `train/loss`, `v
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.metadata
 import json
 import logging
 import time
+from collections.abc import Iterator
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -64,39 +66,53 @@ class MlflowTracker:
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.client = MlflowClient()
-        self.seconds = 0.0  # time spent logging, reported by the benchmark
+        # seconds spent in each kind of MLflow call, for the benchmark's breakdown of fixed costs
+        self.timings: dict[str, float] = collections.defaultdict(float)
         self._pending: list = []  # MLflow's futures for epochs not yet confirmed by the store
+
+    @property
+    def seconds(self) -> float:
+        """Time spent logging, the model export (optional, and slow) excepted."""
+        return sum(v for k, v in self.timings.items() if k != "model")
+
+    @contextlib.contextmanager
+    def _timed(self, what: str) -> Iterator[None]:
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[what] += time.perf_counter() - tick
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """Queued on MLflow's async logging thread, so the next epoch trains while the store writes.
         At most one epoch is in flight: the previous one's write is awaited here (it had a whole epoch
         to finish), so a store that went away stops the run an epoch later, not at its end; flush()
         waits for the last before the run may end FINISHED."""
-        tick = time.perf_counter()
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
-        while len(self._pending) > 1:
-            self._pending.pop(0).wait()
-        self.seconds += time.perf_counter() - tick
+        with self._timed("epochs"):
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+            self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+            while len(self._pending) > 1:
+                self._pending.pop(0).wait()
 
     def flush(self, raise_errors: bool = True) -> None:
         """Wait until the store has every queued epoch; a failed write raises (the run then ends FAILED,
         or with the tracking-lost error when the store is gone)."""
-        tick = time.perf_counter()
         pending, self._pending = self._pending, []
         try:
-            for operation in pending:
-                operation.wait()
+            with self._timed("epochs"):
+                for operation in pending:
+                    operation.wait()
         except mlflow.exceptions.MlflowException:
             if raise_errors:
                 raise
-        finally:
-            self.seconds += time.perf_counter() - tick
 
     def log_setup(self, prepared: PreparedRun, entry_point: str) -> None:
         """Before training: the config, tags, dataset lineage and model size, so a dying run still says what it was."""
-        tick = time.perf_counter()
+        with self._timed("setup"):
+            self._log_setup(prepared, entry_point)
+
+    def _log_setup(self, prepared: PreparedRun, entry_point: str) -> None:
         cfg = prepared.cfg
         # Top-level keys get a "run." prefix: `mlflow run` already logged its -P values under bare names
         # (`seed`), and MLflow refuses to change a param's value.
@@ -111,7 +127,6 @@ class MlflowTracker:
                           "data/skipped_files": prepared.data.raw.skipped})
         mlflow.log_text(config_mod.to_yaml(cfg), "config.yaml")
         _log_dataset(prepared)
-        self.seconds += time.perf_counter() - tick
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -119,36 +134,38 @@ class MlflowTracker:
 
     def log_outcome(self, outcome: RunOutcome) -> None:
         self.flush()
-        tick = time.perf_counter()
         fit, prepared = outcome.fit, outcome.prepared
         names = prepared.data.class_names
         monitor = prepared.cfg.train.monitor
-        self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{monitor}": fit.best_value,
-                          "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early),
-                          "train/epochs_completed": len(fit.history)},
-                         step=fit.best_epoch)
-        if fit.resumed_from_epoch:
-            mlflow.set_tag("resumed_from_epoch", str(fit.resumed_from_epoch))
-        numbers = {k: v for k, v in fit.extra.items() if isinstance(v, (int, float))}
-        if numbers:
-            self.log_metrics(numbers)
-        mlflow.set_tags({k: str(v) for k, v in fit.extra.items() if not isinstance(v, (int, float))})
-        figures = _figures(outcome, run_name(prepared.cfg)) if prepared.cfg.tracking.log_plots else {}
-        for path, figure in figures.items():
-            mlflow.log_figure(figure, path)
-            plt.close(figure)
-        mlflow.log_text(outcome.report_text, "reports/classification_report.txt")
-        mlflow.log_dict(outcome.report_dict, "reports/classification_report.json")
-        # The best epoch's val confusion matrix as numbers: a second PNG costs a third of a second per run.
-        confusion = {split: m.tolist() for split, m in fit.confusion.items() if m is not None}
-        mlflow.log_dict({"history": fit.history, "confusion": confusion, "class_names": names},
-                        "reports/history.json")
+        with self._timed("final metrics"):
+            self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{monitor}": fit.best_value,
+                              "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early),
+                              "train/epochs_completed": len(fit.history)},
+                             step=fit.best_epoch)
+            if fit.resumed_from_epoch:
+                mlflow.set_tag("resumed_from_epoch", str(fit.resumed_from_epoch))
+            numbers = {k: v for k, v in fit.extra.items() if isinstance(v, (int, float))}
+            if numbers:
+                self.log_metrics(numbers)
+            mlflow.set_tags({k: str(v) for k, v in fit.extra.items() if not isinstance(v, (int, float))})
+        with self._timed("plots"):
+            figures = _figures(outcome, run_name(prepared.cfg)) if prepared.cfg.tracking.log_plots else {}
+            for path, figure in figures.items():
+                mlflow.log_figure(figure, path)
+                plt.close(figure)
+        with self._timed("reports"):
+            mlflow.log_text(outcome.report_text, "reports/classification_report.txt")
+            mlflow.log_dict(outcome.report_dict, "reports/classification_report.json")
+            # The best epoch's val confusion matrix as numbers: a second PNG costs a third of a second per run.
+            confusion = {split: m.tolist() for split, m in fit.confusion.items() if m is not None}
+            mlflow.log_dict({"history": fit.history, "confusion": confusion, "class_names": names},
+                            "reports/history.json")
         if prepared.cfg.tracking.log_model:
-            self.seconds += time.perf_counter() - tick  # log_model is optional and slow: timed apart
-            log_model(prepared)
+            with self._timed("model"):  # optional and slow: timed apart
+                log_model(prepared)
         else:
-            _log_state_dict(prepared)
-            self.seconds += time.perf_counter() - tick
+            with self._timed("weights"):
+                _log_state_dict(prepared)
 
 
 def _figures(outcome: RunOutcome, title: str) -> dict:
