@@ -9,6 +9,7 @@ from pipelines.errors import ConfigError
 from pipelines.predict import image_inputs, write_csv
 from pipelines.predict import predict as classify
 from tracking.model_store import load_for_inference
+from tracking.store import ensure_access
 
 
 def predict(args: argparse.Namespace, cfg: None, sections: dict) -> int:
@@ -18,6 +19,7 @@ def predict(args: argparse.Namespace, cfg: None, sections: dict) -> int:
         raise ConfigError(f"--top_k must be >= 1, got {args.top_k}")
     # a bad file fails before the (slower) model load; each image is decoded once, here or in classify
     inputs = image_inputs(args.input)
+    ensure_access()  # a server's missing credentials in one line, not an HTTP 401 from deep in a download
     model, metadata = load_for_inference(args.model)
     predictions = classify(model, metadata, inputs, top_k=args.top_k)
     for p in predictions:
@@ -32,5 +34,6 @@ def predict(args: argparse.Namespace, cfg: None, sections: dict) -> int:
 def reregister(args: argparse.Namespace, cfg: None, sections: dict) -> int:
     from tracking.legacy_models import reregister as add_weights
 
+    ensure_access()
     print(add_weights(args.model))
     return 0

@@ -29,3 +29,13 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line for a one-line message; its type when it says nothing (EOFError())."""
     lines = str(getattr(exc, "message", None) or exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def without_password(url: str) -> str:
+    """A URL fit for a message: its password (postgresql://user:pw@host/db) replaced by ***."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f"{parts.username}:{parts.password}@", f"{parts.username}:***@", 1)

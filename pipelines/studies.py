@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import optuna
 
-from pipelines.errors import ConfigError, FreezeframeError, first_line
+from pipelines.errors import ConfigError, FreezeframeError, first_line, without_password
 
 # A live trial touches the storage this often, and one silent for the grace period belongs to a dead
 # process: the next worker fails it. The environment may shorten both (the fault tests do).
@@ -61,7 +61,7 @@ def make_storage(url: str, on_dead_trial: Callable | None = None) -> optuna.stor
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=on_dead_trial)
     except Exception as exc:  # noqa: BLE001 - drivers raise their own error types
-        raise StorageError(f"storage {url} is unreachable: {first_line(exc)}") from None
+        raise StorageError(f"storage {without_password(url)} is unreachable: {first_line(exc)}") from None
 
 
 def storage_id(url: str) -> str:

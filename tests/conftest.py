@@ -134,8 +134,9 @@ SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @contextlib.contextmanager
-def serving_mlflow(folder: Path) -> Iterator[str]:
-    """A real `mlflow server` process on a free loopback port, with a sqlite backend and artifact store in `folder`."""
+def serving_mlflow(folder: Path, extra_args: tuple[str, ...] = (), env: dict | None = None) -> Iterator[str]:
+    """A real `mlflow server` process on a free loopback port, with a sqlite backend and artifact store in
+    `folder`; `extra_args` and `env` for variants (`--app-name basic-auth` and its settings)."""
     import subprocess
     import sys
 
@@ -144,8 +145,8 @@ def serving_mlflow(folder: Path) -> Iterator[str]:
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
          store_in(folder, "server.db"), "--artifacts-destination", str(folder / "server-artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=SERVER_ENV)
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra_args],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, env={**SERVER_ENV, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", process=process)

@@ -4,29 +4,48 @@ import re
 
 import mlflow
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
 from pipelines.run import slug
+from pipelines.studies import StorageError, make_storage, storage_id
 from tests.conftest import ROOT, runs_in, tiny_overrides
 from tests.test_search import search_experiment
+from tracking.store import TrackingError, ensure_reachable
 
 SECRETS = {"MY_API_TOKEN": "tok-5e1d2c3b", "AWS_SECRET_ACCESS_KEY": "sec-9a8b7c6d", "DB_PASSWORD": "pw-0f1e2d3c",
-           "OPENAI_API_KEY": "key-4b5a6978"}
+           "OPENAI_API_KEY": "key-4b5a6978", "MLFLOW_TRACKING_PASSWORD": "pw-7d6c5b4a", "PGPASSWORD": "pg-1a2b3c4d"}
+USER = {"MLFLOW_TRACKING_USERNAME": "user-9e8d7c6b"}  # a login, not a secret: MLflow makes it the runs' owner
 
 
-def test_secret_environment_variables_are_never_logged(tracking_store, tmp_path, monkeypatch):
-    for name, value in SECRETS.items():
+def test_secret_environment_variables_are_never_logged(tracking_store, tmp_path, monkeypatch, capsys):
+    """tests/test_shared_server.py does the same against a real basic-auth server, its artifacts included."""
+    for name, value in {**SECRETS, **USER}.items():
         monkeypatch.setenv(name, value)
     flags = [x for k, v in tiny_overrides(tmp_path, **{"tracking.log_model": True}).items()
              for x in ("--set", f"{k}={v}")]
     assert main(["train", *flags]) == 0
     (run,) = runs_in(tracking_store)
-    logged = " ".join([*run.data.params, *run.data.params.values(), *run.data.tags, *run.data.tags.values()])
+    output = " ".join(capsys.readouterr())
+    tags = {k: v for k, v in run.data.tags.items() if k != "mlflow.user"}
+    logged = " ".join([*run.data.params, *run.data.params.values(), *tags, *tags.values()])
+    assert run.data.tags["mlflow.user"] == USER["MLFLOW_TRACKING_USERNAME"]  # MLflow's client sets it from the login
     config = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
-    for name, value in SECRETS.items():
-        assert value not in logged and value not in config
+    for name, value in {**SECRETS, **USER}.items():
+        assert value not in logged and value not in config and value not in output
         assert name not in logged
+
+
+def test_storage_and_database_passwords_stay_out_of_tags_and_messages(tmp_path):
+    url = "postgresql+psycopg2://optuna:pg-5e6f7a8b@127.0.0.1:9/optuna"  # nothing listens on the discard port
+    assert "pg-5e6f7a8b" not in storage_id(url) and storage_id(url) == "postgresql+psycopg2:127.0.0.1/optuna"
+    with pytest.raises(StorageError) as caught:
+        make_storage(url)
+    assert "pg-5e6f7a8b" not in str(caught.value) and "optuna:***@127.0.0.1" in str(caught.value)
+    with pytest.raises(TrackingError) as caught:
+        ensure_reachable(url.replace("/optuna", "/mlflow"))
+    assert "pg-5e6f7a8b" not in str(caught.value) and "is unreachable" in str(caught.value)
 
 
 def test_names_cannot_leave_their_folder(tracking_store, tmp_path):

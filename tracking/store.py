@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import mlflow
 
-from pipelines.errors import FreezeframeError, first_line
+from pipelines.errors import FreezeframeError, first_line, without_password
 
 TIMEOUT_S = 3.0
 
@@ -34,6 +34,7 @@ def ensure_reachable(uri: str | None = None) -> str:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(f"tracking server {uri} is unreachable ({reason}); start it (make ui) "
                                 "or unset MLFLOW_TRACKING_URI for the local sqlite store") from None
+        ensure_access(uri)
     elif scheme == "sqlite":
         path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
         if not path.parent.is_dir():
@@ -45,6 +46,32 @@ def ensure_reachable(uri: str | None = None) -> str:
         raise TrackingError(f"tracking URI {uri} is a file store, which this MLflow no longer supports; "
                             "use sqlite:///mlflow.db or a tracking server")
     return uri
+
+
+def ensure_access(uri: str | None = None) -> None:
+    """A server's /health answers anyone, even with `--app-name basic-auth`: one authenticated read, with
+    the credentials MLflow itself would send (MLFLOW_TRACKING_USERNAME/PASSWORD, a token, the credentials
+    file), so a missing or wrong password fails here in one line, before any run exists. Neither the
+    user name nor the password is ever part of the message."""
+    uri = uri or tracking_uri()
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        reply = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                             max_retries=0, timeout=TIMEOUT_S, raise_on_status=False, params={"max_results": 1})
+    except Exception as exc:  # noqa: BLE001 - requests and MLflow raise their own error types
+        raise TrackingError(f"tracking server {uri} is unreachable ({first_line(exc)})") from None
+    creds = get_default_host_creds(uri)
+    if reply.status_code == 401:
+        given = "the user name or password was refused" if creds.username else "no credentials were given"
+        raise TrackingError(f"tracking server {uri} is unauthorized: {given}; set MLFLOW_TRACKING_USERNAME/"
+                            "MLFLOW_TRACKING_PASSWORD to an account of this server (mlflow server --app-name "
+                            "basic-auth)")
+    if reply.status_code == 403:
+        raise TrackingError(f"tracking server {uri} refused access (403): ask its admin for permission on it")
 
 
 def _create_once(uri: str, path: Path) -> None:
@@ -71,4 +98,4 @@ def _check_database(uri: str) -> None:
             pass
         engine.dispose()
     except Exception as exc:  # noqa: BLE001 - drivers raise their own error types
-        raise TrackingError(f"tracking database {uri} is unreachable: {first_line(exc)}") from None
+        raise TrackingError(f"tracking database {without_password(uri)} is unreachable: {first_line(exc)}") from None
