@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from pipelines.errors import WeightsError, first_line
+
 log = logging.getLogger(__name__)
 FILENAME = "last.pt"
 
@@ -46,7 +48,13 @@ def read(folder: Path) -> dict | None:
     if not path.is_file():
         log.warning("resume: no checkpoint at %s, starting from epoch 1", path)
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # tensors and plain values only: a checkpoint folder shared between machines (resume after a dead
+    # worker) is written by whoever can write there, and a full unpickle would run their code
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle and zip errors of many types
+        raise WeightsError(f"checkpoint {path} is not loadable as tensors and plain values "
+                           f"({first_line(exc, 120)}); delete it to start over") from None
 
 
 def restore(payload: dict, model, optimizer, scheduler, scaler, generator) -> TrainState:

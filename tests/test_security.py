@@ -5,6 +5,7 @@ import re
 import mlflow
 import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
@@ -75,3 +76,17 @@ def test_servers_bind_loopback_by_default():
         recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
         assert "--host 127.0.0.1" in recipe, target
     assert "0.0.0.0" not in makefile
+
+
+def test_a_crafted_checkpoint_in_a_shared_folder_runs_no_code(tmp_path):
+    """A checkpoint folder shared between machines (resume after a dead worker) is written by whoever can
+    write there: resume loads tensors and plain values only."""
+    from pipelines import checkpoints
+    from pipelines.errors import WeightsError
+    from tests.test_shared_server import Payload
+
+    marker = tmp_path / "marker"
+    torch.save({"epoch": 1, "model": Payload(marker)}, tmp_path / checkpoints.FILENAME)
+    with pytest.raises(WeightsError, match="is not loadable as tensors and plain values"):
+        checkpoints.read(tmp_path)
+    assert not marker.exists()
