@@ -80,8 +80,16 @@ NOT_RUN = {
     r"-P experiment=experiments/backbones\.yaml$":
         "60 arms, hours on 2 cores, and -P cannot shrink a grid; the compare entry point runs through "
         "`mlflow run` in tests/test_e2e.py (main), test_server.py and test_workers.py",
-    r"mlflow server --backend-store-uri postgresql": "placeholder PostgreSQL and S3 hosts (a tracking server)",
-    r"export MLFLOW_TRACKING_URI=http://tracking-host:": "placeholder tracking host",
+    r"mlflow server --app-name basic-auth --backend-store-uri postgresql":
+        "placeholder PostgreSQL and S3 hosts (a tracking server); tests/test_shared_server.py runs "
+        "`mlflow server --app-name basic-auth` with such a basic_auth.ini on sqlite",
+    r"export (MLFLOW_AUTH_CONFIG_PATH|MLFLOW_AUTH_ADMIN_PASSWORD|MLFLOW_FLASK_SERVER_SECRET_KEY|PGPASSWORD)=":
+        "secrets read from placeholder files of the tracking host and workers; tests/test_shared_server.py sets "
+        "the server's for a real basic-auth server",
+    r"export MLFLOW_TRACKING_USERNAME=workers MLFLOW_TRACKING_PASSWORD=":
+        "a worker's login from a placeholder file; tests/test_shared_server.py runs a compare with, without and "
+        "with wrong credentials",
+    r"export MLFLOW_TRACKING_URI=https://tracking-host": "placeholder tracking host",
     r"mlflow run \. -e (compare|search) .*-P storage=postgresql":
         "placeholder PostgreSQL host; tests/test_workers.py runs such workers on a real PostgreSQL",
     r"python benchmarks/transfer_report\.py ": "36 arms on Fashion-MNIST, about 21 minutes on 2 cores",
