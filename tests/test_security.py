@@ -90,3 +90,13 @@ def test_a_crafted_checkpoint_in_a_shared_folder_runs_no_code(tmp_path):
     with pytest.raises(WeightsError, match="is not loadable as tensors and plain values"):
         checkpoints.read(tmp_path)
     assert not marker.exists()
+
+
+def test_only_reregister_unpickles_and_only_when_asked():
+    """No code path loads a pickle for weights, predict or resume: the one deliberate unpickle is
+    `freezeframe reregister` (tracking/legacy_models.py), for a model its owner vouches for."""
+    loaders = re.compile(r"mlflow\.(pytorch|pyfunc)\.load_model\(|weights_only\s*=\s*False|pickle\.loads?\(|"
+                         r"torch\.load\((?!.*weights_only=True)")  # a torch.load call on one line, as they are
+    found = {str(path.relative_to(ROOT)): loaders.findall(path.read_text())
+             for folder in ("freezeframe", "pipelines", "tracking") for path in (ROOT / folder).rglob("*.py")}
+    assert {path for path, hits in found.items() if hits} == {"tracking/legacy_models.py"}
