@@ -92,7 +92,9 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         epoch_s = time.perf_counter() - tick
         row = {"epoch": epoch, **train_metrics, **val_metrics, "lr": lr, "perf/epoch_s": epoch_s,
                "perf/images_per_s": len(loaders["train"].dataset) / max(train_seconds, 1e-9),
-               "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+               "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "perf/peak_memory_mb": memory.peak_mb(device)}  # so far: a pruned or failed run has it too
+        row["perf/steady_images_per_s"] = steady_images_per_s([*state.history, row])
         value = row[cfg.monitor]
         if (value > state.best_value) if mode == "max" else (value < state.best_value):
             state.best_value, state.best_epoch = value, epoch

@@ -64,7 +64,8 @@ def batch_size_ceiling(study: optuna.Study, url: str, spec: SearchSpec,
                 ceiling = find_ceiling(cfg, spec.batch_sizes)
                 study.set_user_attr(attr, ceiling.to_dict())
                 print(f"search: batch-size ceiling of {backbone} · {freeze} on {ceiling.device}: {ceiling.ceiling} "
-                      f"({len(ceiling.probes)} probe steps, {ceiling.seconds:.1f} s)", flush=True)
+                      f"({len(ceiling.probes)} probe step{'s' * (len(ceiling.probes) > 1)}, {ceiling.seconds:.1f} s)",
+                      flush=True)
             else:
                 ceiling = Ceiling.from_dict(cached)
         if ceiling.ceiling < spec.batch_sizes[0]:

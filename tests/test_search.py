@@ -126,6 +126,9 @@ def test_pruned_trials_end_killed_and_tagged(tracking_store, tmp_path, monkeypat
     assert {r.info.status for r in children} == {"KILLED"}
     assert {r.data.tags["optuna.state"] for r in children} == {"PRUNED"}
     assert all("pruned at epoch 1" in r.data.tags["error"] for r in children)
+    # what a trial cost is on its run even when it was stopped early
+    assert all(r.data.metrics["perf/peak_memory_mb"] > 0 and r.data.metrics["perf/steady_images_per_s"] > 0
+               for r in children)
     assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]  # stopped with the runs
 
 

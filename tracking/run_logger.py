@@ -144,7 +144,8 @@ class MlflowTracker:
                              step=fit.best_epoch)
             if fit.resumed_from_epoch:
                 mlflow.set_tag("resumed_from_epoch", str(fit.resumed_from_epoch))
-            numbers = {k: v for k, v in fit.extra.items() if isinstance(v, (int, float))}
+            per_epoch = fit.history[-1] if fit.history else {}  # already logged with each epoch
+            numbers = {k: v for k, v in fit.extra.items() if isinstance(v, (int, float)) and k not in per_epoch}
             if numbers:
                 self.log_metrics(numbers)
             mlflow.set_tags({k: str(v) for k, v in fit.extra.items() if not isinstance(v, (int, float))})
