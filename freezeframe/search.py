@@ -9,6 +9,7 @@ import optuna
 
 from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, run_child, work
 from pipelines.config import RunConfig, with_overrides
+from pipelines.errors import without_password
 from pipelines.run import slug
 from pipelines.search import (
     EpochReporter,
@@ -92,7 +93,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
 
     champion = work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id), report, propose=True,
                     n_trials=spec.n_trials, timeout=spec.timeout, max_trials=spec.max_trials)
-    print(f"study {spec.study_name}: {len(study.trials)} trials in {url}; parent run {parent.run_id}")
+    print(f"study {spec.study_name}: {len(study.trials)} trials in {without_password(url)}; parent run {parent.run_id}")
     best = champion_trial(study)
     if best is not None:
         values = ", ".join(f"{m} {v:.4f}" for m, v in zip(spec.objectives, best.values, strict=True))
