@@ -217,6 +217,7 @@ def part_search(args, tmp: str) -> Row:
     import optuna
 
     from freezeframe.cli import main
+    from pipelines.search import probes_in
     from pipelines.study_worker import REASON_ATTR
     from tracking.study_report import TWIN_ATTR
 
@@ -234,11 +235,10 @@ def part_search(args, tmp: str) -> Row:
     reused = sum(TWIN_ATTR in t.user_attrs for t in study.trials)  # a finished trial's params drawn again
     row.notes = (", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no trials") + \
         f" ({reused} reused)" * bool(reused)
-    for key, c in study.user_attrs.items():
-        if key.startswith("ceiling:"):
-            fit_all = "" if c["ceiling"] < s["search_high"] else " (all of the space fits: raise search_high)"
-            row.bare, row.ours = f"ceiling {c['ceiling']}{fit_all}", f"probe {c['seconds']:.1f} s"
-            row.notes += f"; {len(c['probes'])} probe steps, limit {c['limit_mb']:.0f} MB on {c['device']}"
+    for c in probes_in(study, study._storage).values():  # one probe: one backbone and policy
+        fit_all = "" if c["ceiling"] < s["search_high"] else " (all of the space fits: raise search_high)"
+        row.bare, row.ours = f"ceiling {c['ceiling']}{fit_all}", f"probe {c['seconds']:.1f} s"
+        row.notes += f"; {len(c['probes'])} probe steps, limit {c['limit_mb']:.0f} MB on {c['device']}"
     if code or reasons:
         row.failed = True
         row.notes = f"freezeframe search exited {code}: {reasons[0] if reasons else 'its error is above'}; {row.notes}"

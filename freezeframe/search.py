@@ -69,7 +69,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     url, storage = open_storage(args.storage)
     study = open_search(spec, url, storage, cfg.train.epochs)
     declared = spec.batch_sizes
-    spec, ceilings = batch_size_ceiling(study, url, spec, cfg)  # a smallest batch that does not fit: refused here
+    spec, ceilings = batch_size_ceiling(study, storage, url, spec, cfg)  # a smallest batch too big: refused here
     study.sampler = make_sampler(spec)  # the grid sampler's grid is the space as cut
     if spec.batch_sizes != declared:
         print(f"search: batch sizes cut to {spec.batch_sizes[0]}..{spec.batch_sizes[-1]} (the memory ceiling on "

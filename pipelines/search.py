@@ -15,7 +15,9 @@ from pipelines.errors import ConfigError
 from pipelines.search_space import SearchSpec, grid_space, trial_config
 from pipelines.studies import open_study, study_lock
 
-CEILING_ATTR = "ceiling:"  # + probe_key: a probe's result, kept in the study for reruns and other workers
+# + probe_key: a probe's result, kept as a study *system* attribute for reruns and other workers
+# (optuna-dashboard lists user attributes, where the MLflow links are: this cache is not for people)
+CEILING_ATTR = "freezeframe.ceiling:"
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -45,7 +47,7 @@ def open_search(spec: SearchSpec, url: str, storage: optuna.storages.BaseStorage
                       sampler=make_sampler(spec), pruner=make_pruner(spec, epochs))
 
 
-def batch_size_ceiling(study: optuna.Study, url: str, spec: SearchSpec,
+def batch_size_ceiling(study: optuna.Study, storage: optuna.storages.BaseStorage, url: str, spec: SearchSpec,
                        base: RunConfig) -> tuple[SearchSpec, list[Ceiling]]:
     """The space cut to the largest batch size that fits every (backbone, freeze) combination it holds.
 
@@ -59,10 +61,10 @@ def batch_size_ceiling(study: optuna.Study, url: str, spec: SearchSpec,
         cfg = trial_config(base, spec, {"batch_size": spec.batch_sizes[0], "backbone": backbone, "freeze": freeze})
         attr = CEILING_ATTR + probe_key(cfg)
         with study_lock(url, study.study_name):
-            cached = study.user_attrs.get(attr)  # read from the storage: another worker's probe counts
+            cached = probes_in(study, storage).get(attr)  # read from the storage: another worker's probe counts
             if cached is None:
                 ceiling = find_ceiling(cfg, spec.batch_sizes)
-                study.set_user_attr(attr, ceiling.to_dict())
+                storage.set_study_system_attr(study_id(study, storage), attr, ceiling.to_dict())
                 print(f"search: batch-size ceiling of {backbone} · {freeze} on {ceiling.device}: {ceiling.ceiling} "
                       f"({len(ceiling.probes)} probe step{'s' * (len(ceiling.probes) > 1)}, {ceiling.seconds:.1f} s)",
                       flush=True)
@@ -76,6 +78,16 @@ def batch_size_ceiling(study: optuna.Study, url: str, spec: SearchSpec,
                 f"{ceiling.limit_mb:.0f} MB {_limit_source(cfg)} on {ceiling.device}")
         found.append(ceiling)
     return spec.cut_to(min(c.ceiling for c in found)), found
+
+
+def probes_in(study: optuna.Study, storage: optuna.storages.BaseStorage) -> dict[str, dict]:
+    """The ceiling probes a study holds, by key."""
+    found = storage.get_study_system_attrs(study_id(study, storage))
+    return {k: v for k, v in found.items() if k.startswith(CEILING_ATTR)}
+
+
+def study_id(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    return storage.get_study_id_from_name(study.study_name)
 
 
 def _limit_source(cfg: RunConfig) -> str:
