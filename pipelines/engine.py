@@ -121,8 +121,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         confusion={"val": state.best_confusion, "test": test_confusion}, test_predictions=(y_true, y_pred),
         stopped_early=stopped_early, resumed_from_epoch=resumed_from,
         train_seconds=time.perf_counter() - started,
-        extra={"perf/steady_images_per_s": steady_images_per_s(state.history),
-               "perf/peak_memory_mb": memory.peak_mb(device), "perf/checkpoint_s": checkpoint_s},
+        extra={**_final_perf(state.history, device), "perf/checkpoint_s": checkpoint_s},
     )
 
 
@@ -137,6 +136,14 @@ def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: flo
     optimizer.add_param_group({"params": new, "lr": base_lr * progress, "initial_lr": base_lr})
     if scheduler is not None:
         scheduler.base_lrs.append(base_lr)
+
+
+def _final_perf(history: list[dict[str, float]], device: torch.device) -> dict[str, float]:
+    """The run's throughput and peak as its last epoch logged them (one value, not a second reading that
+    would also count the test pass); computed afresh for a history resumed from an older checkpoint."""
+    last = history[-1] if history else {}
+    return {"perf/steady_images_per_s": last.get("perf/steady_images_per_s", steady_images_per_s(history)),
+            "perf/peak_memory_mb": last.get("perf/peak_memory_mb", memory.peak_mb(device))}
 
 
 def steady_images_per_s(history: list[dict[str, float]]) -> float:
