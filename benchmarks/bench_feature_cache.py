@@ -1,8 +1,9 @@
 """The frozen-feature cache, side by side in one process (no MLflow: this measures the training side).
 
 (a) one feature-extraction pass over train/val/test, (b) a frozen run with the cache (extraction
-included), (c) the same frozen run without it. Prints (b)/(a) (goal <= 1.3: training the head on
-cached features costs little beyond the one pass) and (c)/(b), the cache's speed-up.
+included), (c) the same frozen run without it. Prints (b)/(a) (goal <= 1.05: training the head on
+cached features costs little beyond the one pass) and (c)/(b), the cache's speed-up. One extraction
+pass runs first, off the clock, so no side pays the process's first-call costs (oneDNN kernels).
 
     .venv/bin/python benchmarks/bench_feature_cache.py --epochs 10 --repeats 2
 """
@@ -44,6 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     extraction, cached, uncached, accuracy = [], [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
+        feature_cache.extract(prepare(config(args, "memory", f"{tmp}/warm-up")), batch_size=64)
         for i in range(args.repeats):
             prepared = prepare(config(args, "memory", f"{tmp}/e{i}"))
             start = time.perf_counter()
@@ -63,7 +65,8 @@ def main() -> None:
     e, c, u = (statistics.median(x) for x in (extraction, cached, uncached))
     print(f"\n{args.backbone} ({args.weights}) frozen, {args.epochs} epochs, digits at {args.image_size}px, "
           f"torch threads {torch.get_num_threads()}")
-    print(f"one extraction pass {e:.2f}s; cached run {c:.2f}s → {c / e:.2f}x a pass (goal <= 1.3)")
+    print(f"one extraction pass {e:.2f}s; cached run {c:.2f}s → {c / e:.2f}x a pass "
+          f"(goal <= 1.05: {'met' if c / e <= 1.05 else 'NOT met'})")
     print(f"uncached run {u:.2f}s → the cache is {u / c:.1f}x faster")
     print(f"test/acc cached {accuracy['cached']:.4f}, uncached {accuracy['uncached']:.4f}")
 

@@ -17,8 +17,9 @@ from tracking.session import tracked_run
 class TrackedRun:
     run_id: str
     outcome: RunOutcome
-    logging_seconds: float  # time spent in MLflow calls (model export excluded), for the benchmark
-    logging_breakdown: dict[str, float]  # the same by kind: setup, epochs, final metrics, plots, reports, ...
+    logging_seconds: float  # time the run waited on MLflow (model export excluded), for the benchmark
+    logging_breakdown: dict[str, float]  # the same by kind: setup, epochs, final metrics, weights, waiting, ...
+    background_breakdown: dict[str, float]  # the background writer's working time by kind: epochs, plots, reports
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
@@ -47,8 +48,8 @@ def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id
         tracker.log_setup(prepared, entry_point)
         try:
             outcome = execute(prepared, listeners=(tracker, *listeners))
+            tracker.log_outcome(outcome)
         except BaseException:
-            tracker.flush(raise_errors=False)  # the epochs it did reach the store before the run ends
+            tracker.flush(raise_errors=False)  # what was queued reaches the store before the run ends
             raise
-        tracker.log_outcome(outcome)
-    return TrackedRun(run.info.run_id, outcome, tracker.seconds, dict(tracker.timings))
+    return TrackedRun(run.info.run_id, outcome, tracker.seconds, dict(tracker.timings), tracker.background_seconds)

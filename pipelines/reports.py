@@ -1,4 +1,7 @@
-"""Figures of a run, as matplotlib Figures (the tracker decides where they go)."""
+"""Figures of a run, as matplotlib Figures (the tracker decides where they go).
+
+Built with the Figure API, not pyplot: no global figure registry, so the tracker's background
+thread can render them while training goes on, and nothing needs closing."""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs are scripts, not notebooks
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
@@ -17,7 +20,8 @@ from torchvision.utils import make_grid  # noqa: E402
 
 def confusion_figure(matrix: torch.Tensor, class_names: list[str], title: str) -> Figure:
     size = max(5.0, 0.45 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=class_names)
     display.plot(ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if len(class_names) > 6 else 0)
     ax.set_title(title)
@@ -28,7 +32,8 @@ def confusion_figure(matrix: torch.Tensor, class_names: list[str], title: str) -
 def curves_figure(history: list[dict[str, float]], title: str) -> Figure:
     """Loss, accuracy and macro-F1 per epoch, train against val."""
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ("loss", "acc", "f1_macro"), strict=True):
         for split, style in (("train", "--"), ("val", "-")):
             ax.plot(epochs, [row[f"{split}/{metric}"] for row in history], style, marker="o", label=split)
@@ -45,7 +50,8 @@ def curves_figure(history: list[dict[str, float]], title: str) -> Figure:
 def samples_figure(images: torch.Tensor, labels: list[int], class_names: list[str], title: str) -> Figure:
     """The inputs as the model sees them (resized, denormalised), with their labels."""
     grid = make_grid(images[:32], nrow=8, padding=2, pad_value=1.0).permute(1, 2, 0).numpy()
-    fig, ax = plt.subplots(figsize=(10, 10 * grid.shape[0] / grid.shape[1] + 0.8))
+    fig = Figure(figsize=(10, 10 * grid.shape[0] / grid.shape[1] + 0.8))
+    ax = fig.subplots()
     ax.imshow(grid)
     ax.axis("off")
     names = [class_names[i] for i in labels[:32]]
@@ -57,7 +63,8 @@ def samples_figure(images: torch.Tensor, labels: list[int], class_names: list[st
 
 def arm_curves_figure(curves: dict[str, tuple[list[int], list[float]]], metric: str, title: str) -> Figure:
     """One line per arm: how each backbone × policy × seed learned."""
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
     for label, (steps, values) in curves.items():
         ax.plot(steps, values, marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
@@ -72,7 +79,8 @@ def arm_curves_figure(curves: dict[str, tuple[list[int], list[float]]], metric: 
 
 def pareto_figure(points: list[dict], title: str) -> Figure:
     """Test accuracy against training time, one point per backbone × policy (mean ± std over seeds)."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     for p in points:
         ax.errorbar(p["train_s"], p["test_acc"], yerr=p["test_acc_std"], fmt="o", capsize=3)
         ax.annotate(p["label"], (p["train_s"], p["test_acc"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
@@ -87,7 +95,8 @@ def pareto_figure(points: list[dict], title: str) -> Figure:
 def delta_figure(paired: list[dict], title: str) -> Figure:
     """One bar per backbone × policy: its paired test-acc difference against frozen (above zero: that
     policy paid off), with the 95% CI as error bar where two or more shared seeds define it."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(paired) + 2), 4))
+    fig = Figure(figsize=(max(5, 1.1 * len(paired) + 2), 4))
+    ax = fig.subplots()
     labels = [f"{p['backbone']}\n{p['freeze']}" for p in paired]
     means = [p["delta"].mean for p in paired]
     ax.bar(labels, means, color=["tab:green" if v >= 0 else "tab:red" for v in means])
@@ -108,7 +117,8 @@ def params_figure(points: list[dict], title: str) -> Figure:
     names the backbone, marker the policy; error bars are the 95% CI over seeds where two or more define it.
     Points are nudged apart sideways (equal counts would hide each other: same-width heads, or unfrozen and
     layer_decay of one backbone), and the y axis stays within [0, 1] where a few-seed interval runs past it."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     colours = {b: f"C{i}" for i, b in enumerate(dict.fromkeys(p["backbone"] for p in points))}
     policies = list(dict.fromkeys(p["freeze"] for p in points))
     markers = {f: "osD^vP*X"[i % 8] for i, f in enumerate(policies)}
@@ -121,8 +131,8 @@ def params_figure(points: list[dict], title: str) -> Figure:
                     color=colours[p["backbone"]], markersize=7, alpha=0.85)
     low, high = ax.get_ylim()
     ax.set_ylim(max(low, 0.0), min(high, 1.0))
-    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=b) for b, c in colours.items()]
-    handles += [plt.Line2D([], [], color="grey", marker=m, linestyle="", label=f) for f, m in markers.items()]
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=b) for b, c in colours.items()]
+    handles += [Line2D([], [], color="grey", marker=m, linestyle="", label=f) for f, m in markers.items()]
     ax.legend(handles=handles, fontsize=8, loc="best")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")

@@ -43,6 +43,13 @@ class PreparedRun:
         name = slug(f"{self.backbone.full_name}-{self.cfg.model.freeze}-seed{self.cfg.seed}-{self.config_digest}")
         return Path(self.cfg.train.checkpoint_dir) / name
 
+    def input_samples(self, count: int = 32) -> tuple[torch.Tensor, list[int]]:
+        """The first train batch as the model sees it (denormalised to [0, 1]) and its labels, for the
+        inputs plot. Drawn with torch's RNG forked, so plotting changes nothing about training."""
+        with torch.random.fork_rng(devices=[]):
+            x, y = next(iter(make_loaders(self.data, count, 0, self.cfg.seed)["train"]))
+        return denormalize(x, self.backbone.preprocessing), y.tolist()
+
 
 @dataclass
 class RunOutcome:
@@ -50,8 +57,6 @@ class RunOutcome:
     fit: FitResult
     report_text: str
     report_dict: dict
-    sample_images: torch.Tensor  # a train batch denormalised to [0, 1], as the model sees it
-    sample_labels: list[int]
 
 
 def slug(text: str) -> str:
@@ -101,7 +106,6 @@ def _check_image_size(backbone: Backbone, size: int) -> None:
 def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunOutcome:
     cfg = prepared.cfg
     seed_everything(cfg.seed)
-    sample_x, sample_y = next(iter(make_loaders(prepared.data, 32, 0, cfg.seed)["train"]))
     model, train_cfg, extra = prepared.backbone.model, cfg.train, {}
     if not prepared.feature_cache.on:
         loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
@@ -127,6 +131,4 @@ def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunO
         prepared=prepared, fit=result,
         report_text=classification_report(y_true, y_pred, digits=4, **kwargs),
         report_dict=classification_report(y_true, y_pred, output_dict=True, **kwargs),
-        sample_images=denormalize(sample_x, prepared.backbone.preprocessing),
-        sample_labels=sample_y.tolist(),
     )

@@ -31,7 +31,8 @@ def test_fit_reports_every_epoch_and_tests_the_best(tiny_cfg):
     assert 1 <= fit.best_epoch <= 2
     assert "precision" in outcome.report_text and outcome.report_dict["accuracy"] == pytest.approx(
         fit.test["test/acc"], abs=1e-6)
-    assert outcome.sample_images.shape[1:] == (3, 32, 32) and 0 <= float(outcome.sample_images.min())
+    images, labels = outcome.prepared.input_samples()
+    assert images.shape[1:] == (3, 32, 32) and 0 <= float(images.min()) and len(labels) == len(images)
 
 
 def test_same_seed_same_results(tmp_path):
@@ -95,3 +96,28 @@ def test_frozen_policy_changes_no_backbone_weight(tmp_path):
     execute(prepared)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k].cpu()) for k in before)
+
+
+def test_a_checkpoint_keeps_the_best_epoch_without_a_second_copy_of_the_network(tmp_path):
+    from torch import nn
+
+    from pipelines import checkpoints
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Linear(64, 3))
+    model[0].requires_grad_(False)  # frozen: its tensors never change, so the best epoch's equal the current
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    state = checkpoints.TrainState(epoch=1, best_epoch=1, best_value=0.5, best_state=best)
+    size_best_now = checkpoints.save(tmp_path / "a", state, model, optimizer, None, scaler, None).stat().st_size
+    with torch.no_grad():
+        model[2].weight.add_(1.0)  # a later, worse epoch moved the head
+    state.epoch = 2
+    checkpoints.save(tmp_path / "b", state, model, optimizer, None, scaler, None)
+    restored = checkpoints.restore(checkpoints.read(tmp_path / "b"), model, optimizer, None, scaler, None)
+    assert restored.best_state.keys() == best.keys()
+    assert all(torch.equal(restored.best_state[k], v) for k, v in best.items())
+    assert not torch.equal(restored.best_state["2.weight"], model.state_dict()["2.weight"])
+    network_bytes = sum(v.numel() * v.element_size() for v in best.values())
+    assert size_best_now < 1.5 * network_bytes  # the network once, not twice

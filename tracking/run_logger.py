@@ -13,9 +13,8 @@ import importlib.metadata
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from pipelines import portable, reports
 from pipelines.config import RunConfig
 from pipelines.engine import copy_model
 from pipelines.run import PreparedRun, RunOutcome
-from tracking import model_store
+from tracking import background, model_store
 from tracking import tags as t
 from tracking.session import git_commit
 
@@ -61,19 +60,25 @@ def run_tags(prepared: PreparedRun, entry_point: str) -> dict[str, str]:
 
 
 class MlflowTracker:
-    """An engine listener: each epoch's metrics go to the active run in one log_batch call."""
+    """An engine listener: each epoch's metrics go to the run in one log_batch call, written by the
+    background thread (tracking/background.py) while the next epoch trains; figures and reports too."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.client = MlflowClient()
-        # seconds spent in each kind of MLflow call, for the benchmark's breakdown of fixed costs
+        # seconds the run's own thread spent in MLflow calls or waiting for the background writes, by
+        # kind; and the background thread's working time by kind (off the run's path, not its CPU)
         self.timings: dict[str, float] = collections.defaultdict(float)
-        self._pending: list = []  # MLflow's futures for epochs not yet confirmed by the store
+        self.jobs = background.Jobs()
 
     @property
     def seconds(self) -> float:
-        """Time spent logging, the model export (optional, and slow) excepted."""
+        """Time the run waited on logging, the model export (optional, and slow) excepted."""
         return sum(v for k, v in self.timings.items() if k != "model")
+
+    @property
+    def background_seconds(self) -> dict[str, float]:
+        return dict(self.jobs.busy)
 
     @contextlib.contextmanager
     def _timed(self, what: str) -> Iterator[None]:
@@ -84,33 +89,39 @@ class MlflowTracker:
             self.timings[what] += time.perf_counter() - tick
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Queued on MLflow's async logging thread, so the next epoch trains while the store writes.
-        At most one epoch is in flight: the previous one's write is awaited here (it had a whole epoch
-        to finish), so a store that went away stops the run an epoch later, not at its end; flush()
+        """Queued for the background thread, so the next epoch trains while the store writes. At most
+        one epoch is in flight: the previous one's write is awaited here (it had a whole epoch to
+        finish), so a store that went away stops the run an epoch later, not at its end; flush()
         waits for the last before the run may end FINISHED."""
         with self._timed("epochs"):
             now = int(time.time() * 1000)
             batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-            self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
-            while len(self._pending) > 1:
-                self._pending.pop(0).wait()
+            self.jobs.submit("epochs", lambda: self.client.log_batch(self.run_id, metrics=batch))
+            self.jobs.wait("epochs", keep=1)
 
     def flush(self, raise_errors: bool = True) -> None:
-        """Wait until the store has every queued epoch; a failed write raises (the run then ends FAILED,
+        """Wait until the store has every queued write; a failed one raises (the run then ends FAILED,
         or with the tracking-lost error when the store is gone)."""
-        pending, self._pending = self._pending, []
-        try:
-            with self._timed("epochs"):
-                for operation in pending:
-                    operation.wait()
-        except mlflow.exceptions.MlflowException:
-            if raise_errors:
-                raise
+        with self._timed("waiting for background writes"):
+            self.jobs.wait_all(raise_errors=raise_errors)
 
     def log_setup(self, prepared: PreparedRun, entry_point: str) -> None:
-        """Before training: the config, tags, dataset lineage and model size, so a dying run still says what it was."""
+        """Before training: the config, tags, dataset lineage and model size, so a dying run still says
+        what it was; the inputs plot is drawn here and rendered while the first epoch trains."""
         with self._timed("setup"):
             self._log_setup(prepared, entry_point)
+            if prepared.cfg.tracking.log_plots:
+                images, labels = prepared.input_samples()
+                title = f"inputs as the model sees them · {run_name(prepared.cfg)}"
+                self._log_figures_later(lambda: {"plots/input_samples.png": reports.samples_figure(
+                    images, labels, prepared.data.class_names, title)})
+
+    def _log_figures_later(self, figures: Callable[[], dict]) -> None:
+        def job() -> None:
+            for path, figure in figures().items():
+                self.client.log_figure(self.run_id, figure, path)
+
+        self.jobs.submit("plots", job)
 
     def _log_setup(self, prepared: PreparedRun, entry_point: str) -> None:
         cfg = prepared.cfg
@@ -133,10 +144,18 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
     def log_outcome(self, outcome: RunOutcome) -> None:
-        self.flush()
+        """The end of the run: figures and reports go to the background thread, the final metrics and
+        the weights are written meanwhile, then everything is awaited (the run ends after this)."""
+        with self._timed("epochs"):
+            self.jobs.wait("epochs")  # a store lost in the last epoch fails here, before more is queued
         fit, prepared = outcome.fit, outcome.prepared
         names = prepared.data.class_names
         monitor = prepared.cfg.train.monitor
+        if prepared.cfg.tracking.log_plots:
+            self._log_figures_later(lambda: _figures(outcome, run_name(prepared.cfg)))
+        confusion = {split: m.tolist() for split, m in fit.confusion.items() if m is not None}
+        history = {"history": fit.history, "confusion": confusion, "class_names": names}
+        self.jobs.submit("reports", lambda: self._log_reports(outcome.report_text, outcome.report_dict, history))
         with self._timed("final metrics"):
             self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{monitor}": fit.best_value,
                               "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early),
@@ -149,24 +168,19 @@ class MlflowTracker:
             if numbers:
                 self.log_metrics(numbers)
             mlflow.set_tags({k: str(v) for k, v in fit.extra.items() if not isinstance(v, (int, float))})
-        with self._timed("plots"):
-            figures = _figures(outcome, run_name(prepared.cfg)) if prepared.cfg.tracking.log_plots else {}
-            for path, figure in figures.items():
-                mlflow.log_figure(figure, path)
-                plt.close(figure)
-        with self._timed("reports"):
-            mlflow.log_text(outcome.report_text, "reports/classification_report.txt")
-            mlflow.log_dict(outcome.report_dict, "reports/classification_report.json")
-            # The best epoch's val confusion matrix as numbers: a second PNG costs a third of a second per run.
-            confusion = {split: m.tolist() for split, m in fit.confusion.items() if m is not None}
-            mlflow.log_dict({"history": fit.history, "confusion": confusion, "class_names": names},
-                            "reports/history.json")
         if prepared.cfg.tracking.log_model:
             with self._timed("model"):  # optional and slow: timed apart
                 log_model(prepared)
         else:
             with self._timed("weights"):
                 _log_state_dict(prepared)
+        self.flush()
+
+    def _log_reports(self, text: str, report: dict, history: dict) -> None:
+        self.client.log_text(self.run_id, text, "reports/classification_report.txt")
+        self.client.log_dict(self.run_id, report, "reports/classification_report.json")
+        # The best epoch's val confusion matrix as numbers: a second PNG costs a third of a second per run.
+        self.client.log_dict(self.run_id, history, "reports/history.json")
 
 
 def _figures(outcome: RunOutcome, title: str) -> dict:
@@ -174,8 +188,6 @@ def _figures(outcome: RunOutcome, title: str) -> dict:
     return {
         "plots/training_curves.png": reports.curves_figure(fit.history, title),
         "plots/confusion_matrix_test.png": reports.confusion_figure(fit.confusion["test"], names, f"test · {title}"),
-        "plots/input_samples.png": reports.samples_figure(outcome.sample_images, outcome.sample_labels, names,
-                                                          f"inputs as the model sees them · {title}"),
     }
 
 
@@ -246,5 +258,6 @@ def _quiet(logger_name: str):
 
 
 def _log_state_dict(prepared: PreparedRun) -> None:
-    """Without an MLflow model, the weights still go to the run: checkpoint/ as safetensors + JSON."""
-    model_store.log_run_weights(copy_model(prepared.backbone.model), model_metadata(prepared))
+    """Without an MLflow model, the weights still go to the run: checkpoint/ as safetensors + JSON. The live
+    model's tensors are copied to the CPU as they are written, so no whole-module copy is needed first."""
+    model_store.log_run_weights(prepared.backbone.model, model_metadata(prepared))
