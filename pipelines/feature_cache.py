@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from timm.layers import DropPath
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from pipelines.data import SPLITS
 from pipelines.freezing import head_prefix
@@ -142,11 +142,17 @@ def extract(prepared, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Te
 
 def head_loaders(found: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int,
                  seed: int) -> dict[str, DataLoader]:
-    """Loaders over cached features, shuffled by the same seeded generator as the image loaders."""
+    """Loaders over cached features, shuffled by the same seeded generator as the image loaders (so the
+    same batches), each batch one indexing of the tensors: a feature vector is too small to fetch and
+    collate one by one (that was most of a head epoch's time)."""
     generator = torch.Generator().manual_seed(seed)
-    return {split: DataLoader(TensorDataset(*found[split]), batch_size=batch_size, shuffle=split == "train",
-                              generator=generator if split == "train" else None)
-            for split in SPLITS}
+    loaders = {}
+    for split in SPLITS:
+        dataset = TensorDataset(*found[split])
+        order = (RandomSampler(dataset, generator=generator) if split == "train" else SequentialSampler(dataset))
+        loaders[split] = DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False),
+                                    generator=generator if split == "train" else None)
+    return loaders
 
 
 def head_module(model: nn.Module) -> nn.Module:

@@ -38,7 +38,14 @@ def test_compare_and_search_through_a_tracking_server(server_tracking, tmp_path)
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {r.data.tags["freeze"] for r in children} == {"frozen", "unfrozen"}
-    assert all(len(client.get_metric_history(r.info.run_id, "val/acc")) == 2 for r in children)
+    # written by the background thread, and all in the store by the time the run says FINISHED
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1, 2]
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "plots")} == {
+            "plots/input_samples.png", "plots/training_curves.png", "plots/confusion_matrix_test.png"}
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "reports")} == {
+            "reports/classification_report.txt", "reports/classification_report.json", "reports/history.json"}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "summary")} == {
         "summary/summary.md", "summary/summary.csv"}
     local = client.download_artifacts(children[0].info.run_id, "plots/training_curves.png", str(tmp_path))

@@ -70,6 +70,38 @@ def test_a_failing_run_ends_failed_with_its_reason(tracking_store, tmp_path):
     assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: disk full"
 
 
+def test_a_background_write_that_fails_fails_the_run(tracking_store, tmp_path, monkeypatch):
+    """Figures render on the background thread: their failure still reaches the run, which ends FAILED
+    with it (never FINISHED without its artifacts), and the epochs queued before it are in the store."""
+    from pipelines import reports
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot render")
+
+    monkeypatch.setattr(reports, "curves_figure", broken)
+    with pytest.raises(ValueError, match="cannot render"):
+        run_tracked(prepare_run(load_config(None, tiny_overrides(tmp_path))), entry_point="train")
+    (run,) = runs_in(tracking_store)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: cannot render"
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val/acc")] == [1, 2]
+
+
+def test_background_jobs_run_in_order_and_a_failure_raises_once_awaited():
+    from tracking.background import Jobs
+
+    jobs, done = Jobs(), []
+    for i in range(5):
+        jobs.submit("epochs", lambda i=i: (time.sleep(0.01 * (5 - i)), done.append(i)))
+    jobs.submit("plots", lambda: 1 / 0)
+    jobs.wait("epochs", keep=1)  # all but the newest epoch: the failing plot is not awaited yet
+    assert done[:4] == [0, 1, 2, 3]
+    with pytest.raises(ZeroDivisionError):
+        jobs.wait_all()
+    assert done == [0, 1, 2, 3, 4] and set(jobs.busy) == {"epochs", "plots"}
+    jobs.submit("plots", lambda: 1 / 0)
+    jobs.wait_all(raise_errors=False)  # a run failing already: its own error is the one to report
+
+
 def test_interrupted_run_ends_killed(tracking_store, tmp_path):
     class CtrlC:
         def on_epoch_end(self, epoch, metrics):

@@ -21,7 +21,9 @@ from mlflow.tracking import MlflowClient
 from pipelines.errors import FreezeframeError, first_line
 from tracking import tags as tag_names
 
-SYSTEM_METRICS_INTERVAL_S = 5.0  # seconds between system/* samples: a 30 s run gets 6; each costs ~25 ms of CPU
+# seconds between system/* samples, MLflow's own default: each sample costs ~25 ms of CPU and a write, and
+# at 5 s the monitor cost ~1 % of a 2-core run (benchmarks/bench_overhead.py --system-metrics compare)
+SYSTEM_METRICS_INTERVAL_S = 10.0
 
 _log = logging.getLogger(__name__)
 _UNREAD = object()
