@@ -10,6 +10,7 @@ each repeat, to price the sampling thread.
 
     .venv/bin/python benchmarks/bench_overhead.py --freeze frozen --epochs 3 --repeats 3
     .venv/bin/python benchmarks/bench_overhead.py --system-metrics compare --epochs 2 --repeats 2
+    .venv/bin/python benchmarks/bench_overhead.py --plots off --epochs 8 --repeats 3
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def _overrides(args) -> dict:
             "train.lr": args.lr, "train.scheduler": "constant", "train.weight_decay": 0.0,
             "data.image_size": args.image_size, "data.max_samples": args.max_samples,
             "tracking.log_model": False, "tracking.experiment_name": "bench",
+            "tracking.log_plots": getattr(args, "plots", "on") == "on",
             "data.feature_cache": "off"}  # like for like: benchmarks/bench_feature_cache.py measures the cache
 
 
@@ -131,6 +133,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--max-samples", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plots", default="on", choices=["on", "off"],
+                        help="tracking.log_plots: off prices the three figures (their CPU is the biggest fixed cost)")
     parser.add_argument("--system-metrics", default="on", choices=["on", "off", "compare"],
                         help="tracking.system_metrics for the freezeframe runs; compare: both, each repeat")
     args = parser.parse_args()
@@ -161,7 +165,7 @@ def main() -> None:
                 for v in variants), flush=True)
     b = statistics.median(bare)
     print(f"\n{args.freeze}, {args.epochs} epochs, digits at {args.image_size}px, batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, plots {args.plots}")
     for variant in variants:
         o, logged = statistics.median(ours[variant]), statistics.median(logging_s[variant])
         print(f"system metrics {_on(variant)}: median wall: bare PyTorch {b:.2f}s, freezeframe {o:.2f}s → "
