@@ -175,7 +175,12 @@ class _Stepper:
     def run_epoch(self, loader: DataLoader, train: bool, desc: str, keep_predictions: bool = False):
         split = "train" if train else ("val" if not keep_predictions else "test")
         self.model.train(train)
-        loss_sum, count, preds, targets = 0.0, 0, [], []
+        count, batches, preds, targets = 0, 0, [], []
+        # The loss is summed on the device and looked at every `check_every` batches: each look is a
+        # host-device sync, which on CUDA would stall the queue of kernels once a batch (on the CPU it
+        # is free, so every batch is checked before its step).
+        loss_sum = torch.zeros((), device=self.device)
+        check_every = 1 if self.device.type == "cpu" else 16
         grad_mode = torch.enable_grad() if train else torch.inference_mode()
         with grad_mode:
             for x, y in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
@@ -183,9 +188,10 @@ class _Stepper:
                 with autocast_context(self.device, self.amp):
                     logits = self.model(x)
                     loss = self.criterion(logits, y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"{split} loss became {loss.item()} at batch {count // len(y) + 1} "
-                                        f"(lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr")
+                loss_sum += loss.detach().float() * len(y)
+                batches += 1
+                if batches % check_every == 0:
+                    self._check_finite(loss_sum, split, batches)
                 if train:
                     memory.check_limit(self.memory_limit_mb)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -196,15 +202,21 @@ class _Stepper:
                 # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
                 preds.append(logits.detach().argmax(1))
                 targets.append(y)
-                loss_sum += loss.item() * len(y)
                 count += len(y)
+        self._check_finite(loss_sum, split, batches)
         if preds:
             self.metrics.update(torch.cat(preds), torch.cat(targets))
         values, confusion = compute(self.metrics, split)
-        values[f"{split}/loss"] = loss_sum / max(count, 1)
+        values[f"{split}/loss"] = loss_sum.item() / max(count, 1)
         if keep_predictions:
             return values, confusion, torch.cat(targets).cpu().numpy(), torch.cat(preds).cpu().numpy()
         return values, confusion
+
+    def _check_finite(self, loss_sum: torch.Tensor, split: str, batches: int) -> None:
+        if not torch.isfinite(loss_sum):
+            where = f"at batch {batches}" if self.device.type == "cpu" else f"by batch {batches}"
+            raise TrainingError(f"{split} loss became {loss_sum.item()} {where} "
+                                f"(lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr")
 
     def evaluate_with_predictions(self, loader: DataLoader):
         return self.run_epoch(loader, train=False, desc="test", keep_predictions=True)
