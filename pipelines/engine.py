@@ -203,13 +203,15 @@ class _Stepper:
                 preds.append(logits.detach().argmax(1))
                 targets.append(y)
                 count += len(y)
-        self._check_finite(loss_sum, split, batches)
+        if batches % check_every:  # the batches since the last check
+            self._check_finite(loss_sum, split, batches)
+        predicted, true = (torch.cat(preds), torch.cat(targets)) if preds else (torch.empty(0, dtype=torch.long),) * 2
         if preds:
-            self.metrics.update(torch.cat(preds), torch.cat(targets))
+            self.metrics.update(predicted, true)
         values, confusion = compute(self.metrics, split)
         values[f"{split}/loss"] = loss_sum.item() / max(count, 1)
         if keep_predictions:
-            return values, confusion, torch.cat(targets).cpu().numpy(), torch.cat(preds).cpu().numpy()
+            return values, confusion, true.cpu().numpy(), predicted.cpu().numpy()
         return values, confusion
 
     def _check_finite(self, loss_sum: torch.Tensor, split: str, batches: int) -> None:
