@@ -16,20 +16,16 @@ One process per worker (one torch thread), all started at once; Optuna's default
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 import wsgiref.util
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -39,45 +35,14 @@ from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.conftest import serving_mlflow  # noqa: E402 - the suite's `mlflow server`, started one way
+
 METRIC = "bench/value"
 MIRRORED = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "RUNNING": "RUNNING", "WAITING": "SCHEDULED"}
 
 
 def trivial(trial: optuna.Trial) -> float:
     return 1 - abs(trial.suggest_int("batch_size", 8, 256, step=8) - 96) / 256
-
-
-def answers(url: str) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2):
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    """A real `mlflow server` on a free loopback port, stopped on the way out whatever happened."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    with open(folder / "mlflow-server.log", "w") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", port,
-             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-        try:
-            deadline = time.monotonic() + 180  # a loaded machine
-            while not answers(f"http://127.0.0.1:{port}/health"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"mlflow server did not start: see {log.name}")
-                time.sleep(0.5)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def mlflow_worker(args) -> None:
@@ -225,7 +190,7 @@ def main() -> None:
         return
     if args.quick:
         args.workers, args.trials = 2, 3
-    with tempfile.TemporaryDirectory() as tmp, mlflow_server(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory() as tmp, serving_mlflow(Path(tmp), seconds=180) as server:
         os.environ["MLFLOW_TRACKING_URI"] = server
         results = [bench_mlflow_storage(server, args),
                    bench_freezeframe(server, args, f"journal:{tmp}/optuna.journal", "journal file")]

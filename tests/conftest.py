@@ -42,11 +42,12 @@ def empty_store(tmp_path_factory) -> Path:
 
 
 def store_in(folder: Path, name: str = "mlflow.db") -> str:
-    """`sqlite:///<folder>/<name>`, a fresh empty store (copied, unless the test made one there already)."""
+    """`sqlite:///<folder>/<name>`, a fresh empty store (copied, unless the test made one there already;
+    outside pytest, as in the benchmarks, there is no copy to take and MLflow creates it)."""
     import shutil
 
     target = folder / name
-    if not target.exists():
+    if _EMPTY_STORE and not target.exists():
         shutil.copyfile(_EMPTY_STORE[0], target)
     return f"sqlite:///{target}"
 
@@ -134,9 +135,11 @@ SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @contextlib.contextmanager
-def serving_mlflow(folder: Path, extra_args: tuple[str, ...] = (), env: dict | None = None) -> Iterator[str]:
+def serving_mlflow(folder: Path, extra_args: tuple[str, ...] = (), env: dict | None = None,
+                   seconds: float = 60) -> Iterator[str]:
     """A real `mlflow server` process on a free loopback port, with a sqlite backend and artifact store in
-    `folder`; `extra_args` and `env` for variants (`--app-name basic-auth` and its settings)."""
+    `folder`; `extra_args` and `env` for variants (`--app-name basic-auth` and its settings). Also the
+    benchmarks' server (benchmarks/bench_study_storage.py); `seconds` to wait for it to answer."""
     import subprocess
     import sys
 
@@ -149,7 +152,7 @@ def serving_mlflow(folder: Path, extra_args: tuple[str, ...] = (), env: dict | N
         stdout=log, stderr=subprocess.STDOUT, cwd=folder, env={**SERVER_ENV, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{url}/health", process=process)
+        wait_for_http(f"{url}/health", seconds, process=process)
         yield url
     finally:
         process.terminate()
