@@ -25,6 +25,7 @@ from torch import nn
 from pipelines.backbones import build_backbone
 from pipelines.config import RunConfig
 from pipelines.datasets import load_dataset
+from pipelines.engine import optimizer_step
 from pipelines.errors import first_line
 from pipelines.freezing import apply_policy, parse_policy
 from pipelines.memory import available_mb, in_use_mb, peak_mb, reset_peak
@@ -135,10 +136,7 @@ class _StepProbe:
             y = torch.randint(0, self.classes, (batch_size,), device=self.device)
             with autocast_context(self.device, self.cfg.train.amp):
                 loss = self.criterion(self.model(x), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            optimizer_step(loss, self.optimizer, self.scaler)
             del x, y, loss
             peak = peak_mb(self.device)
         except torch.OutOfMemoryError:

@@ -194,10 +194,7 @@ class _Stepper:
                     self._check_finite(loss_sum, split, batches)
                 if train:
                     memory.check_limit(self.memory_limit_mb)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
+                    optimizer_step(loss, self.optimizer, self.scaler)
                 # the metrics take the epoch's predicted classes in one update at its end: per batch, their
                 # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
                 preds.append(logits.detach().argmax(1))
@@ -222,6 +219,15 @@ class _Stepper:
 
     def evaluate_with_predictions(self, loader: DataLoader):
         return self.run_epoch(loader, train=False, desc="test", keep_predictions=True)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward and one optimizer step, loss-scaled when fp16 needs it: every training step, and the
+    batch-size ceiling probe's (pipelines/ceiling.py), so the probe measures the step that trains."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def copy_model(model: nn.Module) -> nn.Module:
