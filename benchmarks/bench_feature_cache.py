@@ -24,9 +24,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from pipelines import feature_cache  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.run import execute, prepare  # noqa: E402
+from pipelines.training import feature_cache  # noqa: E402
+from pipelines.training.run import execute, prepare  # noqa: E402
 
 
 def config(args, cache: str, folder: str):

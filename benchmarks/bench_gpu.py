@@ -41,16 +41,21 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import tracking  # noqa: E402,F401 - MLflow environment defaults
-from pipelines import feature_cache, lite_weights  # noqa: E402
-from pipelines.backbones import Preprocessing  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.data import SPLITS, build_data, make_loaders  # noqa: E402
-from pipelines.datasets import load_dataset  # noqa: E402
-from pipelines.engine import steady_images_per_s  # noqa: E402
+from pipelines.data.loaders import (
+    Preprocessing,  # noqa: E402
+    build_data,
+    make_loaders,
+)
+from pipelines.data.sources import load_dataset  # noqa: E402
+from pipelines.data.splits import SPLITS  # noqa: E402
 from pipelines.errors import first_line  # noqa: E402
-from pipelines.memory import in_use_mb  # noqa: E402
-from pipelines.run import execute, prepare  # noqa: E402
-from pipelines.runtime import free_memory, seed_everything  # noqa: E402
+from pipelines.models import lite_wheels
+from pipelines.training import feature_cache  # noqa: E402
+from pipelines.training.engine import steady_images_per_s  # noqa: E402
+from pipelines.training.memory import in_use_mb  # noqa: E402
+from pipelines.training.run import execute, prepare  # noqa: E402
+from pipelines.training.runtime import free_memory, seed_everything  # noqa: E402
 
 NO_CUDA = "bench_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False): nothing measured"
 GPU = dict(backbone="tf_efficientnet_lite0", weights="imagenet", image=224, samples=0, batch=128, epochs=8,
@@ -73,7 +78,7 @@ class Row:
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The product's rule (pipelines/runtime.py): AMP on CUDA only, bf16 where the GPU has it."""
+    """The product's rule (pipelines/training/runtime.py): AMP on CUDA only, bf16 where the GPU has it."""
     return None if device.type != "cuda" else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -106,7 +111,7 @@ def bare_setup(cfg, device: torch.device, classes: bool = True):
     raw, name = load_dataset(cfg.data.dataset), cfg.model.backbone.removeprefix("timm/")
     model = timm.create_model(name, drop_rate=0.0)
     if cfg.model.weights == "imagenet":
-        lite_weights.load_into(model, name)
+        lite_wheels.load_into(model, name)
     model.reset_classifier(len(raw.class_names) if classes else 0)  # 0: pooled features, what the cache keeps
     dc = timm.data.resolve_model_data_config(model)
     data = build_data(cfg.data, raw, Preprocessing(dc["mean"], dc["std"], dc["interpolation"]))
@@ -179,7 +184,7 @@ def part_cache(args, tmp: str) -> Row:
     row = Row("cache", f"{s['backbone']} frozen {s['image']} px, feature extraction over train+val+test")
     cfg = load_config(None, overrides(args, "frozen", 2, s["samples"], tmp))
     model, data = bare_setup(cfg, args.device, classes=False)
-    images, batch = sum(len(d) for d in data.datasets.values()), max(64, s["batch"])  # pipelines/run.py's batch
+    images, batch = sum(len(d) for d in data.datasets.values()), max(64, s["batch"])  # the run's extraction batch
     bare, ours = [], []
     for _ in range(2):  # alternated, best of two: each side's first pass pays for its warm-up
         bare.append(images / bare_extract(model, data, batch, args.workers, args.device))
@@ -217,9 +222,9 @@ def part_search(args, tmp: str) -> Row:
     import optuna
 
     from freezeframe.cli import main
-    from pipelines.search import probes_in
-    from pipelines.study_worker import REASON_ATTR
-    from tracking.study_report import TWIN_ATTR
+    from pipelines.studies.search_study import probes_in
+    from pipelines.studies.worker import REASON_ATTR
+    from tracking.studies.study_report import TWIN_ATTR
 
     s, (path, samples) = args.sizes, search_experiment(args, tmp)
     row = Row("search", f"6 trials, {s['backbone']} unfrozen {s['search_image']} px, batch 8..{s['search_high']}, "

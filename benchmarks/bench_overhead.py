@@ -32,12 +32,15 @@ from torch import nn  # noqa: E402
 
 import tracking  # noqa: E402,F401 - MLflow environment defaults
 from freezeframe.single_run import prepare_run, run_tracked  # noqa: E402
-from pipelines import lite_weights  # noqa: E402
-from pipelines.backbones import Preprocessing  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.data import build_data, make_loaders  # noqa: E402
-from pipelines.datasets import load_dataset  # noqa: E402
-from pipelines.runtime import seed_everything  # noqa: E402
+from pipelines.data.loaders import (  # noqa: E402
+    Preprocessing,  # noqa: E402
+    build_data,
+    make_loaders,
+)
+from pipelines.data.sources import load_dataset  # noqa: E402
+from pipelines.models import lite_wheels  # noqa: E402
+from pipelines.training.runtime import seed_everything  # noqa: E402
 
 OTHER = "other (run start and end, test pass, classification report)"
 
@@ -50,7 +53,7 @@ def bare_pytorch(args) -> tuple[float, float, float]:
     start, cpu = time.perf_counter(), time.process_time()
     seed_everything(0)
     raw = load_dataset("digits")
-    model = lite_weights.load_into(timm.create_model("tf_efficientnet_lite0", drop_rate=0.0), "tf_efficientnet_lite0")
+    model = lite_wheels.load_into(timm.create_model("tf_efficientnet_lite0", drop_rate=0.0), "tf_efficientnet_lite0")
     model.reset_classifier(len(raw.class_names))
     if args.freeze == "frozen":
         for name, p in model.named_parameters():

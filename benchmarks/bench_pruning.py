@@ -35,9 +35,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import optuna  # noqa: E402
 
 from pipelines.config import load_config  # noqa: E402
-from pipelines.run import execute, prepare  # noqa: E402
-from pipelines.search import EpochReporter, finished_twin, make_pruner, make_sampler  # noqa: E402
-from pipelines.search_space import parse_search, suggest, trial_config  # noqa: E402
+from pipelines.studies.search_space import parse_search, suggest, trial_config  # noqa: E402
+from pipelines.studies.search_study import EpochReporter, finished_twin, make_pruner, make_sampler  # noqa: E402
+from pipelines.training.run import execute, prepare  # noqa: E402
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 GOAL_REGRET_PP, GOAL_COMPUTE = 0.5, 0.35

@@ -7,7 +7,7 @@ import itertools
 
 from scipy import stats
 
-from pipelines.stats import verdict
+from pipelines.reports.stats import verdict
 
 # ImageNet top-1 (%) of the float models, as published with EfficientNet-Lite (Google, 2020:
 # github.com/tensorflow/tpu, models/official/efficientnet/lite/README.md), and their native input sizes.

@@ -36,13 +36,14 @@ import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from benchmarks.transfer_findings import ci, pct, published_findings, short  # noqa: E402
-from pipelines import reports  # noqa: E402
-from pipelines.compare import arm_configs, parse_comparison  # noqa: E402
 from pipelines.config import load_experiment  # noqa: E402
-from pipelines.stats import verdict  # noqa: E402
-from pipelines.summary import REFERENCE, group_rows, markdown, paired_rows  # noqa: E402
-from tracking import parent_run, tags  # noqa: E402
-from tracking.comparison_report import arm_record, current_attempts  # noqa: E402
+from pipelines.reports import figures  # noqa: E402
+from pipelines.reports.stats import verdict  # noqa: E402
+from pipelines.reports.tables import REFERENCE, group_rows, markdown, paired_rows  # noqa: E402
+from pipelines.studies.arms import arm_configs, parse_comparison  # noqa: E402
+from tracking import tags  # noqa: E402
+from tracking.studies import parent_run  # noqa: E402
+from tracking.studies.comparison_report import arm_record, current_attempts  # noqa: E402
 
 VERSIONED = ("torch", "torchvision", "timm", "mlflow", "optuna", "scipy")
 
@@ -171,16 +172,16 @@ def write_report(records: list[dict], meta: dict, report_path: Path) -> None:
     rows = sorted(group_rows(records), key=lambda r: rank.get((r["backbone"], r["freeze"]), (99, 99)))
     paired = [p for p in paired_rows(rows) if p["delta"] is not None]
     failed = [r for r in records if r["status"] != "FINISHED"]
-    figures = {
-        "accuracy_vs_params.png": reports.params_figure(
+    plots = {
+        "accuracy_vs_params.png": figures.params_figure(
             [{**r, "backbone": short(r["backbone"])} for r in rows], "Test accuracy vs trainable parameters"),
-        "accuracy_vs_time.png": reports.pareto_figure(
+        "accuracy_vs_time.png": figures.pareto_figure(
             [{"label": f"{short(r['backbone'])} · {r['freeze']}", "train_s": r["train_s"], "test_acc": r["test_acc"],
               "test_acc_std": r["test_acc_std"]} for r in rows], "Test accuracy vs training time (mean ± std)"),
-        "policy_vs_frozen.png": reports.delta_figure(
+        "policy_vs_frozen.png": figures.delta_figure(
             [{**p, "backbone": short(p["backbone"])} for p in paired], "Each policy against frozen, paired on seeds"),
     }
-    for name, fig in figures.items():
+    for name, fig in plots.items():
         fig.savefig(figdir / name, dpi=120)
         plt.close(fig)
     rel = figdir.name
@@ -207,7 +208,7 @@ def write_report(records: list[dict], meta: dict, report_path: Path) -> None:
     lines += published_findings(rows, paired, meta)
     lines += ["", "## Appendix: the parent run's summary table", "", markdown(rows, failed), ""]
     report_path.write_text("\n".join(lines))
-    print(f"wrote {report_path} and {len(figures)} figures in {figdir}")
+    print(f"wrote {report_path} and {len(plots)} figures in {figdir}")
 
 
 def main() -> None:

@@ -142,7 +142,7 @@ def _interrupt(signum, frame):
 
 
 def _close_launcher_run(message: str) -> None:
-    from tracking.session import fail_launcher_run
+    from tracking.runs.session import fail_launcher_run
 
     try:
         fail_launcher_run(message)

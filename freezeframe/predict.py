@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 
 from pipelines.errors import ConfigError
-from pipelines.predict import image_inputs, write_csv
-from pipelines.predict import predict as classify
-from tracking.model_store import load_for_inference
+from pipelines.inference.classify import image_inputs, write_csv
+from pipelines.inference.classify import predict as classify
+from tracking.models.model_store import load_for_inference
 from tracking.store import ensure_access
 
 
@@ -32,7 +32,7 @@ def predict(args: argparse.Namespace, cfg: None, sections: dict) -> int:
 
 
 def reregister(args: argparse.Namespace, cfg: None, sections: dict) -> int:
-    from tracking.legacy_models import reregister as add_weights
+    from tracking.models.legacy_models import reregister as add_weights
 
     ensure_access()
     print(add_weights(args.model))

@@ -10,8 +10,8 @@ import optuna
 from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, run_child, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.errors import without_password
-from pipelines.run import slug
-from pipelines.search import (
+from pipelines.studies.search_space import SearchSpec, parse_search, suggest, trial_config
+from pipelines.studies.search_study import (
     EpochReporter,
     batch_size_ceiling,
     champion_trial,
@@ -20,11 +20,12 @@ from pipelines.search import (
     objective_values,
     open_search,
 )
-from pipelines.search_space import SearchSpec, parse_search, suggest, trial_config
-from pipelines.studies import storage_id
-from pipelines.study_worker import RETRY_ATTR, RUN_ATTR
-from tracking import parent_run, study_report, tags
+from pipelines.studies.storage import storage_id
+from pipelines.studies.worker import RETRY_ATTR, RUN_ATTR
+from pipelines.training.run import slug
+from tracking import tags
 from tracking.store import ensure_reachable
+from tracking.studies import parent_run, study_report
 
 COMPARED_TRIALS = 10
 

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipelines.config import RunConfig
-from pipelines.run import PreparedRun, RunOutcome, execute, prepare
-from tracking import stale
-from tracking.registry import is_registry_uri, resolve_state_dict
-from tracking.run_logger import MlflowTracker, run_name
-from tracking.session import tracked_run
+from pipelines.training.run import PreparedRun, RunOutcome, execute, prepare
+from tracking.models.registry import is_registry_uri, resolve_state_dict
+from tracking.runs import stale
+from tracking.runs.run_logger import MlflowTracker, run_name
+from tracking.runs.session import tracked_run
 
 
 @dataclass

@@ -12,10 +12,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from freezeframe.single_run import TrackedRun, run_tracked
 from pipelines.config import RunConfig, digest
-from pipelines.studies import DEFAULT_STORAGE, make_storage, study_lock
-from pipelines.study_worker import REASON_ATTR, RUN_ATTR, StudyWorker, requeue
-from tracking import links, parent_run, session, tags
-from tracking.parent_run import FAILED, FINISHED, KILLED, ParentRun
+from pipelines.studies.storage import DEFAULT_STORAGE, make_storage, study_lock
+from pipelines.studies.worker import REASON_ATTR, RUN_ATTR, StudyWorker, requeue
+from tracking import links, tags
+from tracking.runs import session
+from tracking.studies import parent_run
+from tracking.studies.parent_run import FAILED, FINISHED, KILLED, ParentRun
 
 T = TypeVar("T")
 # the study's way back to MLflow, shown by optuna-dashboard with the study

@@ -7,7 +7,7 @@ import argparse
 from freezeframe.single_run import prepare_run, run_tracked
 from pipelines.config import RunConfig, with_overrides
 from tracking import links
-from tracking.registry import register_run_model
+from tracking.models.registry import register_run_model
 from tracking.store import ensure_reachable
 
 

@@ -185,7 +185,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
 
 def validate(cfg: RunConfig) -> None:
     """Value checks that do not need the model or the data (those come when they are built)."""
-    from pipelines.freezing import BN_MODES, parse_policy  # local: keeps `import pipelines.config` light
+    from pipelines.models.freezing import BN_MODES, parse_policy  # local: keeps `import pipelines.config` light
 
     t, d = cfg.train, cfg.data
     checks = [

@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import lite_weights
-from pipelines.backbones import build_backbone
 from pipelines.errors import UnknownNameError, WeightsError
-from pipelines.weights import check_source, reachable
+from pipelines.models import lite_wheels
+from pipelines.models.backbones import build_backbone
+from pipelines.models.weight_sources import check_source, reachable
 
 
 @pytest.mark.parametrize("name", ["timm/test_resnet", "timm/test_efficientnet", "torchvision/resnet18",
@@ -57,7 +57,7 @@ def test_bundled_lite_state_dict_loads_strictly(name):
     import timm
 
     model = timm.create_model(name)
-    state = lite_weights.load_state_dict(model, name)
+    state = lite_wheels.load_state_dict(model, name)
     assert len(state) == (296 if name.endswith("0") else 386)
     result = model.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
@@ -71,7 +71,7 @@ def test_bundled_lite_weights_are_imagenet(name):
     import timm
     from sklearn.datasets import load_sample_images
 
-    model = lite_weights.load_into(timm.create_model(name), name).eval()
+    model = lite_wheels.load_into(timm.create_model(name), name).eval()
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
     photos = load_sample_images()
     top1 = {}
@@ -89,7 +89,7 @@ def test_lite_imagenet_gets_fresh_head_and_own_data_config_without_network(name,
 
     backbone = build_backbone(f"timm/{name}", 10, weights="imagenet")
     assert backbone.model.get_classifier().out_features == 10
-    reference = lite_weights.load_into(timm.create_model(name), name)
+    reference = lite_wheels.load_into(timm.create_model(name), name)
     assert torch.equal(backbone.model.conv_stem.weight, reference.conv_stem.weight)
     assert torch.equal(backbone.model.blocks[5][4].conv_pwl.weight, reference.blocks[5][4].conv_pwl.weight)
     assert timm.data.resolve_model_data_config(backbone.model)["input_size"] == (3, size, size)

@@ -73,7 +73,7 @@ def files(tmp: Path) -> dict[str, Path]:
                 (folder / split / name / "0.png").write_bytes(good.read_bytes())
     out["zero_pth"] = tmp / "zero.pth"
     out["zero_pth"].write_bytes(b"")
-    from pipelines.backbones import build_backbone
+    from pipelines.models.backbones import build_backbone
 
     out["other_pth"] = tmp / "resnet18.pth"
     torch.save(build_backbone("torchvision/resnet18", 10).model.state_dict(), out["other_pth"])

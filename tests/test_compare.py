@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from freezeframe.cli import main
-from pipelines.compare import Arm, arm_config, parse_comparison
 from pipelines.config import load_config
 from pipelines.errors import ConfigError
-from pipelines.feature_cache import CachePlan
-from pipelines.run import execute, prepare
+from pipelines.studies.arms import Arm, arm_config, parse_comparison
+from pipelines.training.feature_cache import CachePlan
+from pipelines.training.run import execute, prepare
 from tests.conftest import runs_in, tiny_experiment, tiny_overrides
 
 
@@ -154,7 +154,7 @@ def test_feature_cache_is_off_with_augmentation_and_on_disk_when_asked(tmp_path)
                                                          "data.cache_dir": str(tmp_path / "cache")}))
     first = execute(prepare(disk))
     assert first.fit.extra["feature_cache_source"] in ("computed", "memory")
-    from pipelines import feature_cache
+    from pipelines.training import feature_cache
 
     feature_cache._MEMORY.clear()
     again = execute(prepare(disk))

@@ -82,7 +82,7 @@ def test_shipped_experiments_load():
     files = sorted((ROOT / "experiments").glob("*.yaml"))
     assert files
     from pipelines.config import load_experiment
-    from pipelines.search_space import parse_search
+    from pipelines.studies.search_space import parse_search
 
     for path in files:
         cfg, sections = load_experiment(path)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.backbones import Preprocessing
 from pipelines.config import DataConfig
-from pipelines.data import build_data, make_loaders, make_transform, split_indices
-from pipelines.datasets import DEBIAN_FASHION_MNIST, load_dataset
+from pipelines.data.loaders import Preprocessing, build_data, make_loaders, make_transform
+from pipelines.data.sources import DEBIAN_FASHION_MNIST, load_dataset
+from pipelines.data.splits import split_indices
 from pipelines.errors import DataError
 
 PREP = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")

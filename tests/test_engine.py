@@ -5,7 +5,7 @@ import torch
 
 from pipelines.config import load_config
 from pipelines.errors import TrainingError
-from pipelines.run import execute, prepare
+from pipelines.training.run import execute, prepare
 from tests.conftest import tiny_overrides
 
 
@@ -101,7 +101,7 @@ def test_frozen_policy_changes_no_backbone_weight(tmp_path):
 def test_a_checkpoint_keeps_the_best_epoch_without_a_second_copy_of_the_network(tmp_path):
     from torch import nn
 
-    from pipelines import checkpoints
+    from pipelines.training import checkpoints
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Linear(64, 3))

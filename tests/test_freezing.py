@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from pipelines.backbones import build_backbone
 from pipelines.config import TrainConfig
 from pipelines.errors import ConfigError
-from pipelines.freezing import apply_policy, head_prefix, parse_policy, stages
-from pipelines.optim import make_optimizer
+from pipelines.models.backbones import build_backbone
+from pipelines.models.freezing import apply_policy, head_prefix, parse_policy, stages
+from pipelines.training.optimizer import make_optimizer
 
 
 def trainable_names(model):
@@ -97,7 +97,7 @@ def test_unfrozen_trains_everything():
 
 
 def test_thawed_batchnorm_trains_again_and_export_drops_the_hook():
-    from pipelines.engine import copy_model
+    from pipelines.training.engine import copy_model
 
     model = build_backbone("timm/test_resnet", 4).model
     apply_policy(model, "frozen")
@@ -113,7 +113,7 @@ def test_thawed_batchnorm_trains_again_and_export_drops_the_hook():
 
 def test_gradual_thaws_the_last_stages_first_at_the_given_epochs(tmp_path):
     from pipelines.config import load_config
-    from pipelines.run import execute, prepare
+    from pipelines.training.run import execute, prepare
     from tests.conftest import tiny_overrides
 
     class Watch:
@@ -157,7 +157,7 @@ def test_gradual_schedule_longer_than_the_stages():
 def test_layer_decay_groups_and_lrs_are_timms(name):
     from timm.optim import param_groups_layer_decay
 
-    from pipelines.optim import layer_decay_groups
+    from pipelines.training.optimizer import layer_decay_groups
 
     model = build_backbone(name, 4).model
     report = apply_policy(model, "layer_decay:0.7")
@@ -230,7 +230,7 @@ def test_layer_decay_factor_is_validated(text, message):
 
 def test_layer_decay_run_trains_every_layer_and_logs_the_heads_lr(tmp_path):
     from pipelines.config import load_config
-    from pipelines.run import execute, prepare
+    from pipelines.training.run import execute, prepare
     from tests.conftest import tiny_overrides
 
     class Watch:

@@ -10,9 +10,9 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 
 from freezeframe.cli import main
-from pipelines import portable
-from pipelines.backbones import build_backbone
 from pipelines.errors import FreezeframeError
+from pipelines.models import portable
+from pipelines.models.backbones import build_backbone
 from tests.conftest import runs_in, tiny_overrides
 from tests.test_predict import digit_images  # noqa: F401 - a fixture
 

@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from freezeframe.cli import main
-from pipelines.predict import image_inputs, predict
+from pipelines.inference.classify import image_inputs, predict
 from tests.conftest import runs_in
 from tests.test_compare import write_experiment
 

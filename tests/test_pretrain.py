@@ -6,7 +6,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
-from pipelines.datasets import DEBIAN_FASHION_MNIST
+from pipelines.data.sources import DEBIAN_FASHION_MNIST
 from tests.conftest import runs_in, tiny_overrides
 
 

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 from freezeframe.cli import main
 from pipelines.config import load_config
 from pipelines.errors import ConfigError
-from pipelines.search_space import parse_search, suggest, trial_config
-from pipelines.studies import StorageError, make_storage
+from pipelines.studies.search_space import parse_search, suggest, trial_config
+from pipelines.studies.storage import StorageError, make_storage
 from tests.conftest import runs_in, tiny_experiment
 
 
@@ -114,7 +114,7 @@ def test_search_mirrors_every_trial_in_mlflow_and_continues_the_study(tracking_s
 
 
 def test_pruned_trials_end_killed_and_tagged(tracking_store, tmp_path, monkeypatch):
-    import pipelines.search as search_mod
+    import pipelines.studies.search_study as search_mod
 
     monkeypatch.setattr(search_mod, "make_pruner", lambda spec, epochs: optuna.pruners.ThresholdPruner(lower=2.0))
     storage = f"sqlite:///{tmp_path}/optuna.db"
@@ -170,8 +170,8 @@ def test_bad_search_input_one_line_no_trial(tracking_store, tmp_path, capsys, fl
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # study.ask() here stands in for a worker
 def test_a_silent_trial_on_another_machine_is_failed_by_the_heartbeat_and_queued_again(tmp_path, monkeypatch):
     """No owner record can tell about another machine's worker: Optuna's RDB heartbeat does."""
-    import pipelines.studies as studies
-    from pipelines.study_worker import reap_dead, requeue
+    import pipelines.studies.storage as studies
+    from pipelines.studies.worker import reap_dead, requeue
 
     monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
     monkeypatch.setattr(studies, "GRACE_S", 2)

@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
-from pipelines.memory import in_use_mb
-from pipelines.search import probes_in
+from pipelines.studies.search_study import probes_in
+from pipelines.training.memory import in_use_mb
 from tests.conftest import runs_in, tiny_experiment
 
 

@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
-from pipelines.run import slug
-from pipelines.studies import StorageError, make_storage, storage_id
+from pipelines.studies.storage import StorageError, make_storage, storage_id
+from pipelines.training.run import slug
 from tests.conftest import ROOT, runs_in, tiny_overrides
 from tests.test_search import search_experiment
 from tracking.store import TrackingError, ensure_reachable
@@ -81,8 +81,8 @@ def test_servers_bind_loopback_by_default():
 def test_a_crafted_checkpoint_in_a_shared_folder_runs_no_code(tmp_path):
     """A checkpoint folder shared between machines (resume after a dead worker) is written by whoever can
     write there: resume loads tensors and plain values only."""
-    from pipelines import checkpoints
     from pipelines.errors import WeightsError
+    from pipelines.training import checkpoints
     from tests.test_shared_server import Payload
 
     marker = tmp_path / "marker"
@@ -94,9 +94,9 @@ def test_a_crafted_checkpoint_in_a_shared_folder_runs_no_code(tmp_path):
 
 def test_only_reregister_unpickles_and_only_when_asked():
     """No code path loads a pickle for weights, predict or resume: the one deliberate unpickle is
-    `freezeframe reregister` (tracking/legacy_models.py), for a model its owner vouches for."""
+    `freezeframe reregister` (tracking/models/legacy_models.py), for a model its owner vouches for."""
     loaders = re.compile(r"mlflow\.(pytorch|pyfunc)\.load_model\(|weights_only\s*=\s*False|pickle\.loads?\(|"
                          r"torch\.load\((?!.*weights_only=True)")  # a torch.load call on one line, as they are
     found = {str(path.relative_to(ROOT)): loaders.findall(path.read_text())
              for folder in ("freezeframe", "pipelines", "tracking") for path in (ROOT / folder).rglob("*.py")}
-    assert {path for path, hits in found.items() if hits} == {"tracking/legacy_models.py"}
+    assert {path for path, hits in found.items() if hits} == {"tracking/models/legacy_models.py"}

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipelines.reports import delta_figure
-from pipelines.stats import mean_ci, paired_delta, verdict
-from pipelines.summary import csv_text, group_rows, markdown, paired_rows
-from tracking.comparison_report import delta_metrics
+from pipelines.reports.figures import delta_figure
+from pipelines.reports.stats import mean_ci, paired_delta, verdict
+from pipelines.reports.tables import csv_text, group_rows, markdown, paired_rows
+from tracking.studies.comparison_report import delta_metrics
 
 
 def test_mean_ci_by_hand():

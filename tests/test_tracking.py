@@ -73,12 +73,12 @@ def test_a_failing_run_ends_failed_with_its_reason(tracking_store, tmp_path):
 def test_a_background_write_that_fails_fails_the_run(tracking_store, tmp_path, monkeypatch):
     """Figures render on the background thread: their failure still reaches the run, which ends FAILED
     with it (never FINISHED without its artifacts), and the epochs queued before it are in the store."""
-    from pipelines import reports
+    from pipelines.reports import figures
 
     def broken(*args, **kwargs):
         raise ValueError("cannot render")
 
-    monkeypatch.setattr(reports, "curves_figure", broken)
+    monkeypatch.setattr(figures, "curves_figure", broken)
     with pytest.raises(ValueError, match="cannot render"):
         run_tracked(prepare_run(load_config(None, tiny_overrides(tmp_path))), entry_point="train")
     (run,) = runs_in(tracking_store)
@@ -87,7 +87,7 @@ def test_a_background_write_that_fails_fails_the_run(tracking_store, tmp_path, m
 
 
 def test_background_jobs_run_in_order_and_a_failure_raises_once_awaited():
-    from tracking.background import Jobs
+    from tracking.runs.background import Jobs
 
     jobs, done = Jobs(), []
     for i in range(5):

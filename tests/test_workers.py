@@ -14,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.studies import make_storage, storage_id
+from pipelines.studies.storage import make_storage, storage_id
 from tests.conftest import ROOT, serving_mlflow, tiny_experiment
 
 pytestmark = pytest.mark.slow

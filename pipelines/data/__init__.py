@@ -1,0 +1,1 @@
+"""Data: datasets by name (sources), the seeded stratified split (splits), transforms and loaders."""

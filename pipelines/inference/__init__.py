@@ -1,0 +1,1 @@
+"""Inference: classify image files with a trained network, preprocessed as in training."""

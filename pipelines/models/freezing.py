@@ -1,0 +1,195 @@
+"""Freeze policies: which stages train, and whether BatchNorm in frozen stages keeps its statistics.
+
+Policies: `unfrozen` | `frozen` (head only) | `last_n:K` (the last K stages plus the head) |
+`gradual` (thaw stages during training) | `layer_decay:F` (everything trains, each layer group at F
+times the lr of the one after it; pipelines/training/optimizer.py builds the groups with timm).
+Stages are timm's own coarse `group_matcher` groups; for torchvision models, the model's natural
+top-level stages (resnet's layer1..4, mobilenet's features[i], ...).
+
+`model.bn` says what BatchNorm layers of frozen stages do in training mode. `frozen` (the default):
+a BatchNorm layer whose parameters are all frozen normalises with its running statistics and never
+updates them, even under `model.train()` (the classic silent bug when only requires_grad is switched
+off). A forward pre-hook enforces it, reading requires_grad at each call, so thawing a stage later
+(gradual unfreezing) brings its BatchNorm back to training mode with no extra bookkeeping. The hook
+keeps PyTorch's fused batch_norm kernel: timm's FrozenBatchNorm2d computes the same in several
+element-wise passes and made frozen Lite0 training 14% slower here. `train`: frozen stages'
+BatchNorm layers normalise with batch statistics and update their running ones (their affine
+parameters stay frozen), which can help when the target images are far from the pretraining ones.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from timm.models import group_parameters
+from torch import nn
+
+from pipelines.errors import ConfigError
+
+POLICIES = ("unfrozen", "frozen", "last_n:K", "gradual", "layer_decay:F")
+BN_MODES = ("frozen", "train")
+_MIN_STAGES = 4
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str  # unfrozen | frozen | last_n | gradual | layer_decay
+    n: int = 0  # last_n: how many stages train
+    decay: float = 0.0  # layer_decay: the lr factor from one layer group to the one before it
+
+    def __str__(self) -> str:
+        if self.kind == "last_n":
+            return f"last_n:{self.n}"
+        return f"layer_decay:{self.decay:g}" if self.kind == "layer_decay" else self.kind
+
+
+@dataclass(frozen=True)
+class FreezeReport:
+    policy: str
+    stages_total: int
+    stages_trainable: int
+    params_trainable: int
+    params_total: int
+
+
+def parse_policy(text: str) -> Policy:
+    if text in ("unfrozen", "frozen", "gradual"):
+        return Policy(text)
+    match = re.fullmatch(r"last_n:(\d+)", text)
+    if match and int(match[1]) >= 1:
+        return Policy("last_n", int(match[1]))
+    if text.startswith("layer_decay:"):
+        factor = text.removeprefix("layer_decay:")
+        try:
+            decay = float(factor)
+        except ValueError:
+            decay = math.nan
+        if not 0 < decay < 1:  # NaN fails this too
+            raise ConfigError(f"freeze policy '{text}': the layer decay factor must be a number in (0, 1), "
+                              "e.g. layer_decay:0.7 (1 would be plain unfrozen)")
+        return Policy("layer_decay", decay=decay)
+    raise ConfigError(f"unknown freeze policy '{text}' (valid: {', '.join(POLICIES)}, with K >= 1)")
+
+
+def head_prefix(model: nn.Module) -> str:
+    """Module path of the classifier: timm's get_classifier(), else the model's last Linear."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        for name, module in model.named_modules():
+            if module is head:
+                return name
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"cannot find the classifier of {type(model).__name__}")
+    return linears[-1]
+
+
+def stages(model: nn.Module) -> list[list[str]]:
+    """Parameter names grouped by stage, input side first, head excluded."""
+    head = head_prefix(model)
+    if hasattr(model, "group_matcher"):
+        groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
+    else:
+        groups = _natural_stages(model, head)
+    groups = [[p for p in g if not _under(p, head)] for g in groups]
+    return [g for g in groups if g]
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _natural_stages(model: nn.Module, head: str) -> list[list[str]]:
+    # Start from the top-level children and split the largest one until there are a few stages:
+    # resnet keeps layer1..4, mobilenet's single `features` opens into its blocks, ViT's encoder
+    # into its layers.
+    prefixes = _parametrized_children(model, "", head)
+    while len(prefixes) < _MIN_STAGES:
+        sizes = [sum(p.numel() for p in model.get_submodule(p).parameters()) for p in prefixes]
+        largest = prefixes[sizes.index(max(sizes))]
+        inner = _parametrized_children(model.get_submodule(largest), largest + ".", head)
+        if len(inner) < 2:
+            break
+        prefixes[prefixes.index(largest):prefixes.index(largest) + 1] = inner
+    groups: list[list[str]] = [[] for _ in prefixes]
+    loose: list[str] = []  # parameters held by a container itself (a class token, say) join the first stage
+    for pname, _ in model.named_parameters():
+        owner = next((i for i, p in enumerate(prefixes) if _under(pname, p)), None)
+        (groups[owner] if owner is not None else loose).append(pname)
+    if groups:
+        groups[0] = loose + groups[0]
+    return groups
+
+
+def _parametrized_children(module: nn.Module, prefix: str, head: str) -> list[str]:
+    """Children holding parameters; a child that contains the head opens up around it."""
+    out = []
+    for name, child in module.named_children():
+        path = prefix + name
+        if _under(head, path) and path != head:
+            out += _parametrized_children(child, path + ".", head)
+        elif path != head and any(True for _ in child.parameters()):
+            out.append(path)
+    return out
+
+
+def apply_policy(model: nn.Module, policy: Policy | str, unfreeze_at: tuple[int, ...] = (),
+                 bn: str = "frozen") -> FreezeReport:
+    """Set requires_grad per the policy, and BatchNorm per `bn` (module docstring); `gradual` starts
+    frozen (see thaw_schedule for the rest)."""
+    policy = parse_policy(policy) if isinstance(policy, str) else policy
+    groups = stages(model)
+    params_total = sum(p.numel() for p in model.parameters())
+    if policy.kind == "last_n" and policy.n > len(groups):
+        raise ConfigError(f"freeze last_n:{policy.n} but {type(model).__name__} has only {len(groups)} stages")
+    if policy.kind == "gradual" and len(unfreeze_at) > len(groups):
+        raise ConfigError(f"gradual: {len(unfreeze_at)} thaw epochs (model.unfreeze_at) but "
+                          f"{type(model).__name__} has only {len(groups)} stages")
+    if bn not in BN_MODES:
+        raise ConfigError(f"model.bn must be one of {BN_MODES}, got '{bn}'")
+    trainable_stages = {"unfrozen": len(groups), "layer_decay": len(groups), "frozen": 0, "gradual": 0,
+                        "last_n": policy.n}[policy.kind]
+    frozen = {name for group in groups[: len(groups) - trainable_stages] for name in group}
+    set_frozen(model, frozen, hold_batchnorm=bn == "frozen")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return FreezeReport(str(policy), len(groups), trainable_stages, trainable, params_total)
+
+
+def thaw_schedule(model: nn.Module, unfreeze_at: tuple[int, ...]) -> dict[int, list[str]]:
+    """Epoch → parameter names to thaw before it: the last stage first, then inwards."""
+    groups = stages(model)
+    return {epoch: groups[-(i + 1)] for i, epoch in enumerate(unfreeze_at)}
+
+
+def set_frozen(model: nn.Module, frozen: set[str], hold_batchnorm: bool = True) -> None:
+    """requires_grad off for `frozen`; with `hold_batchnorm`, their BatchNorm layers keep their statistics."""
+    for name, param in model.named_parameters():
+        param.requires_grad = name not in frozen
+    if not hold_batchnorm:
+        without_policy_hooks(model)
+        return
+    for module in model.modules():
+        if isinstance(module, _BATCHNORM) and _hold_eval_if_frozen not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_hold_eval_if_frozen)
+
+
+def _hold_eval_if_frozen(module: nn.Module, args) -> None:
+    if module.training and not any(p.requires_grad for p in module.parameters(recurse=False)):
+        module.training = False
+
+
+def without_policy_hooks(model: nn.Module) -> nn.Module:
+    """Drop the hooks (in place) before export, so a pickled model needs no freezeframe code to load."""
+    for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is _hold_eval_if_frozen:
+                del module._forward_pre_hooks[key]
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What the optimizer gets: never a frozen parameter."""
+    return [p for p in model.parameters() if p.requires_grad]

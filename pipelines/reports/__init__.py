@@ -1,0 +1,1 @@
+"""Reports: summary tables, statistics and figures, as plain values and matplotlib Figures."""

@@ -1,0 +1,156 @@
+"""A comparison grid: backbones × freeze policies × seeds (or explicit arms) over one base run config.
+
+Declared in an experiment file's `compare:` section:
+
+    compare:
+      name: quickstart
+      backbones: [timm/tf_efficientnet_lite0, {name: torchvision/resnet18, weights: none}]
+      freeze: [frozen, last_n:2, unfrozen]
+      seeds: [0, 1, 2]
+    # or, instead of the three axes: arms: [{backbone: ..., weights: ..., freeze: ..., seed: ...}]
+
+Everything is checked here, before any arm starts: an empty grid, duplicate arms, unknown policies,
+a gradual schedule that does not fit the epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from pipelines.config import RunConfig, digest, with_overrides
+from pipelines.errors import ConfigError
+from pipelines.models.freezing import parse_policy
+from pipelines.studies.worker import RUN_ATTR, fail_trial
+from pipelines.values import coerce
+
+_KEYS = ("name", "backbones", "freeze", "seeds", "arms")
+_ARM_KEYS = ("backbone", "weights", "freeze", "seed")
+
+
+@dataclass(frozen=True)
+class Arm:
+    backbone: str
+    weights: str
+    freeze: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone} · {self.freeze} · seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    arms: tuple[Arm, ...]
+
+
+def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") -> Comparison:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: needs a 'compare:' section (name, backbones, freeze, seeds, or arms)")
+    unknown = [k for k in section if k not in _KEYS]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key 'compare.{unknown[0]}' (valid: {', '.join(_KEYS)})")
+    name = str(section.get("name") or "comparison")
+    if "arms" in section:
+        if any(k in section for k in ("backbones", "freeze", "seeds")):
+            raise ConfigError(f"{source}: give either compare.arms or the backbones/freeze/seeds axes, not both")
+        arms = [_explicit_arm(item, base, source, i) for i, item in enumerate(_as_list(section["arms"], "arms"))]
+    else:
+        arms = _grid(section, base, source)
+    if not arms:
+        raise ConfigError(f"{source}: the comparison grid is empty")
+    seen: set[Arm] = set()
+    for arm in arms:
+        if arm in seen:
+            raise ConfigError(f"{source}: duplicate arm '{arm.name}' (weights {arm.weights})")
+        seen.add(arm)
+        parse_policy(arm.freeze)
+    return Comparison(name, tuple(arms))
+
+
+def _as_list(value: Any, key: str) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"compare.{key} must be a list, got {value!r}")
+    return value
+
+
+def _grid(section: dict, base: RunConfig, source: str) -> list[Arm]:
+    backbones = []
+    for item in _as_list(section.get("backbones", [base.model.backbone]), "backbones"):
+        if isinstance(item, dict):
+            extra = [k for k in item if k not in ("name", "weights")]
+            if extra or "name" not in item:
+                raise ConfigError(f"{source}: a compare.backbones entry is a name or {{name, weights}}, got {item}")
+            backbones.append((str(item["name"]), str(item.get("weights", base.model.weights))))
+        else:
+            backbones.append((str(item), base.model.weights))
+    policies = [str(p) for p in _as_list(section.get("freeze", [base.model.freeze]), "freeze")]
+    seeds = [coerce(s, int, "compare.seeds", source) for s in _as_list(section.get("seeds", [base.seed]), "seeds")]
+    if not seeds:
+        raise ConfigError(f"{source}: compare.seeds is empty: give at least one seed")
+    return [Arm(b, w, p, s) for b, w in backbones for p in policies for s in seeds]
+
+
+def _explicit_arm(item: Any, base: RunConfig, source: str, index: int) -> Arm:
+    if not isinstance(item, dict) or any(k not in _ARM_KEYS for k in item):
+        raise ConfigError(f"{source}: compare.arms[{index}] must be a mapping of {', '.join(_ARM_KEYS)}")
+    return Arm(str(item.get("backbone", base.model.backbone)), str(item.get("weights", base.model.weights)),
+               str(item.get("freeze", base.model.freeze)),
+               coerce(item.get("seed", base.seed), int, f"compare.arms[{index}].seed", source))
+
+
+def arm_config(base: RunConfig, arm: Arm) -> RunConfig:
+    """The base run config with the arm's axes; validated, so a bad schedule fails before any arm runs."""
+    return with_overrides(base, {"model.backbone": arm.backbone, "model.weights": arm.weights,
+                                 "model.freeze": arm.freeze, "seed": arm.seed, "tracking.run_name": ""})
+
+
+DIGEST_ATTR = "config_digest"
+
+
+def arm_configs(spec: Comparison, base: RunConfig) -> dict[str, tuple[Arm, RunConfig]]:
+    """config digest → (arm, its run config), every arm validated before any starts."""
+    configs = [(arm, arm_config(base, arm)) for arm in spec.arms]
+    return {digest(cfg): (arm, cfg) for arm, cfg in configs}
+
+
+def queue_arms(study: optuna.Study, storage: optuna.storages.BaseStorage, arms: dict[str, tuple[Arm, RunConfig]],
+               recorded: Callable[[str], bool] = lambda run_id: True) -> dict[str, str]:
+    """Queue each arm of this grid once: not if a trial of the same digest is waiting, running or
+    complete. Returns digest → MLflow run id of the arms complete earlier. Call under the study lock.
+
+    A complete trial counts only while `recorded(its run id)` holds: a study kept beside a new or
+    cleared tracking store runs its arms again rather than summarising runs that store never saw.
+
+    A trial running another config belongs to workers of a changed grid: refused, as a mixed summary
+    would be wrong. One waiting with another config is superseded by this grid and failed, saying so.
+    """
+    trials = study.get_trials(deepcopy=False)
+    foreign = [t for t in trials if t.user_attrs.get(DIGEST_ATTR) not in arms]
+    running = [t for t in foreign if t.state == TrialState.RUNNING]
+    if running:
+        raise ConfigError(f"comparison '{study.study_name}' is being run with another config (arm "
+                          f"'{running[0].user_attrs.get('arm')}', digest {running[0].user_attrs.get(DIGEST_ATTR)}); "
+                          "wait for those workers or choose another study_name")
+    for trial in foreign:
+        if trial.state == TrialState.WAITING:
+            fail_trial(study, storage, trial.number, "superseded: the comparison's config changed")
+    states: dict[str, set[TrialState]] = {}
+    done: dict[str, str] = {}
+    for trial in trials:
+        key = trial.user_attrs.get(DIGEST_ATTR)
+        if trial.state == TrialState.COMPLETE:
+            if key not in arms or not recorded(trial.user_attrs.get(RUN_ATTR, "")):
+                continue
+            done[key] = trial.user_attrs[RUN_ATTR]
+        states.setdefault(key, set()).add(trial.state)
+    for key, (arm, _) in arms.items():
+        if not states.get(key, set()) & {TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE}:
+            study.enqueue_trial({}, user_attrs={"arm": arm.name, DIGEST_ATTR: key, **asdict(arm)})
+    return done

@@ -1,0 +1,139 @@
+"""Optuna's side of a search: sampler, pruner, the study, the per-epoch reporter, and what a trial's
+run is worth on each objective."""
+
+from __future__ import annotations
+
+import itertools
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from pipelines.config import RunConfig
+from pipelines.errors import ConfigError
+from pipelines.studies.search_space import SearchSpec, grid_space, trial_config
+from pipelines.studies.storage import open_study, study_lock
+from pipelines.training.ceiling import Ceiling, find_ceiling, probe_key
+from pipelines.training.engine import FitResult
+
+# + probe_key: a probe's result, kept as a study *system* attribute for reruns and other workers
+# (optuna-dashboard lists user attributes, where the MLflow links are: this cache is not for people)
+CEILING_ATTR = "freezeframe.ceiling:"
+
+
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(spec), seed=spec.seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)  # multi-objective too (Optuna's MOTPE)
+
+
+def make_pruner(spec: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
+    if spec.pruner == "successive_halving":
+        # ASHA: at epochs 1, 3, 9, ... a trial goes on only in the top third of those that got there
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if spec.pruner == "median":
+        # once two trials have finished, a trial below their median at the same epoch stops there
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_search(spec: SearchSpec, url: str, storage: optuna.storages.BaseStorage, epochs: int) -> optuna.Study:
+    return open_study(spec.study_name, url, storage, "search", spec.directions, spec.objectives,
+                      sampler=make_sampler(spec), pruner=make_pruner(spec, epochs))
+
+
+def batch_size_ceiling(study: optuna.Study, storage: optuna.storages.BaseStorage, url: str, spec: SearchSpec,
+                       base: RunConfig) -> tuple[SearchSpec, list[Ceiling]]:
+    """The space cut to the largest batch size that fits every (backbone, freeze) combination it holds.
+
+    Each combination is probed once per study and kind of device (under the study's lock, so workers
+    starting together wait for one probe); later workers and reruns read it from the study."""
+    if not spec.probe_memory:
+        return spec, []
+    found = []
+    for backbone, freeze in itertools.product(spec.backbone or (base.model.backbone,),
+                                              spec.freeze or (base.model.freeze,)):
+        cfg = trial_config(base, spec, {"batch_size": spec.batch_sizes[0], "backbone": backbone, "freeze": freeze})
+        attr = CEILING_ATTR + probe_key(cfg)
+        with study_lock(url, study.study_name):
+            cached = probes_in(study, storage).get(attr)  # read from the storage: another worker's probe counts
+            if cached is None:
+                ceiling = find_ceiling(cfg, spec.batch_sizes)
+                storage.set_study_system_attr(study_id(study, storage), attr, ceiling.to_dict())
+                print(f"search: batch-size ceiling of {backbone} · {freeze} on {ceiling.device}: {ceiling.ceiling} "
+                      f"({len(ceiling.probes)} probe step{'s' * (len(ceiling.probes) > 1)}, {ceiling.seconds:.1f} s)",
+                      flush=True)
+            else:
+                ceiling = Ceiling.from_dict(cached)
+        if ceiling.ceiling < spec.batch_sizes[0]:
+            first = ceiling.probes[0]
+            raise ConfigError(
+                f"search.batch_size.low {spec.batch_sizes[0]} does not fit: a training step of {backbone} ({freeze}) "
+                f"at {cfg.data.image_size} px needs {first.need_mb:.0f} MB with the margin, over the "
+                f"{ceiling.limit_mb:.0f} MB {_limit_source(cfg)} on {ceiling.device}")
+        found.append(ceiling)
+    return spec.cut_to(min(c.ceiling for c in found)), found
+
+
+def probes_in(study: optuna.Study, storage: optuna.storages.BaseStorage) -> dict[str, dict]:
+    """The ceiling probes a study holds, by key."""
+    found = storage.get_study_system_attrs(study_id(study, storage))
+    return {k: v for k, v in found.items() if k.startswith(CEILING_ATTR)}
+
+
+def study_id(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    return storage.get_study_id_from_name(study.study_name)
+
+
+def _limit_source(cfg: RunConfig) -> str:
+    return "of train.memory_limit_mb" if cfg.train.memory_limit_mb else "available"
+
+
+def objective_values(spec: SearchSpec, fit: FitResult) -> list[float]:
+    """A trial's value on each objective: validation metrics at its best epoch, perf/images_per_s as
+    steady-state throughput, perf/peak_memory_mb as the training peak."""
+    best = next((row for row in fit.history if int(row["epoch"]) == fit.best_epoch), {})
+    found = {**best, spec.metric: fit.best_value, "perf/images_per_s": fit.extra["perf/steady_images_per_s"],
+             "perf/peak_memory_mb": fit.extra["perf/peak_memory_mb"]}
+    return [float(found[name]) for name in spec.objectives]
+
+
+def finished_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """A complete trial of this study with exactly this trial's params: training them again would give
+    the same numbers (the runs are seeded), so its result is reused (Optuna's FAQ recipe)."""
+    for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if done.number != trial.number and done.params == trial.params:
+            return done
+    return None
+
+
+def champion_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial; in a multi-objective study, the Pareto front's best on the first
+    objective (the validation metric): the most accurate of the trials nothing beats on every count."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    if len(study.directions) == 1:
+        return study.best_trial
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(study.best_trials, key=lambda t: (sign * t.values[0], -t.number))
+
+
+class EpochReporter:
+    """An engine listener: report the metric each epoch (optuna-dashboard's curves); with `prune`, stop
+    the trial when the pruner says so. Multi-objective studies take no intermediate values."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, prune: bool = True):
+        self.trial, self.metric, self.prune = trial, metric, prune
+        self.active = len(trial.study.directions) == 1
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        self.trial.report(metrics[self.metric], step=epoch)
+        if self.prune and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.metric} {metrics[self.metric]:.4f})")

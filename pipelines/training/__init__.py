@@ -1,0 +1,3 @@
+"""One run: its preparation and execution, the engine, optimizer, checkpoints, metrics, memory,
+runtime, frozen-feature cache and batch-size ceiling.
+"""

@@ -1,0 +1,235 @@
+"""The training loop: device-agnostic, seeded, checkpointed each epoch, reporting through listeners.
+
+The engine logs nothing itself. Each epoch's metrics go to every listener (the MLflow tracker,
+Optuna's pruning reporter, ...) as a plain dict; the end result comes back as a FitResult.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pipelines.config import MONITORS, TrainConfig
+from pipelines.errors import TrainingError
+from pipelines.models.freezing import without_policy_hooks
+from pipelines.training import checkpoints, memory
+from pipelines.training.metrics import compute, make_metrics
+from pipelines.training.optimizer import make_optimizer
+from pipelines.training.runtime import autocast_context, grad_scaler
+
+
+class Listener(Protocol):
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one dict per epoch, "epoch" included
+    best_epoch: int
+    best_value: float
+    test: dict[str, float]
+    confusion: dict[str, torch.Tensor]  # "val" (best epoch) and "test"
+    test_predictions: tuple[np.ndarray, np.ndarray]  # (y_true, y_pred)
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+    train_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_classes: int,
+        device: torch.device, checkpoint_dir: Path | None = None, listeners: tuple[Listener, ...] = (),
+        thaw: dict[int, list[str]] | None = None, thaw_lr_mult: float = 1.0,
+        layer_decay: float | None = None) -> FitResult:
+    """Train, validate each epoch, test the best epoch. `thaw` maps an epoch to parameters to unfreeze
+    before it (gradual unfreezing); they join the optimizer at lr * thaw_lr_mult. `layer_decay` gives
+    each layer group before the head `layer_decay` times the next one's lr."""
+    thaw = thaw or {}
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    optimizer = make_optimizer(model, cfg, layer_decay)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                 if cfg.scheduler == "cosine" else None)
+    scaler = grad_scaler(device, cfg.amp)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    metrics = make_metrics(num_classes, device)
+    mode = MONITORS[cfg.monitor]
+    state = checkpoints.TrainState(best_value=-math.inf if mode == "max" else math.inf)
+    payload = checkpoints.read(checkpoint_dir) if cfg.resume and checkpoint_dir is not None else None
+    if payload is not None:
+        for epoch in sorted(e for e in thaw if e <= payload["epoch"]):  # same optimizer groups as when saved
+            _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
+        state = checkpoints.restore(payload, model, optimizer, scheduler, scaler, loaders["train"].generator)
+    resumed_from = state.epoch
+    for past in state.history:  # a resumed run re-reports what it already did, so nothing is lost
+        for listener in listeners:
+            listener.on_epoch_end(int(past["epoch"]), past)
+
+    memory.reset_peak(device)  # this run's peak, not the worker's earlier ones (perf/peak_memory_mb, the guard)
+    step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
+                    cfg.memory_limit_mb)
+    stopped_early, started, checkpoint_s = False, time.perf_counter(), 0.0
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if epoch in thaw:
+            _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
+        tick = time.perf_counter()
+        train_metrics, _ = step.run_epoch(loaders["train"], train=True, desc=f"epoch {epoch}/{cfg.epochs} train")
+        train_seconds = time.perf_counter() - tick
+        val_metrics, val_confusion = step.run_epoch(loaders["val"], train=False, desc=f"epoch {epoch} val")
+        lr = max(group["lr"] for group in optimizer.param_groups)  # the head's: other groups run lower
+        if scheduler is not None:
+            scheduler.step()
+        epoch_s = time.perf_counter() - tick
+        row = {"epoch": epoch, **train_metrics, **val_metrics, "lr": lr, "perf/epoch_s": epoch_s,
+               "perf/images_per_s": len(loaders["train"].dataset) / max(train_seconds, 1e-9),
+               "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "perf/peak_memory_mb": memory.peak_mb(device)}  # so far: a pruned or failed run has it too
+        row["perf/steady_images_per_s"] = steady_images_per_s([*state.history, row])
+        value = row[cfg.monitor]
+        if (value > state.best_value) if mode == "max" else (value < state.best_value):
+            state.best_value, state.best_epoch = value, epoch
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            state.best_confusion = val_confusion
+        state.epoch = epoch
+        state.history.append(row)
+        if checkpoint_dir is not None:
+            saving = time.perf_counter()
+            checkpoints.save(checkpoint_dir, state, model, optimizer, scheduler, scaler, loaders["train"].generator)
+            checkpoint_s += time.perf_counter() - saving
+        tqdm.write(_summary(row, cfg.epochs))
+        for listener in listeners:
+            listener.on_epoch_end(epoch, row)
+        if cfg.early_stopping_patience and epoch - state.best_epoch >= cfg.early_stopping_patience:
+            stopped_early = True
+            break
+
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)  # test the best epoch, not the last one
+    test_metrics, test_confusion, y_true, y_pred = step.evaluate_with_predictions(loaders["test"])
+    return FitResult(
+        history=state.history, best_epoch=state.best_epoch, best_value=state.best_value, test=test_metrics,
+        confusion={"val": state.best_confusion, "test": test_confusion}, test_predictions=(y_true, y_pred),
+        stopped_early=stopped_early, resumed_from_epoch=resumed_from,
+        train_seconds=time.perf_counter() - started,
+        extra={**_final_perf(state.history, device), "perf/checkpoint_s": checkpoint_s},
+    )
+
+
+def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: float) -> None:
+    params = dict(model.named_parameters())
+    new = [params[name] for name in names]
+    for param in new:
+        param.requires_grad = True  # their BatchNorm layers return to training mode (freezing's hook)
+    base_lr = optimizer.defaults["lr"] * lr_mult
+    first = optimizer.param_groups[0]
+    progress = first["lr"] / first.get("initial_lr", first["lr"])  # where the lr schedule is now
+    optimizer.add_param_group({"params": new, "lr": base_lr * progress, "initial_lr": base_lr})
+    if scheduler is not None:
+        scheduler.base_lrs.append(base_lr)
+
+
+def _final_perf(history: list[dict[str, float]], device: torch.device) -> dict[str, float]:
+    """The run's throughput and peak as its last epoch logged them (one value, not a second reading that
+    would also count the test pass); computed afresh for a history resumed from an older checkpoint."""
+    last = history[-1] if history else {}
+    return {"perf/steady_images_per_s": last.get("perf/steady_images_per_s", steady_images_per_s(history)),
+            "perf/peak_memory_mb": last.get("perf/peak_memory_mb", memory.peak_mb(device))}
+
+
+def steady_images_per_s(history: list[dict[str, float]]) -> float:
+    """Training throughput once warmed up: the median epoch after the first (which pays for lazy
+    initialisation, allocator growth and cold caches); the only epoch when there is one."""
+    rates = [row["perf/images_per_s"] for row in history if "perf/images_per_s" in row]
+    return statistics.median(rates[1:] or rates) if rates else 0.0
+
+
+def _summary(row: dict[str, float], epochs: int) -> str:
+    return (f"epoch {int(row['epoch'])}/{epochs}  train/loss {row['train/loss']:.4f}  "
+            f"train/acc {row['train/acc']:.4f}  val/loss {row['val/loss']:.4f}  val/acc {row['val/acc']:.4f}  "
+            f"{row['perf/epoch_s']:.1f}s  {row['perf/images_per_s']:.0f} img/s")
+
+
+class _Stepper:
+    """One pass over a loader, training or evaluating, with the run's device/AMP/memory-format choices."""
+
+    def __init__(self, model, optimizer, scaler, criterion, metrics, device, memory_format, amp, memory_limit_mb=0):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.criterion, self.metrics, self.device = criterion, metrics, device
+        self.memory_format, self.amp, self.memory_limit_mb = memory_format, amp, memory_limit_mb
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+        non_blocking = self.device.type == "cuda"
+        return (x.to(self.device, memory_format=self.memory_format, non_blocking=non_blocking),
+                y.to(self.device, non_blocking=non_blocking))
+
+    def run_epoch(self, loader: DataLoader, train: bool, desc: str, keep_predictions: bool = False):
+        split = "train" if train else ("val" if not keep_predictions else "test")
+        self.model.train(train)
+        count, batches, preds, targets = 0, 0, [], []
+        # The loss is summed on the device and looked at every `check_every` batches: each look is a
+        # host-device sync, which on CUDA would stall the queue of kernels once a batch (on the CPU it
+        # is free, so every batch is checked before its step).
+        loss_sum = torch.zeros((), device=self.device)
+        check_every = 1 if self.device.type == "cpu" else 16
+        grad_mode = torch.enable_grad() if train else torch.inference_mode()
+        with grad_mode:
+            for x, y in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+                x, y = self._to_device(x, y)
+                with autocast_context(self.device, self.amp):
+                    logits = self.model(x)
+                    loss = self.criterion(logits, y)
+                loss_sum += loss.detach().float() * len(y)
+                batches += 1
+                if batches % check_every == 0:
+                    self._check_finite(loss_sum, split, batches)
+                if train:
+                    memory.check_limit(self.memory_limit_mb)
+                    optimizer_step(loss, self.optimizer, self.scaler)
+                # the metrics take the epoch's predicted classes in one update at its end: per batch, their
+                # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
+                preds.append(logits.detach().argmax(1))
+                targets.append(y)
+                count += len(y)
+        if batches % check_every:  # the batches since the last check
+            self._check_finite(loss_sum, split, batches)
+        predicted, true = (torch.cat(preds), torch.cat(targets)) if preds else (torch.empty(0, dtype=torch.long),) * 2
+        if preds:
+            self.metrics.update(predicted, true)
+        values, confusion = compute(self.metrics, split)
+        values[f"{split}/loss"] = loss_sum.item() / max(count, 1)
+        if keep_predictions:
+            return values, confusion, true.cpu().numpy(), predicted.cpu().numpy()
+        return values, confusion
+
+    def _check_finite(self, loss_sum: torch.Tensor, split: str, batches: int) -> None:
+        if not torch.isfinite(loss_sum):
+            where = f"at batch {batches}" if self.device.type == "cpu" else f"by batch {batches}"
+            raise TrainingError(f"{split} loss became {loss_sum.item()} {where} "
+                                f"(lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr")
+
+    def evaluate_with_predictions(self, loader: DataLoader):
+        return self.run_epoch(loader, train=False, desc="test", keep_predictions=True)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward and one optimizer step, loss-scaled when fp16 needs it: every training step, and the
+    batch-size ceiling probe's (pipelines/training/ceiling.py), so the probe measures the step that trains."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A CPU copy in eval mode for export, so logging never moves the live model."""
+    return without_policy_hooks(copy.deepcopy(model)).to("cpu", memory_format=torch.contiguous_format).eval()

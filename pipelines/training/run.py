@@ -1,0 +1,134 @@
+"""The single-run function that train, compare and search all call: prepare (validate), then execute.
+
+`prepare` builds the data, model and freeze policy and fails fast on bad input, before any
+tracking run is touched; `execute` trains and returns everything a tracker may want to log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sklearn.metrics import classification_report
+
+from pipelines import config as config_mod
+from pipelines.config import RunConfig
+from pipelines.data.loaders import DataBundle, build_data, denormalize, make_loaders
+from pipelines.data.sources import load_dataset
+from pipelines.errors import ConfigError, first_line
+from pipelines.models.backbones import Backbone, build_backbone
+from pipelines.models.freezing import FreezeReport, apply_policy, parse_policy, thaw_schedule
+from pipelines.models.weight_sources import check_source
+from pipelines.training import feature_cache
+from pipelines.training.engine import FitResult, Listener, fit
+from pipelines.training.runtime import resolve_device, seed_everything
+
+
+@dataclass
+class PreparedRun:
+    cfg: RunConfig
+    backbone: Backbone
+    data: DataBundle
+    freeze: FreezeReport
+    device: torch.device
+    config_digest: str
+    feature_cache: feature_cache.CachePlan = feature_cache.CachePlan("off", "not planned yet")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        name = slug(f"{self.backbone.full_name}-{self.cfg.model.freeze}-seed{self.cfg.seed}-{self.config_digest}")
+        return Path(self.cfg.train.checkpoint_dir) / name
+
+    def input_samples(self, count: int = 32) -> tuple[torch.Tensor, list[int]]:
+        """The first train batch as the model sees it (denormalised to [0, 1]) and its labels, for the
+        inputs plot. Drawn with torch's RNG forked, so plotting changes nothing about training."""
+        with torch.random.fork_rng(devices=[]):
+            x, y = next(iter(make_loaders(self.data, count, 0, self.cfg.seed)["train"]))
+        return denormalize(x, self.backbone.preprocessing), y.tolist()
+
+
+@dataclass
+class RunOutcome:
+    prepared: PreparedRun
+    fit: FitResult
+    report_text: str
+    report_dict: dict
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a name: no separators, no '..', nothing that can leave its folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "run"
+
+
+def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -> PreparedRun:
+    """Everything that can reject the input, in the order a user would fix it."""
+    device = resolve_device(cfg.train.device)
+    if state_dict is None:
+        check_source(cfg.model.weights)
+    raw = load_dataset(cfg.data.dataset, cfg.data.root)
+    seed_everything(cfg.seed)  # the fresh head's initialisation is part of the experiment
+    backbone = build_backbone(cfg.model.backbone, len(raw.class_names), cfg.model.weights,
+                              cfg.model.drop_rate, state_dict=state_dict)
+    _check_image_size(backbone, cfg.data.image_size)
+    data = build_data(cfg.data, raw, backbone.preprocessing)
+    freeze = apply_policy(backbone.model, cfg.model.freeze, cfg.model.unfreeze_at, bn=cfg.model.bn)
+    prepared = PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
+    prepared.feature_cache = feature_cache.plan(prepared)
+    return prepared
+
+
+def _check_image_size(backbone: Backbone, size: int) -> None:
+    """Smaller than the network's total stride, the last stage sees less than one pixel: reject it.
+
+    A dry forward pass then catches what the stride does not (a ViT's fixed input size, say).
+    """
+    model = backbone.model
+    feature_info = getattr(model, "feature_info", None)
+    stride = feature_info[-1].get("reduction", 32) if feature_info else 32
+    if size < stride:
+        raise ConfigError(f"data.image_size {size} is too small for {backbone.full_name}: "
+                          f"it must be at least its total stride, {stride}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, size, size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise ConfigError(f"data.image_size {size} does not fit {backbone.full_name}: {first_line(exc)}") from None
+    finally:
+        model.train(was_training)
+
+
+def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunOutcome:
+    cfg = prepared.cfg
+    seed_everything(cfg.seed)
+    model, train_cfg, extra = prepared.backbone.model, cfg.train, {}
+    if not prepared.feature_cache.on:
+        loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
+                               pin_memory=prepared.device.type == "cuda")
+    else:  # the head trains on the backbone's features, computed once (pipelines/training/feature_cache.py)
+        tick = time.perf_counter()
+        found, origin = feature_cache.features(prepared, batch_size=max(64, cfg.train.batch_size))
+        extra = {"perf/feature_extraction_s": time.perf_counter() - tick, "feature_cache_source": origin}
+        loaders = feature_cache.head_loaders(found, cfg.train.batch_size, cfg.seed)
+        model = feature_cache.head_module(model)
+        train_cfg = dataclasses.replace(cfg.train, channels_last=False)  # features are [N, D]
+    policy = parse_policy(cfg.model.freeze)
+    thaw = thaw_schedule(model, cfg.model.unfreeze_at) if policy.kind == "gradual" else None
+    result = fit(model, loaders, train_cfg, len(prepared.data.class_names), prepared.device,
+                 checkpoint_dir=prepared.checkpoint_dir, listeners=listeners, thaw=thaw,
+                 thaw_lr_mult=cfg.model.unfreeze_lr_mult,
+                 layer_decay=policy.decay if policy.kind == "layer_decay" else None)
+    result.extra.update(extra)
+    y_true, y_pred = result.test_predictions
+    names = prepared.data.class_names
+    kwargs = dict(labels=list(range(len(names))), target_names=names, zero_division=0)
+    return RunOutcome(
+        prepared=prepared, fit=result,
+        report_text=classification_report(y_true, y_pred, digits=4, **kwargs),
+        report_dict=classification_report(y_true, y_pred, output_dict=True, **kwargs),
+    )

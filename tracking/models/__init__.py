@@ -1,0 +1,1 @@
+"""Logged and registered models: weights/ written and read back, the registry, reregister."""

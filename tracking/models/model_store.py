@@ -1,0 +1,97 @@
+"""Logged models, and what freezeframe reads back from them: `weights/` (safetensors + JSON), never the pickle.
+
+Each logged model keeps MLflow's pickled PyTorch flavour for `mlflow models serve` and pyfunc users
+(load only models you trust) and carries `weights/model.safetensors` and `weights/freezeframe.json`
+beside it. `weights=models:/...` and `predict` download those two files by name and rebuild the network
+from them (pipelines/models/portable.py): a version registered by someone else can run no code here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines.errors import first_line
+from pipelines.models import portable
+from tracking.store import TrackingError
+
+WEIGHTS_DIR = "weights"
+_MODEL_URI_PREFIXES = ("models:/", "runs:/", "file:", "/")
+
+
+def log_weights(model_id: str, model: torch.nn.Module, description: dict) -> None:
+    """Into the logged model's own artifacts, so `models:/<name>@<alias>/weights/...` finds them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        portable.write(Path(tmp), model, description)
+        MlflowClient().log_model_artifacts(model_id, tmp, WEIGHTS_DIR)
+
+
+def log_run_weights(model: torch.nn.Module, description: dict, artifact_path: str = "checkpoint") -> None:
+    """The same two files as run artifacts, for a run logged without an MLflow model (log_model off)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        portable.write(Path(tmp), model, description)
+        mlflow.log_artifacts(tmp, artifact_path)
+
+
+class LegacyModelError(TrackingError):
+    """A model with no weights/ (logged before freezeframe wrote them): only its pickle could load it."""
+
+
+def legacy_hint(uri: str) -> str:
+    return (f"{uri} has no {WEIGHTS_DIR}/{portable.TENSORS}: it was logged before freezeframe saved safetensors "
+            "weights (or not by freezeframe), and freezeframe never unpickles a registry model; re-register it "
+            f"with `freezeframe reregister --model {uri}` (unpickles it once: only a model you trust) or rerun "
+            "the run that trained it")
+
+
+@contextmanager
+def fetched_weights(uri: str, what: str) -> Iterator[Path]:
+    """A tmp folder holding the model's two weights files, downloaded by name (nothing else of the model,
+    so a crafted version can neither add files nor make this read its pickle). `what` starts each error."""
+    try:
+        base = _artifact_location(uri)
+        top = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=base)}
+        found = ({Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=f"{base}/{WEIGHTS_DIR}")}
+                 if WEIGHTS_DIR in top else set())
+    except (MlflowException, OSError) as exc:
+        raise TrackingError(f"{what}: {first_line(exc)}") from None
+    if not top:
+        raise TrackingError(f"{what}: nothing is logged at {uri}")
+    if not set(portable.FILES) <= found:
+        raise LegacyModelError(legacy_hint(uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "weights"  # downloads keep the artifact's path below tmp: moved here by name
+        folder.mkdir()
+        try:
+            for name in portable.FILES:
+                got = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{WEIGHTS_DIR}/{name}", dst_path=tmp)
+                Path(got).rename(folder / name)
+        except (MlflowException, OSError) as exc:
+            raise TrackingError(f"{what}: {first_line(exc)}") from None
+        yield folder
+
+
+def _artifact_location(uri: str) -> str:
+    """Where the model's files are: a `models:/` URI resolved once (name, version or alias, or a logged
+    model's id: MLflow reads `models:/m-<id>/weights` as a version named "weights"); others as given."""
+    if uri.startswith("models:/"):
+        from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+        return ModelsArtifactRepository.get_underlying_uri(uri).rstrip("/")
+    return uri.rstrip("/")
+
+
+def load_for_inference(uri: str) -> tuple[torch.nn.Module, dict]:
+    """(network on CPU in eval mode, its description) for models:/<name>@<alias>, models:/<name>/<v>,
+    runs:/<id>/model or a local model folder; the description holds predict's preprocessing."""
+    if not uri.startswith(_MODEL_URI_PREFIXES):
+        raise TrackingError(f"model '{uri}' is not a model URI: use models:/<name>@<alias> or runs:/<run_id>/model")
+    with fetched_weights(uri, f"cannot load model {uri}") as folder:
+        return portable.rebuild(folder, uri)

@@ -1,0 +1,109 @@
+"""The parent's summary of a comparison, built from its children as MLflow recorded them (so arms
+skipped on a rerun are summarised like the ones just run): tables, figures, metrics and tags."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib.pyplot as plt
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipelines.reports import figures
+from pipelines.reports.tables import csv_text, group_rows, markdown, paired_rows
+from tracking import tags
+from tracking.models.registry import register_champion
+from tracking.studies.parent_run import log_values
+
+
+def arm_record(run: Run) -> dict:
+    m, t = run.data.metrics, run.data.tags
+    train_s, images_per_s = m.get("perf/train_s"), m.get("perf/images_per_s")
+    if train_s is not None and "perf/feature_extraction_s" in m:
+        # cached frozen arm: its cost is the extraction pass plus the head's training, per image seen
+        train_s += m["perf/feature_extraction_s"]
+        seen = float(run.data.params.get("data.n_train", 0)) * m.get("train/epochs_completed", 0)
+        images_per_s = seen / train_s if train_s else None
+    return {"backbone": t.get(tags.BACKBONE, "?"), "freeze": t.get(tags.FREEZE, "?"), "seed": t.get(tags.SEED, "?"),
+            "status": run.info.status, "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""),
+            "best_val_acc": m.get("best/val/acc"), "test_acc": m.get("test/acc"),
+            "test_f1_macro": m.get("test/f1_macro"), "params_trainable": m.get("model/params_trainable"),
+            "train_s": train_s, "images_per_s": images_per_s}
+
+
+def metric_key(*parts: str) -> str:
+    """MLflow takes `/ \\w . - space` everywhere and `:` only off Windows, so `last_n:2` is logged as
+    `last_n_2`: the same key on every client."""
+    return "/".join(re.sub(r"[^/\w.\- ]", "_", part) for part in parts)
+
+
+def delta_metrics(paired: list[dict]) -> dict[str, float]:
+    """`delta/<backbone>/<policy>` (mean paired test-acc difference vs frozen) and its CI bounds where
+    two or more shared seeds define them."""
+    metrics = {}
+    for p in paired:
+        d = p["delta"]
+        if d is None:
+            continue
+        metrics[metric_key("delta", p["backbone"], p["freeze"])] = d.mean
+        if d.lo is not None:
+            metrics[metric_key("delta_ci_lo", p["backbone"], p["freeze"])] = d.lo
+            metrics[metric_key("delta_ci_hi", p["backbone"], p["freeze"])] = d.hi
+    return metrics
+
+
+def current_attempts(runs: list[Run], digests: set[str]) -> list[Run]:
+    """Per arm of this grid (by config digest), its FINISHED run, else its latest attempt; `runs` come
+    oldest first. Arms of an earlier config stay under the parent but out of this summary."""
+    chosen: dict[str, Run] = {}
+    for run in runs:
+        key = run.data.tags.get(tags.CONFIG_DIGEST)
+        if key in digests and (key not in chosen or chosen[key].info.status != "FINISHED"):
+            chosen[key] = run
+    return list(chosen.values())
+
+
+def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str) -> tuple[list[dict], str | None]:
+    """Log the summary on the parent and register the best arm as `freezeframe-<experiment>@champion`;
+    returns the grouped rows and the champion's models:/ URI (None when the best arm logged no model)."""
+    client = MlflowClient()
+    records = [arm_record(r) for r in runs]
+    rows = group_rows(records)
+    failed = [r for r in records if r["status"] != "FINISHED"]
+    client.log_text(parent_run_id, markdown(rows, failed), "summary/summary.md")
+    client.log_text(parent_run_id, csv_text(rows), "summary/summary.csv")
+    curves = {}
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "val/acc")
+        if history:
+            t = run.data.tags
+            curves[f"{t.get(tags.BACKBONE)} · {t.get(tags.FREEZE)} · s{t.get(tags.SEED)}"] = (
+                [h.step for h in history], [h.value for h in history])
+    plots = {"plots/val_acc_curves.png": figures.arm_curves_figure(curves, "val/acc", f"{name}: val accuracy")}
+    if rows:
+        points = [{"label": f"{r['backbone']} · {r['freeze']}", "train_s": r["train_s"], "test_acc": r["test_acc"],
+                   "test_acc_std": r["test_acc_std"]} for r in rows]
+        plots["plots/accuracy_vs_time.png"] = figures.pareto_figure(points, f"{name}: accuracy vs training time")
+    paired = [p for p in paired_rows(rows) if p["delta"] is not None]
+    if paired:
+        plots["plots/policy_vs_frozen.png"] = figures.delta_figure(paired, f"{name}: each policy against frozen")
+    for path, figure in plots.items():
+        client.log_figure(parent_run_id, figure, path)
+        plt.close(figure)
+    metrics = delta_metrics(paired)
+    finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
+    run_tags = {"arms_total": str(len(records)), "arms_failed": str(len(failed))}
+    best = max(finished, key=lambda r: r["test_acc"]) if finished else None
+    if best is not None:
+        metrics["best/test_acc"] = best["test_acc"]
+        run_tags.update(best_arm=_arm_name(best), **{tags.BEST_RUN_ID: best["run_id"]})
+    log_values(parent_run_id, metrics, run_tags)
+    if best is None:
+        return rows, None
+    description = (f"best arm of comparison {name}: {_arm_name(best)}, test/acc {best['test_acc']:.4f}; "
+                   f"run {best['run_id']}")
+    return rows, register_champion(best["run_id"], f"freezeframe-{experiment}", description, parent_run_id)
+
+
+def _arm_name(record: dict) -> str:
+    return f"{record['backbone']} · {record['freeze']} · seed {record['seed']}"
