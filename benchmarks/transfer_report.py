@@ -126,7 +126,7 @@ def read_records(out: Path, grid: Path, sets: list[str]) -> tuple[list[dict], di
                if not {tags.PARENT, tags.WORKER_OF, tags.DUPLICATE_OF} & set(r.data.tags)]
     if not parents:
         sys.exit(f"no parent run 'compare · {spec.name}' in {out / 'mlflow.db'}")
-    runs = current_attempts(parent_run.children(parents[0].info.run_id), set(arm_configs(spec, cfg)))
+    runs = current_attempts(parent_run.children(parents[0].info.run_id), set(arm_configs(spec)))
     done = [r for r in runs if r.info.status == "FINISHED"]
     params = done[0].data.params if done else {}
     inputs = done[0].inputs.dataset_inputs if done and done[0].inputs else []

@@ -44,7 +44,7 @@ class ArmObjective:
 
 def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     spec = parse_comparison(sections.get("compare"), cfg, source=args.experiment)
-    arms = arm_configs(spec, cfg)  # every arm validated before any starts
+    arms = arm_configs(spec)  # every arm validated by parse_comparison
     name = args.study_name or spec.name
     ensure_reachable()
     url, storage = open_storage(args.storage)

@@ -8,10 +8,9 @@ pipelines/values.py (PyYAML reads `1e-3` as a string: numbers are cast, not trus
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import functools
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 import yaml
 
 from pipelines.errors import ConfigError
-from pipelines.values import coerce
+from pipelines.policy import Policy
+from pipelines.values import build_tree
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,12 @@ class ModelConfig:
     # parameters train at lr * unfreeze_lr_mult (discriminative lr, as in fastai and Lightning).
     unfreeze_at: tuple[int, ...] = (2, 3)
     unfreeze_lr_mult: float = 0.1
+
+    @functools.cached_property
+    def policy(self) -> Policy:
+        """freeze, bn and the thaw schedule as one value: parsed here once (validate() asks first, so a bad
+        policy is refused with the config), carried by the prepared run, asked by whoever needs it."""
+        return Policy.parse(self.freeze, self.bn, self.unfreeze_at, self.unfreeze_lr_mult)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class TrackingConfig:
     run_name: str = ""  # "" = "<backbone> · <freeze> · seed <seed>"
     log_model: bool = True  # mlflow.pytorch.log_model at the end; off saves a few seconds per run
     log_plots: bool = True  # curves, confusion matrix, input samples; off saves ~0.5 s per run (big searches)
-    # CPU, memory, disk, network and (NVIDIA) GPU use as `system/*` metrics every 5 s while a run trains
+    # CPU, memory, disk, network and (NVIDIA) GPU use as `system/*` metrics every 10 s while a run trains
     system_metrics: bool = True
 
 
@@ -120,7 +126,7 @@ def load_experiment(path: str | Path | None = None,
     sections = {name: raw.pop(name) for name in ENTRY_SECTIONS if name in raw}
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
-    cfg = _build(RunConfig, raw, prefix="", source=source)
+    cfg = build_tree(RunConfig, raw, prefix="", source=source)
     validate(cfg)
     return cfg, sections
 
@@ -131,7 +137,7 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "ove
     raw = to_dict(cfg)
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
-    changed = _build(RunConfig, raw, prefix="", source=source)
+    changed = build_tree(RunConfig, raw, prefix="", source=source)
     validate(changed)
     return changed
 
@@ -160,33 +166,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"override {key}: '{part}' is not a section")
     node[leaf] = value
 
-
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
-    values = {}
-    for name in names:
-        if name not in raw:
-            continue
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            values[name] = _build(kind, raw[name], f"{prefix}{name}.", source)
-        else:
-            values[name] = coerce(raw[name], kind, f"{prefix}{name}", source)
-    return cls(**values)
-
-
 def validate(cfg: RunConfig) -> None:
     """Value checks that do not need the model or the data (those come when they are built)."""
-    from pipelines.models.freezing import BN_MODES, parse_policy  # local: keeps `import pipelines.config` light
-
     t, d = cfg.train, cfg.data
     checks = [
         (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
@@ -205,7 +186,6 @@ def validate(cfg: RunConfig) -> None:
         (0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
          "data.val_fraction and data.test_fraction must each be in (0, 1) and sum to less than 1"),
         (0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}"),
-        (cfg.model.bn in BN_MODES, f"model.bn must be one of {BN_MODES}, got '{cfg.model.bn}'"),
         (cfg.model.unfreeze_lr_mult > 0, f"model.unfreeze_lr_mult must be > 0, got {cfg.model.unfreeze_lr_mult}"),
         (d.feature_cache in FEATURE_CACHES,
          f"data.feature_cache must be one of {FEATURE_CACHES}, got '{d.feature_cache}'"),
@@ -215,11 +195,7 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    if parse_policy(cfg.model.freeze).kind == "gradual":
-        at = cfg.model.unfreeze_at
-        if not at or list(at) != sorted(set(at)) or at[0] < 2 or at[-1] > t.epochs:
-            raise ConfigError(f"model.unfreeze_at {list(at)} must be increasing epochs within 2..train.epochs "
-                              f"({t.epochs}): a stage thaws before the epoch named")
+    cfg.model.policy.check_schedule(t.epochs)  # the policy parsed: model.freeze and model.bn checked too
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

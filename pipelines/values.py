@@ -1,4 +1,5 @@
-"""Cast a value from YAML or the command line to a config field's type, or fail in one line naming the key.
+"""Cast a value from YAML or the command line to a config field's type, or fail in one line naming the key;
+build a typed dataclass tree from a raw mapping the same way.
 
 PyYAML reads `1e-3` as a string and MLflow passes float-typed parameters as "5.0": numbers are cast
 here rather than trusted. Used by the config tree and by the compare/search sections and CLI flags.
@@ -6,6 +7,8 @@ here rather than trusted. Used by the config tree and by the compare/search sect
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import types
 import typing
 from typing import Any
@@ -57,3 +60,28 @@ def coerce(value: Any, kind: Any, key: str, source: str = "config") -> Any:
             raise bad
         return str(value)
     raise ConfigError(f"{source}: {key} has an unsupported type {kind}")
+
+
+
+def build_tree(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    """A (nested) dataclass from a raw mapping: unknown keys refused with the closest valid one, each value
+    cast to its field's type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = build_tree(kind, raw[name], f"{prefix}{name}.", source)
+        else:
+            values[name] = coerce(raw[name], kind, f"{prefix}{name}", source)
+    return cls(**values)

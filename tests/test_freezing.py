@@ -5,8 +5,9 @@ import torch
 
 from pipelines.config import TrainConfig
 from pipelines.errors import ConfigError
-from pipelines.models.backbones import build_backbone
-from pipelines.models.freezing import apply_policy, head_prefix, parse_policy, stages
+from pipelines.models.backbones import build_backbone, head_prefix
+from pipelines.models.freezing import apply_policy, stages
+from pipelines.policy import Policy
 from pipelines.training.optimizer import make_optimizer
 
 
@@ -17,7 +18,7 @@ def trainable_names(model):
 @pytest.mark.parametrize("name", ["timm/test_resnet", "torchvision/resnet18", "torchvision/mobilenet_v3_small"])
 def test_frozen_trains_only_the_head(name):
     model = build_backbone(name, 4).model
-    report = apply_policy(model, "frozen")
+    report = apply_policy(model, Policy.parse("frozen"))
     head = head_prefix(model)
     assert trainable_names(model) == {f"{head}.weight", f"{head}.bias"}
     assert report.params_trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -26,7 +27,7 @@ def test_frozen_trains_only_the_head(name):
 
 def test_optimizer_gets_only_trainable_parameters():
     model = build_backbone("timm/test_resnet", 4).model
-    apply_policy(model, "last_n:1")
+    apply_policy(model, Policy.parse("last_n:1"))
     optimizer = make_optimizer(model, TrainConfig())
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
@@ -34,7 +35,7 @@ def test_optimizer_gets_only_trainable_parameters():
 
 def test_frozen_batchnorm_statistics_do_not_move_in_train_mode():
     model = build_backbone("timm/test_resnet", 4).model
-    apply_policy(model, "frozen")
+    apply_policy(model, Policy.parse("frozen"))
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     model.train()
     model(torch.randn(8, 3, 32, 32) * 5 + 3)
@@ -48,8 +49,8 @@ def test_model_bn_decides_what_frozen_stages_batchnorm_does(policy, bn):
     """conv1.1 is the stem's BatchNorm, frozen under the first three policies: its statistics move in
     train mode only with bn=train; under unfrozen and layer_decay nothing is frozen, so they always move."""
     model = build_backbone("timm/test_resnet", 4).model
-    apply_policy(model, "frozen", bn="frozen")  # a model re-used with another setting sheds the old hooks
-    apply_policy(model, policy, unfreeze_at=(2,), bn=bn)
+    apply_policy(model, Policy.parse("frozen", bn="frozen"))  # a model re-used with another setting sheds the old hooks
+    apply_policy(model, Policy.parse(policy, unfreeze_at=(2,), bn=bn))
     stem_frozen = not model.conv1[1].weight.requires_grad
     assert stem_frozen == (policy in ("frozen", "last_n:1", "gradual"))
     before = model.state_dict()["conv1.1.running_mean"].clone()
@@ -61,7 +62,7 @@ def test_model_bn_decides_what_frozen_stages_batchnorm_does(policy, bn):
 
 def test_unfrozen_batchnorm_statistics_do_move():
     model = build_backbone("timm/test_resnet", 4).model
-    apply_policy(model, "unfrozen")
+    apply_policy(model, Policy.parse("unfrozen"))
     before = model.state_dict()["conv1.1.running_mean"].clone()
     model.train()
     model(torch.randn(8, 3, 32, 32) * 5 + 3)
@@ -70,7 +71,7 @@ def test_unfrozen_batchnorm_statistics_do_move():
 
 def test_last_n_unfreezes_the_last_stages():
     model = build_backbone("timm/test_resnet", 4).model
-    report = apply_policy(model, "last_n:2")
+    report = apply_policy(model, Policy.parse("last_n:2"))
     names = trainable_names(model)
     assert report.stages_total == 5 and report.stages_trainable == 2
     assert any(n.startswith("layer4.") for n in names) and any(n.startswith("layer3.") for n in names)
@@ -87,12 +88,12 @@ def test_torchvision_natural_stages():
 def test_last_n_beyond_the_stages_is_an_error():
     model = build_backbone("timm/test_resnet", 4).model
     with pytest.raises(ConfigError, match="only 5 stages"):
-        apply_policy(model, "last_n:9")
+        apply_policy(model, Policy.parse("last_n:9"))
 
 
 def test_unfrozen_trains_everything():
     model = build_backbone("timm/test_resnet", 4).model
-    report = apply_policy(model, "unfrozen")
+    report = apply_policy(model, Policy.parse("unfrozen"))
     assert report.params_trainable == report.params_total
 
 
@@ -100,7 +101,7 @@ def test_thawed_batchnorm_trains_again_and_export_drops_the_hook():
     from pipelines.training.engine import copy_model
 
     model = build_backbone("timm/test_resnet", 4).model
-    apply_policy(model, "frozen")
+    apply_policy(model, Policy.parse("frozen"))
     for p in model.parameters():  # what gradual unfreezing does to a stage
         p.requires_grad = True
     model.train()
@@ -150,7 +151,7 @@ def test_gradual_schedule_is_validated(overrides, message):
 def test_gradual_schedule_longer_than_the_stages():
     model = build_backbone("timm/test_resnet", 4).model
     with pytest.raises(ConfigError, match="6 thaw epochs .* only 5 stages"):
-        apply_policy(model, "gradual", unfreeze_at=(2, 3, 4, 5, 6, 7))
+        apply_policy(model, Policy.parse("gradual", unfreeze_at=(2, 3, 4, 5, 6, 7)))
 
 
 @pytest.mark.parametrize("name", ["timm/tf_efficientnet_lite0", "timm/test_resnet", "torchvision/resnet18"])
@@ -160,7 +161,7 @@ def test_layer_decay_groups_and_lrs_are_timms(name):
     from pipelines.training.optimizer import layer_decay_groups
 
     model = build_backbone(name, 4).model
-    report = apply_policy(model, "layer_decay:0.7")
+    report = apply_policy(model, Policy.parse("layer_decay:0.7"))
     assert report.params_trainable == report.params_total and report.policy == "layer_decay:0.7"
     optimizer = make_optimizer(model, TrainConfig(lr=0.01), layer_decay=0.7)
     got = [({id(p) for p in g["params"]}, g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
@@ -195,7 +196,7 @@ def in_order_of_depth(model, lr_of) -> bool:
 
 def test_layer_decay_on_torchvision_uses_the_freeze_stages():
     model = build_backbone("torchvision/resnet18", 4).model
-    apply_policy(model, "layer_decay:0.5")
+    apply_policy(model, Policy.parse("layer_decay:0.5"))
     optimizer = make_optimizer(model, TrainConfig(lr=0.08), layer_decay=0.5)
     lr_of = lr_by_name(model, optimizer)
     # stages: conv1, bn1, layer1..4 (see test_torchvision_natural_stages), then the head
@@ -207,7 +208,7 @@ def test_layer_decay_on_torchvision_uses_the_freeze_stages():
 
 def test_cosine_schedule_keeps_the_layer_decay_ratios():
     model = build_backbone("timm/test_resnet", 4).model
-    apply_policy(model, "layer_decay:0.7")
+    apply_policy(model, Policy.parse("layer_decay:0.7"))
     optimizer = make_optimizer(model, TrainConfig(lr=0.01), layer_decay=0.7)
     start = [g["lr"] for g in optimizer.param_groups]
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
@@ -225,7 +226,7 @@ def test_cosine_schedule_keeps_the_layer_decay_ratios():
 ])
 def test_layer_decay_factor_is_validated(text, message):
     with pytest.raises(ConfigError, match=message):
-        parse_policy(text)
+        Policy.parse(text)
 
 
 def test_layer_decay_run_trains_every_layer_and_logs_the_heads_lr(tmp_path):

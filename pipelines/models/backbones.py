@@ -15,9 +15,8 @@ import torchvision
 from torch import nn
 
 from pipelines.data.loaders import Preprocessing
-from pipelines.errors import UnknownNameError
+from pipelines.errors import ConfigError, UnknownNameError
 from pipelines.models import weight_sources as weight_sources
-from pipelines.models.freezing import head_prefix
 
 SOURCES = ("timm", "torchvision")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,3 +100,20 @@ def _torchvision_preprocessing(tv_weights) -> Preprocessing:
         return Preprocessing(IMAGENET_MEAN, IMAGENET_STD, "bilinear")
     t = tv_weights.transforms()
     return Preprocessing(tuple(t.mean), tuple(t.std), t.interpolation.value)
+
+
+def head_prefix(model: nn.Module) -> str:
+    """Module path of the classifier: timm's get_classifier(), else the model's last Linear."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        for name, module in model.named_modules():
+            if module is head:
+                return name
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"cannot find the classifier of {type(model).__name__}")
+    return linears[-1]
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    return model.get_submodule(head_prefix(model))

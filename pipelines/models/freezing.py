@@ -1,8 +1,6 @@
-"""Freeze policies: which stages train, and whether BatchNorm in frozen stages keeps its statistics.
+"""A freeze policy (pipelines/policy.py) applied to a network: which stages train, and whether
+BatchNorm in frozen stages keeps its statistics. The one module that writes `requires_grad`.
 
-Policies: `unfrozen` | `frozen` (head only) | `last_n:K` (the last K stages plus the head) |
-`gradual` (thaw stages during training) | `layer_decay:F` (everything trains, each layer group at F
-times the lr of the one after it; pipelines/training/optimizer.py builds the groups with timm).
 Stages are timm's own coarse `group_matcher` groups; for torchvision models, the model's natural
 top-level stages (resnet's layer1..4, mobilenet's features[i], ...).
 
@@ -19,31 +17,17 @@ parameters stay frozen), which can help when the target images are far from the 
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 
 from timm.models import group_parameters
 from torch import nn
 
-from pipelines.errors import ConfigError
+from pipelines.models.backbones import head_prefix
+from pipelines.policy import Policy
 
-POLICIES = ("unfrozen", "frozen", "last_n:K", "gradual", "layer_decay:F")
-BN_MODES = ("frozen", "train")
 _MIN_STAGES = 4
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
-
-@dataclass(frozen=True)
-class Policy:
-    kind: str  # unfrozen | frozen | last_n | gradual | layer_decay
-    n: int = 0  # last_n: how many stages train
-    decay: float = 0.0  # layer_decay: the lr factor from one layer group to the one before it
-
-    def __str__(self) -> str:
-        if self.kind == "last_n":
-            return f"last_n:{self.n}"
-        return f"layer_decay:{self.decay:g}" if self.kind == "layer_decay" else self.kind
 
 
 @dataclass(frozen=True)
@@ -53,38 +37,6 @@ class FreezeReport:
     stages_trainable: int
     params_trainable: int
     params_total: int
-
-
-def parse_policy(text: str) -> Policy:
-    if text in ("unfrozen", "frozen", "gradual"):
-        return Policy(text)
-    match = re.fullmatch(r"last_n:(\d+)", text)
-    if match and int(match[1]) >= 1:
-        return Policy("last_n", int(match[1]))
-    if text.startswith("layer_decay:"):
-        factor = text.removeprefix("layer_decay:")
-        try:
-            decay = float(factor)
-        except ValueError:
-            decay = math.nan
-        if not 0 < decay < 1:  # NaN fails this too
-            raise ConfigError(f"freeze policy '{text}': the layer decay factor must be a number in (0, 1), "
-                              "e.g. layer_decay:0.7 (1 would be plain unfrozen)")
-        return Policy("layer_decay", decay=decay)
-    raise ConfigError(f"unknown freeze policy '{text}' (valid: {', '.join(POLICIES)}, with K >= 1)")
-
-
-def head_prefix(model: nn.Module) -> str:
-    """Module path of the classifier: timm's get_classifier(), else the model's last Linear."""
-    if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-        for name, module in model.named_modules():
-            if module is head:
-                return name
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"cannot find the classifier of {type(model).__name__}")
-    return linears[-1]
 
 
 def stages(model: nn.Module) -> list[list[str]]:
@@ -136,32 +88,31 @@ def _parametrized_children(module: nn.Module, prefix: str, head: str) -> list[st
     return out
 
 
-def apply_policy(model: nn.Module, policy: Policy | str, unfreeze_at: tuple[int, ...] = (),
-                 bn: str = "frozen") -> FreezeReport:
-    """Set requires_grad per the policy, and BatchNorm per `bn` (module docstring); `gradual` starts
-    frozen (see thaw_schedule for the rest)."""
-    policy = parse_policy(policy) if isinstance(policy, str) else policy
+def apply_policy(model: nn.Module, policy: Policy) -> FreezeReport:
+    """Set requires_grad per the policy, and BatchNorm per its `bn` (module docstring); `gradual` starts
+    frozen (thaw() brings its stages in, on the policy's schedule)."""
     groups = stages(model)
-    params_total = sum(p.numel() for p in model.parameters())
-    if policy.kind == "last_n" and policy.n > len(groups):
-        raise ConfigError(f"freeze last_n:{policy.n} but {type(model).__name__} has only {len(groups)} stages")
-    if policy.kind == "gradual" and len(unfreeze_at) > len(groups):
-        raise ConfigError(f"gradual: {len(unfreeze_at)} thaw epochs (model.unfreeze_at) but "
-                          f"{type(model).__name__} has only {len(groups)} stages")
-    if bn not in BN_MODES:
-        raise ConfigError(f"model.bn must be one of {BN_MODES}, got '{bn}'")
-    trainable_stages = {"unfrozen": len(groups), "layer_decay": len(groups), "frozen": 0, "gradual": 0,
-                        "last_n": policy.n}[policy.kind]
+    trainable_stages = policy.trainable_stages(len(groups), type(model).__name__)
     frozen = {name for group in groups[: len(groups) - trainable_stages] for name in group}
-    set_frozen(model, frozen, hold_batchnorm=bn == "frozen")
+    set_frozen(model, frozen, hold_batchnorm=policy.holds_batchnorm)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return FreezeReport(str(policy), len(groups), trainable_stages, trainable, params_total)
+    return FreezeReport(str(policy), len(groups), trainable_stages, trainable,
+                        sum(p.numel() for p in model.parameters()))
 
 
-def thaw_schedule(model: nn.Module, unfreeze_at: tuple[int, ...]) -> dict[int, list[str]]:
-    """Epoch → parameter names to thaw before it: the last stage first, then inwards."""
-    groups = stages(model)
-    return {epoch: groups[-(i + 1)] for i, epoch in enumerate(unfreeze_at)}
+def thaw_schedule(model: nn.Module, policy: Policy) -> dict[int, list[str]]:
+    """Epoch → parameter names to thaw before it (gradual); empty for every other policy."""
+    return policy.thaw_schedule(stages(model)) if policy.kind == "gradual" else {}
+
+
+def thaw(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    """Train these parameters from now on (their BatchNorm layers return to training mode: the hook);
+    returns them, for the optimizer's new group."""
+    params = dict(model.named_parameters())
+    thawed = [params[name] for name in names]
+    for param in thawed:
+        param.requires_grad = True
+    return thawed
 
 
 def set_frozen(model: nn.Module, frozen: set[str], hold_batchnorm: bool = True) -> None:
@@ -188,8 +139,3 @@ def without_policy_hooks(model: nn.Module) -> nn.Module:
             if hook is _hold_eval_if_frozen:
                 del module._forward_pre_hooks[key]
     return model
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """What the optimizer gets: never a frozen parameter."""
-    return [p for p in model.parameters() if p.requires_grad]

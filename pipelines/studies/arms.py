@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 
 from pipelines.config import RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError
-from pipelines.models.freezing import parse_policy
 from pipelines.studies.worker import RUN_ATTR, fail_trial
 from pipelines.values import coerce
 
@@ -48,6 +47,7 @@ class Arm:
 class Comparison:
     name: str
     arms: tuple[Arm, ...]
+    configs: tuple[RunConfig, ...]  # each arm's run config, validated
 
 
 def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") -> Comparison:
@@ -70,8 +70,8 @@ def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") 
         if arm in seen:
             raise ConfigError(f"{source}: duplicate arm '{arm.name}' (weights {arm.weights})")
         seen.add(arm)
-        parse_policy(arm.freeze)
-    return Comparison(name, tuple(arms))
+    # each validated as a run config: its policy, a gradual schedule that fits the epochs
+    return Comparison(name, tuple(arms), tuple(arm_config(base, arm) for arm in arms))
 
 
 def _as_list(value: Any, key: str) -> list:
@@ -114,10 +114,9 @@ def arm_config(base: RunConfig, arm: Arm) -> RunConfig:
 DIGEST_ATTR = "config_digest"
 
 
-def arm_configs(spec: Comparison, base: RunConfig) -> dict[str, tuple[Arm, RunConfig]]:
-    """config digest → (arm, its run config), every arm validated before any starts."""
-    configs = [(arm, arm_config(base, arm)) for arm in spec.arms]
-    return {digest(cfg): (arm, cfg) for arm, cfg in configs}
+def arm_configs(spec: Comparison) -> dict[str, tuple[Arm, RunConfig]]:
+    """config digest → (arm, its run config)."""
+    return {digest(cfg): (arm, cfg) for arm, cfg in zip(spec.arms, spec.configs, strict=True)}
 
 
 def queue_arms(study: optuna.Study, storage: optuna.storages.BaseStorage, arms: dict[str, tuple[Arm, RunConfig]],

@@ -28,7 +28,6 @@ import optuna
 
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError
-from pipelines.models.freezing import parse_policy
 from pipelines.studies.storage import DIRECTIONS
 from pipelines.values import coerce
 
@@ -110,8 +109,6 @@ def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None
     if sampler == "grid" and lr is not None and not lr_is_list:
         raise ConfigError("the grid sampler needs discrete values: give search.lr as a list, not low/high")
     freeze = tuple(str(p) for p in raw.get("freeze", []) or [])
-    for policy in freeze:
-        parse_policy(policy)
     scaling = raw.get("linear_scaling") or {}
     if not isinstance(scaling, dict) or any(k != "base_batch_size" for k in scaling):
         raise ConfigError("search.linear_scaling takes {base_batch_size: N}")
@@ -123,7 +120,8 @@ def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None
         n_trials=n_trials, max_trials=max_trials, timeout=timeout, sampler=sampler, pruner=pruner,
         probe_memory=coerce(raw.get("probe_memory", True), bool, "search.probe_memory", source),
         seed=coerce(raw.get("seed", base.seed), int, "search.seed", source), pruner_note=pruner_note)
-    trial_config(base, spec, {"batch_size": spec.batch_sizes[-1]})  # validated: e.g. a gradual schedule
+    for policy in spec.freeze or (base.model.freeze,):  # each choice validated as a run config: its policy,
+        trial_config(base, spec, {"batch_size": spec.batch_sizes[-1], "freeze": policy})  # a gradual schedule
     return spec
 
 

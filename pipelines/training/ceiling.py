@@ -25,11 +25,10 @@ from torch import nn
 from pipelines.config import RunConfig
 from pipelines.data.sources import load_dataset
 from pipelines.errors import first_line
-from pipelines.models.backbones import build_backbone
-from pipelines.models.freezing import apply_policy, parse_policy
 from pipelines.training.engine import optimizer_step
 from pipelines.training.memory import available_mb, in_use_mb, peak_mb, reset_peak
 from pipelines.training.optimizer import make_optimizer
+from pipelines.training.run import build_model
 from pipelines.training.runtime import autocast_context, free_memory, grad_scaler, resolve_device
 
 log = logging.getLogger(__name__)
@@ -113,15 +112,13 @@ class _StepProbe:
     def __init__(self, cfg: RunConfig, device: torch.device):
         self.cfg, self.device = cfg, device
         classes = len(load_dataset(cfg.data.dataset, cfg.data.root).class_names)
-        # the weights' values do not change memory: random init spares a download or a registry read
-        self.model = build_backbone(cfg.model.backbone, classes, "none", cfg.model.drop_rate).model
-        policy = parse_policy(cfg.model.freeze)
-        # gradual ends with its thawed stages training: probe its last, largest state
-        apply_policy(self.model, "unfrozen" if policy.kind == "gradual" else policy, cfg.model.unfreeze_at,
-                     bn=cfg.model.bn)
+        # built as the run builds it, but with random weights (their values do not change memory: no
+        # download, no registry read) and, for gradual, in its last, largest state: every stage thawed
+        policy = cfg.model.policy.thawed()
+        self.model = build_model(cfg, classes, weights="none", policy=policy)[0].model
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.model.to(device=device, memory_format=self.memory_format).train()
-        self.optimizer = make_optimizer(self.model, cfg.train, policy.decay if policy.kind == "layer_decay" else None)
+        self.optimizer = make_optimizer(self.model, cfg.train, policy.layer_decay)
         self.scaler = grad_scaler(device, cfg.train.amp)
         self.criterion = nn.CrossEntropyLoss()
         self.classes = classes

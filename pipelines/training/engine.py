@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from pipelines.config import MONITORS, TrainConfig
 from pipelines.errors import TrainingError
-from pipelines.models.freezing import without_policy_hooks
+from pipelines.models import freezing
 from pipelines.training import checkpoints, memory
 from pipelines.training.metrics import compute, make_metrics
 from pipelines.training.optimizer import make_optimizer
@@ -126,10 +126,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
 
 
 def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: float) -> None:
-    params = dict(model.named_parameters())
-    new = [params[name] for name in names]
-    for param in new:
-        param.requires_grad = True  # their BatchNorm layers return to training mode (freezing's hook)
+    new = freezing.thaw(model, names)
     base_lr = optimizer.defaults["lr"] * lr_mult
     first = optimizer.param_groups[0]
     progress = first["lr"] / first.get("initial_lr", first["lr"])  # where the lr schedule is now
@@ -232,4 +229,4 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 
 def copy_model(model: nn.Module) -> nn.Module:
     """A CPU copy in eval mode for export, so logging never moves the live model."""
-    return without_policy_hooks(copy.deepcopy(model)).to("cpu", memory_format=torch.contiguous_format).eval()
+    return freezing.without_policy_hooks(copy.deepcopy(model)).to("cpu", memory_format=torch.contiguous_format).eval()

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from pipelines.data.splits import SPLITS
-from pipelines.models.freezing import head_prefix
+from pipelines.models.backbones import head_prefix
 from pipelines.training.runtime import autocast_context
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,12 @@ def plan(prepared) -> CachePlan:
 
 def blocker(prepared) -> str | None:
     """Why the cache cannot give the same result as the uncached run, or None when it can."""
-    cfg = prepared.cfg
-    if cfg.model.freeze != "frozen":
-        return f"policy {cfg.model.freeze} trains the backbone"
+    cfg, policy = prepared.cfg, prepared.policy
+    if policy.trains_backbone:
+        return f"policy {policy} trains the backbone"
     if cfg.data.feature_cache == "off":
         return "data.feature_cache is off"
-    if cfg.model.bn == "train":
+    if not policy.holds_batchnorm:
         return "model.bn is train: the frozen backbone's BatchNorm normalises each batch by its own statistics"
     if cfg.data.augment:
         return "random augmentation: the train transform is not deterministic"
@@ -153,7 +153,3 @@ def head_loaders(found: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size
         loaders[split] = DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False),
                                     generator=generator if split == "train" else None)
     return loaders
-
-
-def head_module(model: nn.Module) -> nn.Module:
-    return model.get_submodule(head_prefix(model))

@@ -20,9 +20,10 @@ from pipelines.config import RunConfig
 from pipelines.data.loaders import DataBundle, build_data, denormalize, make_loaders
 from pipelines.data.sources import load_dataset
 from pipelines.errors import ConfigError, first_line
-from pipelines.models.backbones import Backbone, build_backbone
-from pipelines.models.freezing import FreezeReport, apply_policy, parse_policy, thaw_schedule
+from pipelines.models.backbones import Backbone, build_backbone, head_module
+from pipelines.models.freezing import FreezeReport, apply_policy, thaw_schedule
 from pipelines.models.weight_sources import check_source
+from pipelines.policy import Policy
 from pipelines.training import feature_cache
 from pipelines.training.engine import FitResult, Listener, fit
 from pipelines.training.runtime import resolve_device, seed_everything
@@ -37,6 +38,10 @@ class PreparedRun:
     device: torch.device
     config_digest: str
     feature_cache: feature_cache.CachePlan = feature_cache.CachePlan("off", "not planned yet")
+
+    @property
+    def policy(self) -> Policy:
+        return self.cfg.model.policy
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -71,14 +76,22 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
         check_source(cfg.model.weights)
     raw = load_dataset(cfg.data.dataset, cfg.data.root)
     seed_everything(cfg.seed)  # the fresh head's initialisation is part of the experiment
-    backbone = build_backbone(cfg.model.backbone, len(raw.class_names), cfg.model.weights,
-                              cfg.model.drop_rate, state_dict=state_dict)
+    backbone, freeze = build_model(cfg, len(raw.class_names), state_dict=state_dict)
     _check_image_size(backbone, cfg.data.image_size)
     data = build_data(cfg.data, raw, backbone.preprocessing)
-    freeze = apply_policy(backbone.model, cfg.model.freeze, cfg.model.unfreeze_at, bn=cfg.model.bn)
     prepared = PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
     prepared.feature_cache = feature_cache.plan(prepared)
     return prepared
+
+
+def build_model(cfg: RunConfig, num_classes: int, weights: str | None = None,
+                state_dict: dict[str, torch.Tensor] | None = None,
+                policy: Policy | None = None) -> tuple[Backbone, FreezeReport]:
+    """The network a run trains: the backbone from its weights source (the config's, unless `weights` says
+    otherwise), a fresh head, and the freeze policy (the config's, unless `policy` says otherwise)."""
+    backbone = build_backbone(cfg.model.backbone, num_classes, cfg.model.weights if weights is None else weights,
+                              cfg.model.drop_rate, state_dict=state_dict)
+    return backbone, apply_policy(backbone.model, policy or cfg.model.policy)
 
 
 def _check_image_size(backbone: Backbone, size: int) -> None:
@@ -115,14 +128,12 @@ def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunO
         found, origin = feature_cache.features(prepared, batch_size=max(64, cfg.train.batch_size))
         extra = {"perf/feature_extraction_s": time.perf_counter() - tick, "feature_cache_source": origin}
         loaders = feature_cache.head_loaders(found, cfg.train.batch_size, cfg.seed)
-        model = feature_cache.head_module(model)
+        model = head_module(model)
         train_cfg = dataclasses.replace(cfg.train, channels_last=False)  # features are [N, D]
-    policy = parse_policy(cfg.model.freeze)
-    thaw = thaw_schedule(model, cfg.model.unfreeze_at) if policy.kind == "gradual" else None
+    policy = prepared.policy
     result = fit(model, loaders, train_cfg, len(prepared.data.class_names), prepared.device,
-                 checkpoint_dir=prepared.checkpoint_dir, listeners=listeners, thaw=thaw,
-                 thaw_lr_mult=cfg.model.unfreeze_lr_mult,
-                 layer_decay=policy.decay if policy.kind == "layer_decay" else None)
+                 checkpoint_dir=prepared.checkpoint_dir, listeners=listeners, thaw=thaw_schedule(model, policy),
+                 thaw_lr_mult=policy.unfreeze_lr_mult, layer_decay=policy.layer_decay)
     result.extra.update(extra)
     y_true, y_pred = result.test_predictions
     names = prepared.data.class_names

@@ -1,0 +1,99 @@
+"""The freeze policy as one value, parsed once from a run's config and asked wherever a run needs to
+know what trains and when: the freezing of a network, the optimizer's layer-decay groups, the
+thaw schedule, whether frozen features can be cached, the batch-size ceiling's probe.
+
+Policies: `unfrozen` | `frozen` (head only) | `last_n:K` (the last K stages plus the head) |
+`gradual` (start frozen, thaw stages before the epochs of `model.unfreeze_at`, last stage first) |
+`layer_decay:F` (everything trains, each layer group at F times the lr of the one after it).
+`model.bn` says what BatchNorm layers of frozen stages do in training mode (pipelines/models/freezing.py).
+Nothing here needs torch: the config validates a policy without building a model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+from pipelines.errors import ConfigError
+
+POLICIES = ("unfrozen", "frozen", "last_n:K", "gradual", "layer_decay:F")
+BN_MODES = ("frozen", "train")
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str  # unfrozen | frozen | last_n | gradual | layer_decay
+    n: int = 0  # last_n: how many stages train
+    decay: float = 0.0  # layer_decay: the lr factor from one layer group to the one before it
+    bn: str = "frozen"  # frozen stages' BatchNorm: frozen (held in eval) | train (batch statistics)
+    unfreeze_at: tuple[int, ...] = ()  # gradual: the epochs before which the next stage thaws
+    unfreeze_lr_mult: float = 1.0  # gradual: a thawed stage trains at lr * this
+
+    @classmethod
+    def parse(cls, text: str, bn: str = "frozen", unfreeze_at: tuple[int, ...] = (),
+              unfreeze_lr_mult: float = 1.0) -> Policy:
+        """The one reading of a policy string; anything else is a one-line ConfigError."""
+        if bn not in BN_MODES:
+            raise ConfigError(f"model.bn must be one of {BN_MODES}, got '{bn}'")
+        rest = {"bn": bn, "unfreeze_at": tuple(unfreeze_at), "unfreeze_lr_mult": unfreeze_lr_mult}
+        if text in ("unfrozen", "frozen", "gradual"):
+            return cls(text, **rest)
+        match = re.fullmatch(r"last_n:(\d+)", text)
+        if match and int(match[1]) >= 1:
+            return cls("last_n", n=int(match[1]), **rest)
+        if text.startswith("layer_decay:"):
+            try:
+                decay = float(text.removeprefix("layer_decay:"))
+            except ValueError:
+                decay = math.nan
+            if not 0 < decay < 1:  # NaN fails this too
+                raise ConfigError(f"freeze policy '{text}': the layer decay factor must be a number in (0, 1), "
+                                  "e.g. layer_decay:0.7 (1 would be plain unfrozen)")
+            return cls("layer_decay", decay=decay, **rest)
+        raise ConfigError(f"unknown freeze policy '{text}' (valid: {', '.join(POLICIES)}, with K >= 1)")
+
+    def __str__(self) -> str:
+        if self.kind == "last_n":
+            return f"last_n:{self.n}"
+        return f"layer_decay:{self.decay:g}" if self.kind == "layer_decay" else self.kind
+
+    @property
+    def trains_backbone(self) -> bool:
+        """Whether any backbone parameter trains at some point (only `frozen` trains the head alone)."""
+        return self.kind != "frozen"
+
+    @property
+    def holds_batchnorm(self) -> bool:
+        return self.bn == "frozen"
+
+    @property
+    def layer_decay(self) -> float | None:
+        """The layer-wise lr decay the optimizer's groups take, or None for one group per lr."""
+        return self.decay if self.kind == "layer_decay" else None
+
+    def thawed(self) -> Policy:
+        """The policy's last, largest training state: gradual ends with its thawed stages training."""
+        return replace(self, kind="unfrozen") if self.kind == "gradual" else self
+
+    def check_schedule(self, epochs: int) -> None:
+        """gradual's thaw epochs: increasing, within 2..epochs (a stage thaws before the epoch named)."""
+        at = self.unfreeze_at
+        if self.kind == "gradual" and (not at or list(at) != sorted(set(at)) or at[0] < 2 or at[-1] > epochs):
+            raise ConfigError(f"model.unfreeze_at {list(at)} must be increasing epochs within 2..train.epochs "
+                              f"({epochs}): a stage thaws before the epoch named")
+
+    def trainable_stages(self, stages: int, model: str) -> int:
+        """How many of a network's `stages` (input side first) train from the start."""
+        if self.kind == "last_n" and self.n > stages:
+            raise ConfigError(f"freeze last_n:{self.n} but {model} has only {stages} stages")
+        if self.kind == "gradual" and len(self.unfreeze_at) > stages:
+            raise ConfigError(f"gradual: {len(self.unfreeze_at)} thaw epochs (model.unfreeze_at) but "
+                              f"{model} has only {stages} stages")
+        return {"unfrozen": stages, "layer_decay": stages, "frozen": 0, "gradual": 0, "last_n": self.n}[self.kind]
+
+    def thaw_schedule(self, stages: list[list[str]]) -> dict[int, list[str]]:
+        """Epoch → parameter names to thaw before it: the last stage first, then inwards; empty unless gradual."""
+        if self.kind != "gradual":
+            return {}
+        return {epoch: stages[-(i + 1)] for i, epoch in enumerate(self.unfreeze_at)}
