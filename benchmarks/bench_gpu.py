@@ -222,9 +222,8 @@ def part_search(args, tmp: str) -> Row:
     import optuna
 
     from freezeframe.cli import main
+    from pipelines.studies.keys import REASON_ATTR, TWIN_ATTR
     from pipelines.studies.search_study import probes_in
-    from pipelines.studies.worker import REASON_ATTR
-    from tracking.studies.study_report import TWIN_ATTR
 
     s, (path, samples) = args.sizes, search_experiment(args, tmp)
     row = Row("search", f"6 trials, {s['backbone']} unfrozen {s['search_image']} px, batch 8..{s['search_high']}, "

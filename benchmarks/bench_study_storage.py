@@ -56,8 +56,8 @@ def mlflow_worker(args) -> None:
 def freezeframe_worker(args) -> None:
     """freezeframe's study engine end to end, the child run opened as run_child does, minus the training."""
     from freezeframe.study_run import link_study, open_storage, work
+    from pipelines.studies.keys import RUN_ATTR
     from pipelines.studies.storage import open_study, storage_id
-    from pipelines.studies.worker import RUN_ATTR
     from tracking import tags
     from tracking.runs import session
     from tracking.studies import parent_run
@@ -162,7 +162,7 @@ def bench_mlflow_storage(server: str, args) -> str:
 
 def bench_freezeframe(server: str, args, url: str, label: str) -> str:
     from freezeframe.study_run import open_storage
-    from pipelines.studies.worker import RUN_ATTR
+    from pipelines.studies.keys import RUN_ATTR
 
     study_name = f"bench-{uuid.uuid4().hex[:8]}"
     experiment = f"freezeframe-{study_name}"

@@ -13,10 +13,10 @@ import optuna
 from freezeframe.study_run import experiment_stem, link_study, on_dead_trial, open_storage, print_links, run_child, work
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError
-from pipelines.studies.arms import DIGEST_ATTR, Arm, arm_configs, parse_comparison, queue_arms
-from pipelines.studies.search_study import EpochReporter
+from pipelines.studies.arms import Arm, arm_configs, parse_comparison, queue_arms
+from pipelines.studies.keys import DIGEST_ATTR, RETRY_ATTR
 from pipelines.studies.storage import DIRECTIONS, open_study, storage_id, study_lock
-from pipelines.studies.worker import RETRY_ATTR, reap_dead
+from pipelines.studies.worker import EpochReporter, reap_dead
 from tracking import tags
 from tracking.store import ensure_reachable
 from tracking.studies import comparison_report, parent_run

@@ -10,9 +10,9 @@ import optuna
 from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, run_child, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.errors import without_password
+from pipelines.studies.keys import RETRY_ATTR, RUN_ATTR, TWIN_ATTR
 from pipelines.studies.search_space import SearchSpec, parse_search, suggest, trial_config
 from pipelines.studies.search_study import (
-    EpochReporter,
     batch_size_ceiling,
     champion_trial,
     finished_twin,
@@ -21,7 +21,7 @@ from pipelines.studies.search_study import (
     open_search,
 )
 from pipelines.studies.storage import storage_id
-from pipelines.studies.worker import RETRY_ATTR, RUN_ATTR
+from pipelines.studies.worker import EpochReporter
 from pipelines.training.run import slug
 from tracking import tags
 from tracking.store import ensure_reachable
@@ -45,7 +45,7 @@ class TrialObjective:
             run_id = parent_run.record_twin(self.parent_run_id, twin.user_attrs[RUN_ATTR], name,
                                             {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number)})
             trial.set_user_attr(RUN_ATTR, run_id)
-            trial.set_user_attr(study_report.TWIN_ATTR, twin.number)
+            trial.set_user_attr(TWIN_ATTR, twin.number)
             print(f"trial {trial.number} {trial.params}: as trial {twin.number}, reused (run {run_id})", flush=True)
             return self._value(twin.values)
         # each trial its own checkpoint folder (two trials may draw the same params, in two workers at

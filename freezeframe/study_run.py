@@ -12,17 +12,23 @@ from optuna.trial import FrozenTrial, TrialState
 
 from freezeframe.single_run import TrackedRun, run_tracked
 from pipelines.config import RunConfig, digest
+from pipelines.studies.keys import (
+    ARM_ATTR,
+    EXPERIMENT_ID_ATTR,
+    EXPERIMENT_URL_ATTR,
+    PARENT_RUN_ID_ATTR,
+    PARENT_RUN_URL_ATTR,
+    REASON_ATTR,
+    RUN_ATTR,
+)
 from pipelines.studies.storage import DEFAULT_STORAGE, make_storage, study_lock
-from pipelines.studies.worker import REASON_ATTR, RUN_ATTR, StudyWorker, requeue
+from pipelines.studies.worker import StudyWorker, requeue
 from tracking import links, tags
 from tracking.runs import session
 from tracking.studies import parent_run
 from tracking.studies.parent_run import FAILED, FINISHED, KILLED, ParentRun
 
 T = TypeVar("T")
-# the study's way back to MLflow, shown by optuna-dashboard with the study
-EXPERIMENT_ID_ATTR, PARENT_RUN_ID_ATTR = "mlflow_experiment_id", "mlflow_parent_run_id"
-EXPERIMENT_URL_ATTR, PARENT_RUN_URL_ATTR = "mlflow_experiment_url", "mlflow_parent_run_url"
 
 
 def open_storage(url: str) -> tuple[str, optuna.storages.BaseStorage]:
@@ -98,7 +104,7 @@ def work(url: str, storage: optuna.storages.BaseStorage, study: optuna.Study, pa
 
 def _told(trial: FrozenTrial) -> None:
     parent_run.mirror_trial(trial)
-    name = trial.user_attrs.get("arm") or f"trial {trial.number} {trial.params}"
+    name = trial.user_attrs.get(ARM_ATTR) or f"trial {trial.number} {trial.params}"
     if trial.state == TrialState.COMPLETE:
         print(f"{name}: {', '.join(f'{v:.4f}' for v in trial.values)}", flush=True)
     else:

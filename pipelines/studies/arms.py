@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 
 from pipelines.config import RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError
-from pipelines.studies.worker import RUN_ATTR, fail_trial
+from pipelines.studies.keys import ARM_ATTR, DIGEST_ATTR, RUN_ATTR
+from pipelines.studies.worker import fail_trial
 from pipelines.values import coerce
 
 _KEYS = ("name", "backbones", "freeze", "seeds", "arms")
@@ -111,9 +112,6 @@ def arm_config(base: RunConfig, arm: Arm) -> RunConfig:
                                  "model.freeze": arm.freeze, "seed": arm.seed, "tracking.run_name": ""})
 
 
-DIGEST_ATTR = "config_digest"
-
-
 def arm_configs(spec: Comparison) -> dict[str, tuple[Arm, RunConfig]]:
     """config digest → (arm, its run config)."""
     return {digest(cfg): (arm, cfg) for arm, cfg in zip(spec.arms, spec.configs, strict=True)}
@@ -135,7 +133,7 @@ def queue_arms(study: optuna.Study, storage: optuna.storages.BaseStorage, arms: 
     running = [t for t in foreign if t.state == TrialState.RUNNING]
     if running:
         raise ConfigError(f"comparison '{study.study_name}' is being run with another config (arm "
-                          f"'{running[0].user_attrs.get('arm')}', digest {running[0].user_attrs.get(DIGEST_ATTR)}); "
+                          f"'{running[0].user_attrs.get(ARM_ATTR)}', digest {running[0].user_attrs.get(DIGEST_ATTR)}); "
                           "wait for those workers or choose another study_name")
     for trial in foreign:
         if trial.state == TrialState.WAITING:
@@ -151,5 +149,5 @@ def queue_arms(study: optuna.Study, storage: optuna.storages.BaseStorage, arms: 
         states.setdefault(key, set()).add(trial.state)
     for key, (arm, _) in arms.items():
         if not states.get(key, set()) & {TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE}:
-            study.enqueue_trial({}, user_attrs={"arm": arm.name, DIGEST_ATTR: key, **asdict(arm)})
+            study.enqueue_trial({}, user_attrs={ARM_ATTR: arm.name, DIGEST_ATTR: key, **asdict(arm)})
     return done

@@ -10,19 +10,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.config import RunConfig
 from pipelines.errors import ConfigError
+from pipelines.studies.keys import CEILING_ATTR
 from pipelines.studies.search_space import SearchSpec, grid_space, trial_config
-from pipelines.studies.storage import open_study, study_lock
+from pipelines.studies.storage import open_study, study_id, study_lock
+from pipelines.studies.worker import WorkerGridSampler
 from pipelines.training.ceiling import Ceiling, find_ceiling, probe_key
 from pipelines.training.engine import FitResult
-
-# + probe_key: a probe's result, kept as a study *system* attribute for reruns and other workers
-# (optuna-dashboard lists user attributes, where the MLflow links are: this cache is not for people)
-CEILING_ATTR = "freezeframe.ceiling:"
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_space(spec), seed=spec.seed)
+        return WorkerGridSampler(grid_space(spec), seed=spec.seed)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=spec.seed)
     if spec.sampler == "nsga2":
@@ -86,10 +84,6 @@ def probes_in(study: optuna.Study, storage: optuna.storages.BaseStorage) -> dict
     return {k: v for k, v in found.items() if k.startswith(CEILING_ATTR)}
 
 
-def study_id(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
-    return storage.get_study_id_from_name(study.study_name)
-
-
 def _limit_source(cfg: RunConfig) -> str:
     return "of train.memory_limit_mb" if cfg.train.memory_limit_mb else "available"
 
@@ -122,18 +116,3 @@ def champion_trial(study: optuna.Study) -> FrozenTrial | None:
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     return max(study.best_trials, key=lambda t: (sign * t.values[0], -t.number))
 
-
-class EpochReporter:
-    """An engine listener: report the metric each epoch (optuna-dashboard's curves); with `prune`, stop
-    the trial when the pruner says so. Multi-objective studies take no intermediate values."""
-
-    def __init__(self, trial: optuna.Trial, metric: str, prune: bool = True):
-        self.trial, self.metric, self.prune = trial, metric, prune
-        self.active = len(trial.study.directions) == 1
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if not self.active:
-            return
-        self.trial.report(metrics[self.metric], step=epoch)
-        if self.prune and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.metric} {metrics[self.metric]:.4f})")

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import optuna
 
 from pipelines.errors import ConfigError, FreezeframeError, first_line, without_password
+from pipelines.studies.keys import KIND_ATTR
 
 # A live trial touches the storage this often, and one silent for the grace period belongs to a dead
 # process: the next worker fails it. The environment may shorten both (the fault tests do).
@@ -26,7 +27,6 @@ HEARTBEAT_S = int(os.environ.get("FREEZEFRAME_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("FREEZEFRAME_GRACE_S", "30"))
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
-KIND_ATTR = "freezeframe.kind"  # compare | search: a study name means one kind of work
 SCHEMA_LOCK = "freezeframe-schema"  # the lock name under which a storage's tables are created
 
 
@@ -68,6 +68,11 @@ def storage_id(url: str) -> str:
     """Which storage a study lives in, without credentials (a parent must not match another storage's study)."""
     parsed = urlparse(url)
     return f"{parsed.scheme}:{parsed.hostname or ''}{parsed.path}" if parsed.scheme else url
+
+
+def study_id(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """The storage's id of a study (Study keeps it private): for the storage calls that take one."""
+    return storage.get_study_id_from_name(study.study_name)
 
 
 def _journal_path(url: str) -> Path:

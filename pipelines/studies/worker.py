@@ -10,8 +10,6 @@ pid) and, on RDB storages, beats a heartbeat: a trial whose owner died is failed
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import threading
 import time
 import warnings
@@ -20,16 +18,15 @@ from dataclasses import dataclass
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.samplers import GridSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.errors import first_line
-from pipelines.studies.storage import study_lock
-from pipelines.training.runtime import free_memory, process_alive
+from pipelines.processes import died_here, this_process
+from pipelines.studies.keys import OPTUNA_FAILED_TRIAL, OWNER_ATTR, REASON_ATTR, RETRY_ATTR
+from pipelines.studies.storage import study_id, study_lock
+from pipelines.training.runtime import free_memory
 
-OWNER_ATTR = "worker"  # {"host", "pid"} of the process running the trial
-REASON_ATTR = "fail_reason"
-RUN_ATTR = "mlflow_run_id"
-RETRY_ATTR = "retry_of"  # the trial number a queued-again trial retries: its checkpoint may be resumed
 MAX_RETRIES = 3  # an arm that kills its worker every time (the OOM killer, say) is not retried forever
 # what max_trials counts: a failed trial is either queued again (WAITING) or did not use its place
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -37,7 +34,7 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialStat
 
 def trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> int:
     """The storage's id of a trial, from its number (Study offers no public handle on it)."""
-    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+    return storage.get_trial_id_from_study_id_trial_number(study_id(study, storage), number)
 
 
 def fail_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int, reason: str) -> bool:
@@ -64,6 +61,16 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
+class WorkerGridSampler(GridSampler):
+    """Optuna's GridSampler for StudyWorker's loop: the same grid, without its `Study.stop()` once every
+    point is taken. Study.stop() works only inside Study.optimize (it raises elsewhere), and this loop
+    replaces Study.optimize; the worker asks GridSampler.is_exhausted() after each trial instead.
+    tests/test_search.py fails if Optuna's own after_trial stops doing just that."""
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values) -> None:
+        pass
+
+
 @dataclass
 class StudyWorker:
     """Run trials until the queue is empty (and, with `propose`, `n_trials` new ones are done).
@@ -86,19 +93,22 @@ class StudyWorker:
 
     def run(self) -> int:
         start = time.monotonic()
-        with _optimize_loop(self.study):
-            while self.n_trials is None or self.trials_run < self.n_trials:
-                if self.timeout and time.monotonic() - start > self.timeout:
-                    break
-                self.reap_dead()
-                trial = self.claim_waiting() or (self._ask() if self.propose else None)
-                if trial is None:
-                    break
-                self._run_one(trial)
-                self.trials_run += 1
-                if self.study._stop_flag:  # Study.stop(): the grid sampler has every point, say
-                    break
+        while self.n_trials is None or self.trials_run < self.n_trials:
+            if self.timeout and time.monotonic() - start > self.timeout:
+                break
+            self.reap_dead()
+            trial = self.claim_waiting() or (self._ask() if self.propose else None)
+            if trial is None:
+                break
+            self._run_one(trial)
+            self.trials_run += 1
+            if self._grid_done():  # where Study.optimize would see the grid sampler's Study.stop()
+                break
         return self.trials_run
+
+    def _grid_done(self) -> bool:
+        sampler = self.study.sampler
+        return isinstance(sampler, GridSampler) and sampler.is_exhausted(self.study)
 
     def _ask(self) -> optuna.Trial | None:
         """A new trial from the sampler, unless the study has its `max_trials` already: counted and
@@ -108,7 +118,9 @@ class StudyWorker:
             if self.max_trials and len(self.study.get_trials(deepcopy=False, states=COUNTED)) >= self.max_trials:
                 print(f"study {self.study.study_name} has its max_trials {self.max_trials}: no new trial", flush=True)
                 return None
-            return self.study.ask()  # no heartbeat warning inside _optimize_loop: _run_one beats it
+            with warnings.catch_warnings():  # Optuna's advice to heartbeat through Study.optimize: _run_one beats
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
+                return self.study.ask()
 
     def claim_waiting(self) -> optuna.Trial | None:
         for waiting in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -116,13 +128,13 @@ class StudyWorker:
             with contextlib.suppress(UpdateFinishedTrialError):
                 if self.storage.set_trial_state_values(waiting_id, state=TrialState.RUNNING):
                     trial = optuna.Trial(self.study, waiting_id)
-                    if "failed_trial" in waiting.system_attrs:  # RetryHeartbeatStaleTrialCallback's record
-                        trial.set_user_attr(RETRY_ATTR, waiting.system_attrs["failed_trial"])
+                    if OPTUNA_FAILED_TRIAL in waiting.system_attrs:  # RetryHeartbeatStaleTrialCallback's record
+                        trial.set_user_attr(RETRY_ATTR, waiting.system_attrs[OPTUNA_FAILED_TRIAL])
                     return trial
         return None
 
     def _run_one(self, trial: optuna.Trial) -> None:
-        trial.set_user_attr(OWNER_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr(OWNER_ATTR, this_process())
         try:
             with _heartbeat(self.storage, trial_id(self.study, self.storage, trial.number)):
                 value = self.objective(trial)
@@ -161,27 +173,13 @@ def reap_dead(study: optuna.Study, storage: optuna.storages.BaseStorage,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # calls on_dead through the storage's callback
-    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(OWNER_ATTR) or {}
-        pid = int(owner.get("pid", 0))
-        if owner.get("host") != host or pid == os.getpid() or process_alive(pid):
+        if not died_here(owner):
             continue
-        if fail_trial(study, storage, trial.number, f"its worker (pid {pid}) died"):  # else reaped by another
+        if fail_trial(study, storage, trial.number, f"its worker (pid {owner['pid']}) died"):  # else reaped by another
             on_dead(study, storage.get_trial(trial_id(study, storage, trial.number)))
 
-
-@contextlib.contextmanager
-def _optimize_loop(study: optuna.Study) -> Iterator[None]:
-    """The state Study.optimize runs its loop in, which this loop replaces: Study.stop() (called by the
-    grid sampler once every point is taken, and by callbacks) works only there, and sets the flag
-    Optuna's own loop checks after each trial."""
-    study._stop_flag = False
-    study._thread_local.in_optimize_loop = True
-    try:
-        yield
-    finally:
-        study._thread_local.in_optimize_loop = False
 
 
 @contextlib.contextmanager
@@ -207,3 +205,19 @@ def _heartbeat(storage: optuna.storages.BaseStorage, beating: int) -> Iterator[N
     finally:
         stop.set()
         thread.join()
+
+
+class EpochReporter:
+    """An engine listener: report the metric each epoch (optuna-dashboard's curves); with `prune`, stop
+    the trial when the pruner says so. Multi-objective studies take no intermediate values."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, prune: bool = True):
+        self.trial, self.metric, self.prune = trial, metric, prune
+        self.active = len(trial.study.directions) == 1
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        self.trial.report(metrics[self.metric], step=epoch)
+        if self.prune and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.metric} {metrics[self.metric]:.4f})")

@@ -62,17 +62,3 @@ def free_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host is alive (one we may not signal still counts as alive)."""
-    import os
-
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.training.runtime import process_alive
+from pipelines.processes import died_here, this_process
 from tracking import tags
 from tracking.runs.session import end_run
 
@@ -38,7 +37,7 @@ def claim(folder: Path, run_id: str, resuming: bool = False) -> str | None:
         if previous and previous != run_id:
             _close_if_dead(previous, owner)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}))
+    tmp.write_text(json.dumps({"run_id": run_id, **this_process()}))
     tmp.replace(path)
     if previous and previous != run_id and resuming:
         MlflowClient().set_tag(run_id, tags.RESUMED_FROM_RUN, previous)
@@ -46,8 +45,7 @@ def claim(folder: Path, run_id: str, resuming: bool = False) -> str | None:
 
 
 def _close_if_dead(run_id: str, owner: dict) -> None:
-    same_host = owner.get("host") == socket.gethostname()
-    if not same_host or process_alive(int(owner.get("pid", 0))):
+    if not died_here(owner):
         return  # another machine's run, or one still alive: not ours to close
     try:
         if MlflowClient().get_run(run_id).info.status == "RUNNING":

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from pipelines.studies.worker import REASON_ATTR, RUN_ATTR
+from pipelines.studies.keys import REASON_ATTR, RUN_ATTR
 from tracking import tags
 from tracking.runs import session
 

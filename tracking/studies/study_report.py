@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt
 import optuna
 from mlflow.tracking import MlflowClient
 
+from pipelines.studies.keys import RUN_ATTR, TWIN_ATTR
 from pipelines.studies.search_study import champion_trial
-from pipelines.studies.worker import RUN_ATTR
 from pipelines.training.ceiling import Ceiling
 from tracking import tags
 from tracking.models.registry import register_champion
@@ -26,7 +26,6 @@ _PLOTS = {
     "parallel_coordinate": optuna.visualization.matplotlib.plot_parallel_coordinate,
     "intermediate_values": optuna.visualization.matplotlib.plot_intermediate_values,
 }
-TWIN_ATTR = "duplicate_of"  # a trial that reused a finished trial's result: that trial's number
 PERF = ("perf/steady_images_per_s", "perf/peak_memory_mb")
 
 

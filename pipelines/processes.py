@@ -1,0 +1,34 @@
+"""Which process owns something (a running trial, a run's checkpoint folder), and whether that owner is
+known to be dead: the same record and the same check for the study worker and the tracker."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def this_process() -> dict:
+    """The owner record a process writes: its host and pid."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def died_here(owner: dict) -> bool:
+    """Whether `owner` ran on this host and its process is gone. Another host's process, or this
+    one, is never called dead here: no signal reaches it (the heartbeat covers other hosts)."""
+    pid = int(owner.get("pid", 0) or 0)
+    if owner.get("host") != socket.gethostname() or pid == os.getpid():
+        return False
+    return not process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host is alive (one we may not signal still counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
