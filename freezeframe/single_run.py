@@ -1,10 +1,13 @@
-"""One tracked run: the function that train, quickstart (and later compare and search) all call."""
+"""One tracked run, the same for train, pretrain, a comparison's arm and a search's trial: prepared (config →
+data → model → policy) before its MLflow run opens, then trained and reported inside it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
+from freezeframe import __version__
 from pipelines.config import RunConfig
 from pipelines.training.run import PreparedRun, RunOutcome, execute, prepare
 from tracking.models.registry import is_registry_uri, resolve_state_dict
@@ -28,23 +31,18 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     return prepare(cfg, state_dict=state)
 
 
-def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id: str | None = None,
+def run_tracked(prepared: PreparedRun, entry_point: str, parent_run_id: str | None = None,
                 attach: bool = True, listeners: tuple = (), tags: dict[str, str] | None = None,
                 on_start: Callable[[str], None] | None = None) -> TrackedRun:
-    """Train inside an MLflow run that ends FINISHED, or FAILED/KILLED with the reason.
-
-    Given a RunConfig, the run is prepared inside the MLflow run: a comparison arm whose weights do
-    not load ends as a FAILED child saying why, and the next arm goes on. `on_start` gets the run id
-    as soon as the run exists (an Optuna trial records it before it can fail).
-    """
-    cfg = target.cfg if isinstance(target, PreparedRun) else target
+    """Train inside an MLflow run that ends FINISHED, or FAILED/KILLED with the reason. `on_start` gets the
+    run id as soon as the run exists (an Optuna trial records it before anything can fail)."""
+    cfg = prepared.cfg
     with tracked_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
                      attach=attach, tags=tags, system_metrics=cfg.tracking.system_metrics) as run:
         if on_start is not None:
             on_start(run.info.run_id)
-        prepared = target if isinstance(target, PreparedRun) else prepare_run(target)
         stale.claim(prepared.checkpoint_dir, run.info.run_id, resuming=cfg.train.resume)
-        tracker = MlflowTracker(run.info.run_id)
+        tracker = MlflowTracker(run.info.run_id, __version__)
         tracker.log_setup(prepared, entry_point)
         try:
             outcome = execute(prepared, listeners=(tracker, *listeners))
@@ -53,3 +51,13 @@ def run_tracked(target: PreparedRun | RunConfig, entry_point: str, parent_run_id
             tracker.flush(raise_errors=False)  # what was queued reaches the store before the run ends
             raise
     return TrackedRun(run.info.run_id, outcome, tracker.seconds, dict(tracker.timings), tracker.background_seconds)
+
+
+def record_failure(cfg: RunConfig, error: Exception, parent_run_id: str, tags: dict[str, str],
+                   on_start: Callable[[str], None]) -> NoReturn:
+    """A child whose preparation failed (weights that do not load, say) is still a child run, FAILED with
+    the reason, so a comparison shows every arm it was asked for; raises `error` again."""
+    with tracked_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id, attach=False,
+                     tags=tags) as run:
+        on_start(run.info.run_id)
+        raise error

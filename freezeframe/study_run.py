@@ -10,7 +10,7 @@ from typing import TypeVar
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from freezeframe.single_run import TrackedRun, run_tracked
+from freezeframe.single_run import TrackedRun, prepare_run, record_failure, run_tracked
 from pipelines.config import RunConfig, digest
 from pipelines.studies.keys import (
     ARM_ATTR,
@@ -63,12 +63,21 @@ def print_links(parent: ParentRun, run_ids: list[str], what: str, order_by: str,
 
 def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str,
               child_tags: dict[str, str], listeners: tuple = ()) -> TrackedRun:
-    """One arm or trial as a child run; the trial records the run id before anything can fail."""
+    """One arm or trial: prepared, then trained as a child run; the trial records the run id as soon as
+    the run exists. A preparation that fails still leaves a FAILED child saying why."""
+    run_tags = {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number), tags.CONFIG_DIGEST: digest(cfg),
+                **child_tags}
+
+    def record(run_id: str) -> None:
+        trial.set_user_attr(RUN_ATTR, run_id)
+
     parent_run.reopen(parent_run_id)  # another worker may have ended it, seeing this one's arm still queued
-    return run_tracked(cfg, entry_point, parent_run_id=parent_run_id, attach=False, listeners=listeners,
-                       tags={tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number),
-                             tags.CONFIG_DIGEST: digest(cfg), **child_tags},
-                       on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
+    try:
+        prepared = prepare_run(cfg)
+    except Exception as exc:  # noqa: BLE001 - this arm or trial fails alone, the worker goes on to the next
+        record_failure(cfg, exc, parent_run_id, run_tags, on_start=record)
+    return run_tracked(prepared, entry_point, parent_run_id=parent_run_id, attach=False, listeners=listeners,
+                       tags=run_tags, on_start=record)
 
 
 def work(url: str, storage: optuna.storages.BaseStorage, study: optuna.Study, parent: ParentRun,

@@ -98,7 +98,7 @@ def test_unfrozen_trains_everything():
 
 
 def test_thawed_batchnorm_trains_again_and_export_drops_the_hook():
-    from pipelines.training.engine import copy_model
+    from pipelines.models.portable import export_copy
 
     model = build_backbone("timm/test_resnet", 4).model
     apply_policy(model, Policy.parse("frozen"))
@@ -108,7 +108,7 @@ def test_thawed_batchnorm_trains_again_and_export_drops_the_hook():
     before = model.state_dict()["conv1.1.running_mean"].clone()
     model(torch.randn(8, 3, 32, 32) + 2)
     assert not torch.equal(before, model.state_dict()["conv1.1.running_mean"])
-    exported = copy_model(model)
+    exported = export_copy(model)
     assert all(not m._forward_pre_hooks for m in exported.modules())
 
 

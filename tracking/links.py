@@ -9,7 +9,6 @@ experiment opened bare lands on its GenAI Overview, so links go to `/runs`, the 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -17,10 +16,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tracking import tags
+from tracking.models.registry import MODELS_URI
 from tracking.store import tracking_uri
 
 LOCAL_UI = "http://127.0.0.1:5000"  # `make ui`: mlflow server over the project's sqlite store
-_MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))")
 
 
 def ui_base(uri: str | None = None) -> str:
@@ -66,7 +65,7 @@ def model_version_page(name: str, version: str | int, uri: str | None = None) ->
 def registered_model_page(models_uri: str, uri: str | None = None) -> str | None:
     """The version page of `models:/<name>/<v>` or `models:/<name>@<alias>` (the alias resolved now);
     None for anything else."""
-    match = _MODELS_URI.fullmatch(models_uri)
+    match = MODELS_URI.fullmatch(models_uri)
     if match is None:
         return None
     version = match["version"]

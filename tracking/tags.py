@@ -21,3 +21,13 @@ CHAMPION = "champion"  # on a parent: the models:/ URI of its best child
 BEST_RUN_ID = "best_run_id"
 SOURCE_RUN_ID = "source_run_id"  # on a registered model version: the run that logged it
 RESUMED_FROM_RUN = "resumed_from_run"
+RESUMED_FROM_EPOCH = "resumed_from_epoch"  # a resumed run: the last epoch its checkpoint held
+FEATURE_CACHE_SOURCE = "feature_cache_source"  # where a cached run's features came from: memory | disk | computed
+GIT_COMMIT = "git_commit"
+VERSION_PREFIX = "version."  # + a package name: the versions a run trained with (version.freezeframe, version.torch)
+# on a comparison's parent
+ARMS_TOTAL, ARMS_FAILED, BEST_ARM = "arms_total", "arms_failed", "best_arm"
+# on a search's parent: trials.<state> counts, the best trial and its params (best.<param>)
+TRIALS_PREFIX, BEST_TRIAL, BEST_PARAM_PREFIX = "trials.", "best_trial", "best."
+MODEL_WEIGHTS = "freezeframe.weights"  # on a registered model version: how its weights/ came to be
+DATASET_ROWS = "rows"  # on a run's dataset input: the split's size

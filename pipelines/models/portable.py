@@ -8,6 +8,7 @@ at worst fail to load or predict badly. tracking/ moves the files; nothing here 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from torchvision.transforms import InterpolationMode
 
 from pipelines.errors import WeightsError, first_line
 from pipelines.models.backbones import build_backbone
+from pipelines.models.freezing import without_policy_hooks
 
 FORMAT = "freezeframe.weights/1"
 TENSORS = "model.safetensors"
@@ -42,8 +44,14 @@ def tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
 
 
+def export_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy in eval mode, without freezeframe's BatchNorm hooks: what MLflow's pickled flavour gets
+    (loadable with no freezeframe code), and logging never moves the live model."""
+    return without_policy_hooks(copy.deepcopy(model)).to("cpu", memory_format=torch.contiguous_format).eval()
+
+
 def write(folder: Path, model: nn.Module, description: dict) -> list[Path]:
-    """Both files into `folder` (the tensors from a hook-free export copy: see engine.copy_model)."""
+    """Both files into `folder`: the tensors (copied to the CPU as they are written) and the description."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors_of(model), str(folder / TENSORS), metadata={"format": FORMAT})
     (folder / DESCRIPTION).write_text(json.dumps(validate(description, str(folder)), indent=1))

@@ -6,7 +6,6 @@ Optuna's pruning reporter, ...) as a plain dict; the end result comes back as a 
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 import time
@@ -225,8 +224,3 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A CPU copy in eval mode for export, so logging never moves the live model."""
-    return freezing.without_policy_hooks(copy.deepcopy(model)).to("cpu", memory_format=torch.contiguous_format).eval()

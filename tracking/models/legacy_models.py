@@ -20,25 +20,23 @@ from pipelines.errors import first_line
 from pipelines.models import portable
 from tracking import tags
 from tracking.models.model_store import WEIGHTS_DIR, LegacyModelError, fetched_weights
-from tracking.models.registry import _MODELS_URI
+from tracking.models.registry import MODELS_URI
 from tracking.store import TrackingError
-
-WEIGHTS_TAG = "freezeframe.weights"  # on the version: how its weights/ came to be
 
 
 def _version(client: MlflowClient, uri: str):
-    name, _, ref = uri.removeprefix("models:/").replace("@", "/@", 1).partition("/")
+    found = MODELS_URI.fullmatch(uri)
     try:
-        if ref.startswith("@"):
-            return client.get_model_version_by_alias(name, ref[1:])
-        return client.get_model_version(name, ref)
+        if found["alias"]:
+            return client.get_model_version_by_alias(found["name"], found["alias"])
+        return client.get_model_version(found["name"], found["version"])
     except MlflowException as exc:
         raise TrackingError(f"cannot load model {uri}: {first_line(exc)}") from None
 
 
 def reregister(uri: str) -> str:
     """Add weights/ to the version `uri` names, from its pickle; returns a line saying what was done."""
-    if not _MODELS_URI.fullmatch(uri):
+    if not MODELS_URI.fullmatch(uri):
         raise TrackingError(f"model '{uri}' is not a registry URI: use models:/<name>/<version> or "
                             "models:/<name>@<alias>")
     client = MlflowClient()
@@ -68,5 +66,6 @@ def reregister(uri: str) -> str:
         portable.write(Path(tmp), model, description)
         portable.rebuild(Path(tmp), uri)  # the files must rebuild the network before anyone relies on them
         client.log_model_artifacts(model_id, tmp, WEIGHTS_DIR)
-    client.set_model_version_tag(version.name, version.version, WEIGHTS_TAG, "from its pickle: freezeframe reregister")
+    client.set_model_version_tag(version.name, version.version, tags.MODEL_WEIGHTS,
+                                 "from its pickle: freezeframe reregister")
     return f"{uri} (version {version.version}): {WEIGHTS_DIR}/{portable.TENSORS} added; it loads without its pickle now"

@@ -8,18 +8,25 @@ from them (pipelines/models/portable.py): a version registered by someone else c
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from pipelines.errors import first_line
 from pipelines.models import portable
+from pipelines.training.run import PreparedRun
 from tracking.store import TrackingError
 
 WEIGHTS_DIR = "weights"
@@ -33,11 +40,53 @@ def log_weights(model_id: str, model: torch.nn.Module, description: dict) -> Non
         MlflowClient().log_model_artifacts(model_id, tmp, WEIGHTS_DIR)
 
 
-def log_run_weights(model: torch.nn.Module, description: dict, artifact_path: str = "checkpoint") -> None:
-    """The same two files as run artifacts, for a run logged without an MLflow model (log_model off)."""
+def model_metadata(prepared: PreparedRun) -> dict:
+    """What rebuilds the network and what predict needs to preprocess an image exactly as in training,
+    stored with the model (weights/freezeframe.json, and the MLflow model's metadata)."""
+    prep = prepared.backbone.preprocessing
+    return portable.describe(prepared.backbone.full_name, prepared.cfg.model.weights, prepared.data.class_names,
+                             prepared.cfg.data.image_size, prep.mean, prep.std, prep.interpolation,
+                             prepared.cfg.model.freeze)
+
+
+def log_model(run_id: str, prepared: PreparedRun) -> None:
+    """MLflow's PyTorch model (pickled: for `mlflow models serve` and pyfunc users, who load only models
+    they trust) plus weights/ as safetensors + JSON, the only part freezeframe itself ever loads back."""
+    model = portable.export_copy(prepared.backbone.model)
+    example, _ = prepared.data.datasets["val"][0]
+    example = example.unsqueeze(0).numpy().astype(np.float32)
+    with torch.inference_mode():
+        output = model(torch.from_numpy(example)).numpy()
+    requirements = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "torchvision", "timm")]
+    description = model_metadata(prepared)
+    # pickle, not MLflow 3's default torch.export (pt2): an export specialises the batch dimension to the
+    # example's and loses the module structure that `mlflow models serve` users fine-tune from.
+    with _quiet("mlflow.pytorch"):  # its pickle advice is for loaders: freezeframe loads weights/ instead
+        info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
+                                        input_example=example, pip_requirements=requirements,
+                                        serialization_format="pickle", run_id=run_id,  # Model.log's run
+                                        metadata={"freezeframe": json.dumps(description)})
+    log_weights(info.model_id, model, description)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def log_run_weights(run_id: str, prepared: PreparedRun, artifact_path: str = "checkpoint") -> None:
+    """Without an MLflow model, the weights still go to the run: checkpoint/ as safetensors + JSON. The live
+    model's tensors are copied to the CPU as they are written, so no whole-module copy is needed first."""
     with tempfile.TemporaryDirectory() as tmp:
-        portable.write(Path(tmp), model, description)
-        mlflow.log_artifacts(tmp, artifact_path)
+        portable.write(Path(tmp), prepared.backbone.model, model_metadata(prepared))
+        MlflowClient().log_artifacts(run_id, tmp, artifact_path)
+
 
 
 class LegacyModelError(TrackingError):

@@ -13,7 +13,8 @@ from tracking import tags
 from tracking.models.model_store import fetched_weights
 from tracking.store import TrackingError
 
-_MODELS_URI = re.compile(r"models:/[^/@]+(/\d+|@[\w-]+)")
+# models:/<name>/<version> or models:/<name>@<alias>: the registry URIs freezeframe reads and links to
+MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))")
 
 
 def is_registry_uri(weights: str) -> bool:
@@ -23,7 +24,7 @@ def is_registry_uri(weights: str) -> bool:
 def resolve_state_dict(uri: str) -> dict[str, torch.Tensor]:
     """The registered model's tensors for pipelines (which never sees mlflow): its safetensors file, read
     as data. Its pickled flavour is never loaded, so registering a version cannot run code here."""
-    if not _MODELS_URI.fullmatch(uri):
+    if not MODELS_URI.fullmatch(uri):
         raise TrackingError(f"weights '{uri}' is not a registry URI: use models:/<name>/<version> "
                             "or models:/<name>@<alias>")
     with fetched_weights(uri, f"cannot load {uri} from the model registry") as folder:

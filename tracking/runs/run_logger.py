@@ -10,24 +10,18 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib.metadata
-import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 
-import mlflow
-import numpy as np
-import torch
-from mlflow.entities import Metric
-from mlflow.models import infer_signature
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from freezeframe import __version__ as freezeframe_version
 from pipelines import config as config_mod
 from pipelines.config import RunConfig
-from pipelines.models import portable
 from pipelines.reports import figures
-from pipelines.training.engine import copy_model
 from pipelines.training.run import PreparedRun, RunOutcome
 from tracking import tags as t
 from tracking.models import model_store
@@ -41,21 +35,23 @@ def run_name(cfg: RunConfig) -> str:
     return cfg.tracking.run_name or f"{cfg.model.backbone} · {cfg.model.freeze} · seed {cfg.seed}"
 
 
-def run_tags(prepared: PreparedRun, entry_point: str) -> dict[str, str]:
+def run_tags(prepared: PreparedRun, entry_point: str, code_version: str) -> dict[str, str]:
+    """The comparison axes and the provenance: `code_version` is freezeframe's own (its entry points know it,
+    installed or run from a checkout that never was)."""
     cfg = prepared.cfg
     tags = {
         t.BACKBONE: prepared.backbone.full_name, t.SOURCE: prepared.backbone.source,
         t.WEIGHTS: cfg.model.weights, t.FREEZE: cfg.model.freeze, t.DATASET: cfg.data.dataset,
         t.SEED: str(cfg.seed), t.ENTRY_POINT: entry_point, t.CONFIG_DIGEST: prepared.config_digest,
         t.SPLIT_DIGEST: prepared.data.split_digest, t.DEVICE: str(prepared.device),
-        t.FEATURE_CACHE: str(prepared.feature_cache)[:250], "version.freezeframe": freezeframe_version,
+        t.FEATURE_CACHE: str(prepared.feature_cache)[:250], f"{t.VERSION_PREFIX}freezeframe": code_version,
     }
     commit = git_commit()
     if commit:
-        tags["git_commit"] = commit
+        tags[t.GIT_COMMIT] = commit
     for package in _VERSIONED:
         try:
-            tags[f"version.{package}"] = importlib.metadata.version(package)
+            tags[f"{t.VERSION_PREFIX}{package}"] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
     return tags
@@ -65,9 +61,9 @@ class MlflowTracker:
     """An engine listener: each epoch's metrics go to the run in one log_batch call, written by the
     background thread (tracking/runs/background.py) while the next epoch trains; figures and reports too."""
 
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-        self.client = MlflowClient()
+    def __init__(self, run_id: str, code_version: str):
+        self.run_id, self.code_version = run_id, code_version
+        self.client = MlflowClient()  # every call names the run: the background thread has no active run
         # seconds the run's own thread spent in MLflow calls or waiting for the background writes, by
         # kind; and the background thread's working time by kind (off the run's path, not its CPU)
         self.timings: dict[str, float] = collections.defaultdict(float)
@@ -132,14 +128,15 @@ class MlflowTracker:
         params = {(k if "." in k else f"run.{k}"): str(v) for k, v in config_mod.flatten(cfg).items()}
         params.update({f"data.n_{split}": str(n) for split, n in prepared.data.sizes().items()})
         params["data.num_classes"] = str(len(prepared.data.class_names))
-        self.client.log_batch(self.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()],
-                              tags=[mlflow.entities.RunTag(k, v) for k, v in run_tags(prepared, entry_point).items()])
+        tags = run_tags(prepared, entry_point, self.code_version)
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
         freeze = prepared.freeze
         self.log_metrics({"model/params_trainable": freeze.params_trainable, "model/params_total": freeze.params_total,
                           "model/stages_trainable": freeze.stages_trainable, "model/stages_total": freeze.stages_total,
                           "data/skipped_files": prepared.data.raw.skipped})
-        mlflow.log_text(config_mod.to_yaml(cfg), "config.yaml")
-        _log_dataset(prepared)
+        self.client.log_text(self.run_id, config_mod.to_yaml(cfg), "config.yaml")
+        _log_dataset(self.client, self.run_id, prepared)
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -164,18 +161,19 @@ class MlflowTracker:
                               "train/epochs_completed": len(fit.history)},
                              step=fit.best_epoch)
             if fit.resumed_from_epoch:
-                mlflow.set_tag("resumed_from_epoch", str(fit.resumed_from_epoch))
+                self.client.set_tag(self.run_id, t.RESUMED_FROM_EPOCH, str(fit.resumed_from_epoch))
             per_epoch = fit.history[-1] if fit.history else {}  # already logged with each epoch
             numbers = {k: v for k, v in fit.extra.items() if isinstance(v, (int, float)) and k not in per_epoch}
             if numbers:
                 self.log_metrics(numbers)
-            mlflow.set_tags({k: str(v) for k, v in fit.extra.items() if not isinstance(v, (int, float))})
+            if t.FEATURE_CACHE_SOURCE in fit.extra:  # the run's extra results name it so too
+                self.client.set_tag(self.run_id, t.FEATURE_CACHE_SOURCE, str(fit.extra[t.FEATURE_CACHE_SOURCE]))
         if prepared.cfg.tracking.log_model:
             with self._timed("model"):  # optional and slow: timed apart
-                log_model(prepared)
+                model_store.log_model(self.run_id, prepared)
         else:
             with self._timed("weights"):
-                _log_state_dict(prepared)
+                model_store.log_run_weights(self.run_id, prepared)
         self.flush()
 
     def _log_reports(self, text: str, report: dict, history: dict) -> None:
@@ -193,7 +191,7 @@ def _figures(outcome: RunOutcome, title: str) -> dict:
     }
 
 
-def _log_dataset(prepared: PreparedRun) -> None:
+def _log_dataset(client: MlflowClient, run_id: str, prepared: PreparedRun) -> None:
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -201,65 +199,23 @@ def _log_dataset(prepared: PreparedRun) -> None:
     source = CodeDatasetSource(tags={"source": raw.source, "split_digest": prepared.data.split_digest})
     for split, n in prepared.data.sizes().items():
         digest = f"{prepared.data.split_digest}-{split}"[:36]
-        dataset = MetaDataset(source=source, name=f"{raw.name}-{split}", digest=digest)
-        _log_input_retrying(dataset, split, n)
+        dataset = MetaDataset(source=source, name=f"{raw.name}-{split}", digest=digest).to_dict()
+        entity = DatasetEntity(dataset["name"], dataset["digest"], dataset["source_type"], dataset["source"],
+                               dataset.get("schema"), dataset.get("profile"))
+        context = [InputTag(MLFLOW_DATASET_CONTEXT, split), InputTag(t.DATASET_ROWS, str(n))]
+        inputs = [DatasetInput(entity, tags=context)]
+        _log_input_retrying(client, run_id, inputs)
 
 
-def _log_input_retrying(dataset, split: str, rows: int, attempts: int = 4) -> None:
+def _log_input_retrying(client: MlflowClient, run_id: str, inputs: list, attempts: int = 4) -> None:
     """Workers logging the same dataset at once race on MLflow's unique (experiment, name, digest)
     row; the loser's retry finds the winner's row and links to it."""
     for attempt in range(attempts):
         try:
-            mlflow.log_input(dataset, context=split, tags={"rows": str(rows)})
+            client.log_inputs(run_id, datasets=inputs)
             return
-        except mlflow.exceptions.MlflowException as exc:
+        except MlflowException as exc:
             duplicate = any(word in str(exc) for word in ("UNIQUE constraint", "IntegrityError", "duplicate key"))
             if not duplicate or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
-
-
-def model_metadata(prepared: PreparedRun) -> dict:
-    """What rebuilds the network and what predict needs to preprocess an image exactly as in training,
-    stored with the model (weights/freezeframe.json, and the MLflow model's metadata)."""
-    prep = prepared.backbone.preprocessing
-    return portable.describe(prepared.backbone.full_name, prepared.cfg.model.weights, prepared.data.class_names,
-                             prepared.cfg.data.image_size, prep.mean, prep.std, prep.interpolation,
-                             prepared.cfg.model.freeze)
-
-
-def log_model(prepared: PreparedRun) -> None:
-    """MLflow's PyTorch model (pickled: for `mlflow models serve` and pyfunc users, who load only models
-    they trust) plus weights/ as safetensors + JSON, the only part freezeframe itself ever loads back."""
-    model = copy_model(prepared.backbone.model)
-    example, _ = prepared.data.datasets["val"][0]
-    example = example.unsqueeze(0).numpy().astype(np.float32)
-    with torch.inference_mode():
-        output = model(torch.from_numpy(example)).numpy()
-    requirements = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "torchvision", "timm")]
-    description = model_metadata(prepared)
-    # pickle, not MLflow 3's default torch.export (pt2): an export specialises the batch dimension to the
-    # example's and loses the module structure that `mlflow models serve` users fine-tune from.
-    with _quiet("mlflow.pytorch"):  # its pickle advice is for loaders: freezeframe loads weights/ instead
-        info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
-                                        input_example=example, pip_requirements=requirements,
-                                        serialization_format="pickle",
-                                        metadata={"freezeframe": json.dumps(description)})
-    model_store.log_weights(info.model_id, model, description)
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _log_state_dict(prepared: PreparedRun) -> None:
-    """Without an MLflow model, the weights still go to the run: checkpoint/ as safetensors + JSON. The live
-    model's tensors are copied to the CPU as they are written, so no whole-module copy is needed first."""
-    model_store.log_run_weights(prepared.backbone.model, model_metadata(prepared))

@@ -92,11 +92,11 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
         plt.close(figure)
     metrics = delta_metrics(paired)
     finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
-    run_tags = {"arms_total": str(len(records)), "arms_failed": str(len(failed))}
+    run_tags = {tags.ARMS_TOTAL: str(len(records)), tags.ARMS_FAILED: str(len(failed))}
     best = max(finished, key=lambda r: r["test_acc"]) if finished else None
     if best is not None:
         metrics["best/test_acc"] = best["test_acc"]
-        run_tags.update(best_arm=_arm_name(best), **{tags.BEST_RUN_ID: best["run_id"]})
+        run_tags.update({tags.BEST_ARM: _arm_name(best), tags.BEST_RUN_ID: best["run_id"]})
     log_values(parent_run_id, metrics, run_tags)
     if best is None:
         return rows, None

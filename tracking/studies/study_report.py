@@ -35,7 +35,7 @@ def log_study(study: optuna.Study, parent_run_id: str, metrics: tuple[str, ...],
     client = MlflowClient()
     trials = study.get_trials(deepcopy=False)
     states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
-    run_tags = {f"trials.{k.lower()}": str(v) for k, v in states.items() if v}
+    run_tags = {f"{tags.TRIALS_PREFIX}{k.lower()}": str(v) for k, v in states.items() if v}
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     twins = sum(TWIN_ATTR in t.user_attrs for t in trials)
     _log_trials_table(client, parent_run_id, trials, metrics)
@@ -50,8 +50,8 @@ def log_study(study: optuna.Study, parent_run_id: str, metrics: tuple[str, ...],
         log_values(parent_run_id, counts, run_tags)
         return None
     best_run = best.user_attrs.get(RUN_ATTR, "")
-    run_tags.update({"best_trial": str(best.number), tags.BEST_RUN_ID: best_run,
-                     **{f"best.{k}": str(v) for k, v in best.params.items()}})
+    run_tags.update({tags.BEST_TRIAL: str(best.number), tags.BEST_RUN_ID: best_run,
+                     **{f"{tags.BEST_PARAM_PREFIX}{k}": str(v) for k, v in best.params.items()}})
     log_values(parent_run_id, {**{f"best/{m}": v for m, v in zip(metrics, best.values, strict=True)}, **counts},
                run_tags)
     if not best_run:
