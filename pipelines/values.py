@@ -62,7 +62,6 @@ def coerce(value: Any, kind: Any, key: str, source: str = "config") -> Any:
     raise ConfigError(f"{source}: {key} has an unsupported type {kind}")
 
 
-
 def build_tree(cls: type, raw: Any, prefix: str, source: str) -> Any:
     """A (nested) dataclass from a raw mapping: unknown keys refused with the closest valid one, each value
     cast to its field's type."""

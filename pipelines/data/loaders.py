@@ -71,10 +71,6 @@ def build_data(cfg: DataConfig, raw: RawDataset, preprocessing: Preprocessing) -
     return DataBundle(raw, indices, datasets, split_digest(raw.name, indices), preprocessing, cfg.image_size)
 
 
-
-
-
-
 def make_transform(prep: Preprocessing, size: int, augment: bool) -> v2.Compose:
     """uint8 tensor or PIL image → normalised float [3, size, size], per the backbone's data config."""
     interpolation = InterpolationMode(prep.interpolation)

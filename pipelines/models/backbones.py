@@ -23,7 +23,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-
 @dataclass
 class Backbone:
     model: nn.Module

@@ -29,7 +29,6 @@ _MIN_STAGES = 4
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
-
 @dataclass(frozen=True)
 class FreezeReport:
     policy: str

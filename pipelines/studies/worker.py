@@ -181,7 +181,6 @@ def reap_dead(study: optuna.Study, storage: optuna.storages.BaseStorage,
             on_dead(study, storage.get_trial(trial_id(study, storage, trial.number)))
 
 
-
 @contextlib.contextmanager
 def _heartbeat(storage: optuna.storages.BaseStorage, beating: int) -> Iterator[None]:
     """Record a heartbeat every interval while the trial runs (what Study.optimize does for RDB storages)."""

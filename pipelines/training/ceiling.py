@@ -25,9 +25,8 @@ from torch import nn
 from pipelines.config import RunConfig
 from pipelines.data.sources import load_dataset
 from pipelines.errors import first_line
-from pipelines.training.engine import optimizer_step
 from pipelines.training.memory import available_mb, in_use_mb, peak_mb, reset_peak
-from pipelines.training.optimizer import make_optimizer
+from pipelines.training.optimizer import make_optimizer, optimizer_step
 from pipelines.training.run import build_model
 from pipelines.training.runtime import autocast_context, free_memory, grad_scaler, resolve_device
 

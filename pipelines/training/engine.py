@@ -11,7 +11,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -24,12 +24,21 @@ from pipelines.errors import TrainingError
 from pipelines.models import freezing
 from pipelines.training import checkpoints, memory
 from pipelines.training.metrics import compute, make_metrics
-from pipelines.training.optimizer import make_optimizer
+from pipelines.training.optimizer import make_optimizer, optimizer_step
 from pipelines.training.runtime import autocast_context, grad_scaler
 
 
 class Listener(Protocol):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+class EpochPass(NamedTuple):
+    """One pass over a split: its metrics (`<split>/acc`, ...), confusion matrix, true and predicted classes."""
+
+    metrics: dict[str, float]
+    confusion: torch.Tensor
+    true: torch.Tensor
+    predicted: torch.Tensor
 
 
 @dataclass
@@ -82,9 +91,10 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         if epoch in thaw:
             _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
         tick = time.perf_counter()
-        train_metrics, _ = step.run_epoch(loaders["train"], train=True, desc=f"epoch {epoch}/{cfg.epochs} train")
+        train_metrics = step.run_epoch(loaders["train"], "train", desc=f"epoch {epoch}/{cfg.epochs} train").metrics
         train_seconds = time.perf_counter() - tick
-        val_metrics, val_confusion = step.run_epoch(loaders["val"], train=False, desc=f"epoch {epoch} val")
+        val = step.run_epoch(loaders["val"], "val", desc=f"epoch {epoch} val")
+        val_metrics, val_confusion = val.metrics, val.confusion
         lr = max(group["lr"] for group in optimizer.param_groups)  # the head's: other groups run lower
         if scheduler is not None:
             scheduler.step()
@@ -114,10 +124,11 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
 
     if state.best_state is not None:
         model.load_state_dict(state.best_state)  # test the best epoch, not the last one
-    test_metrics, test_confusion, y_true, y_pred = step.evaluate_with_predictions(loaders["test"])
+    test = step.run_epoch(loaders["test"], "test", desc="test")
     return FitResult(
-        history=state.history, best_epoch=state.best_epoch, best_value=state.best_value, test=test_metrics,
-        confusion={"val": state.best_confusion, "test": test_confusion}, test_predictions=(y_true, y_pred),
+        history=state.history, best_epoch=state.best_epoch, best_value=state.best_value, test=test.metrics,
+        confusion={"val": state.best_confusion, "test": test.confusion},
+        test_predictions=(test.true.cpu().numpy(), test.predicted.cpu().numpy()),
         stopped_early=stopped_early, resumed_from_epoch=resumed_from,
         train_seconds=time.perf_counter() - started,
         extra={**_final_perf(state.history, device), "perf/checkpoint_s": checkpoint_s},
@@ -168,8 +179,9 @@ class _Stepper:
         return (x.to(self.device, memory_format=self.memory_format, non_blocking=non_blocking),
                 y.to(self.device, non_blocking=non_blocking))
 
-    def run_epoch(self, loader: DataLoader, train: bool, desc: str, keep_predictions: bool = False):
-        split = "train" if train else ("val" if not keep_predictions else "test")
+    def run_epoch(self, loader: DataLoader, split: str, desc: str) -> EpochPass:
+        """One pass over `split`'s loader: training on "train", evaluating otherwise."""
+        train = split == "train"
         self.model.train(train)
         count, batches, preds, targets = 0, 0, [], []
         # The loss is summed on the device and looked at every `check_every` batches: each look is a
@@ -203,24 +215,10 @@ class _Stepper:
             self.metrics.update(predicted, true)
         values, confusion = compute(self.metrics, split)
         values[f"{split}/loss"] = loss_sum.item() / max(count, 1)
-        if keep_predictions:
-            return values, confusion, true.cpu().numpy(), predicted.cpu().numpy()
-        return values, confusion
+        return EpochPass(values, confusion, true, predicted)
 
     def _check_finite(self, loss_sum: torch.Tensor, split: str, batches: int) -> None:
         if not torch.isfinite(loss_sum):
             where = f"at batch {batches}" if self.device.type == "cpu" else f"by batch {batches}"
             raise TrainingError(f"{split} loss became {loss_sum.item()} {where} "
                                 f"(lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr")
-
-    def evaluate_with_predictions(self, loader: DataLoader):
-        return self.run_epoch(loader, train=False, desc="test", keep_predictions=True)
-
-
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-    """Backward and one optimizer step, loss-scaled when fp16 needs it: every training step, and the
-    batch-size ceiling probe's (pipelines/training/ceiling.py), so the probe measures the step that trains."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()

@@ -1,4 +1,5 @@
-"""The optimizer a run trains with: timm's factory, with timm's layer-wise lr decay for `layer_decay:<f>`.
+"""The optimizer a run trains with, and its step: timm's factory, with timm's layer-wise lr decay for
+`layer_decay:<f>`.
 
 Only parameters that require grad reach it, and norms and biases get no weight decay (timm's rule).
 """
@@ -55,3 +56,12 @@ class _StageGrouping:
 
     def group_matcher(self, coarse: bool = False) -> Callable[[str], int]:
         return lambda name: self._stage_of.get(name, self._head)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward and one optimizer step, loss-scaled when fp16 needs it: every training step, and the
+    batch-size ceiling probe's (ceiling.py), so the probe measures the step that trains."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()

@@ -88,7 +88,6 @@ def log_run_weights(run_id: str, prepared: PreparedRun, artifact_path: str = "ch
         MlflowClient().log_artifacts(run_id, tmp, artifact_path)
 
 
-
 class LegacyModelError(TrackingError):
     """A model with no weights/ (logged before freezeframe wrote them): only its pickle could load it."""
 
