@@ -224,6 +224,7 @@ def part_search(args, tmp: str) -> Row:
     from freezeframe.cli import main
     from pipelines.studies.keys import REASON_ATTR, TWIN_ATTR
     from pipelines.studies.search_study import probes_in
+    from pipelines.studies.storage import make_storage
 
     s, (path, samples) = args.sizes, search_experiment(args, tmp)
     row = Row("search", f"6 trials, {s['backbone']} unfrozen {s['search_image']} px, batch 8..{s['search_high']}, "
@@ -233,13 +234,14 @@ def part_search(args, tmp: str) -> Row:
     storage = f"sqlite:///{tmp}/optuna.db"
     timeout = max(30, int(args.deadline - time.perf_counter() - 60))  # a trial started in time runs to its end
     code = main(["search", "--experiment", path, "--storage", storage, "--timeout", str(timeout)])
-    study = optuna.load_study(study_name="bench-gpu", storage=storage)
+    store = make_storage(storage)
+    study = optuna.load_study(study_name="bench-gpu", storage=store)
     states = collections.Counter(t.state.name for t in study.trials)
     reasons = [t.user_attrs.get(REASON_ATTR, "?") for t in study.trials if t.state.name == "FAIL"]
     reused = sum(TWIN_ATTR in t.user_attrs for t in study.trials)  # a finished trial's params drawn again
     row.notes = (", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no trials") + \
         f" ({reused} reused)" * bool(reused)
-    for c in probes_in(study, study._storage).values():  # one probe: one backbone and policy
+    for c in probes_in(study, store).values():  # one probe: one backbone and policy
         fit_all = "" if c["ceiling"] < s["search_high"] else " (all of the space fits: raise search_high)"
         row.bare, row.ours = f"ceiling {c['ceiling']}{fit_all}", f"probe {c['seconds']:.1f} s"
         row.notes += f"; {len(c['probes'])} probe steps, limit {c['limit_mb']:.0f} MB on {c['device']}"

@@ -25,7 +25,7 @@ from pipelines.studies.worker import EpochReporter
 from pipelines.training.run import slug
 from tracking import tags
 from tracking.store import ensure_reachable
-from tracking.studies import parent_run, study_report
+from tracking.studies import parent_run, search_report
 
 COMPARED_TRIALS = 10
 
@@ -87,10 +87,10 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
                                     {"optuna.direction": ",".join(spec.directions)}, params)
     link_study(study, parent)
     if ceilings:
-        study_report.log_ceilings(parent.run_id, ceilings)
+        search_report.log_ceilings(parent.run_id, ceilings)
 
     def report(parent_run_id: str) -> str | None:
-        return study_report.log_study(study, parent_run_id, spec.objectives, experiment_stem(args.experiment))
+        return search_report.log_study(study, parent_run_id, spec.objectives, experiment_stem(args.experiment))
 
     champion = work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id), report, propose=True,
                     n_trials=spec.n_trials, timeout=spec.timeout, max_trials=spec.max_trials)

@@ -1,5 +1,5 @@
-"""Optuna's side of a search: sampler, pruner, the study, the per-epoch reporter, and what a trial's
-run is worth on each objective."""
+"""Optuna's side of a search: sampler, pruner, the study, the space cut to the batch-size ceiling, what a
+trial's run is worth on each objective, a finished twin to reuse, and the champion trial."""
 
 from __future__ import annotations
 
