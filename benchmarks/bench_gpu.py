@@ -2,7 +2,7 @@
 
 1. train: Lite0 full fine-tune at 224 px with AMP (bf16 where supported, else fp16 and a GradScaler) and
    channels_last: steady train images/s (median epoch after the first) of a hand-written loop and of
-   pipelines.run.execute, on the same loaders; ratio = freezeframe / bare (1.00: no overhead).
+   pipelines.training.run.execute, on the same loaders; ratio = freezeframe / bare (1.00: no overhead).
 2. cache: Lite0 frozen with the feature cache: extraction images/s of a hand-written inference loop and of
    the product's frozen run (its perf/feature_extraction_s), alternated, best of two.
 3. search: 6 trials through `freezeframe search` in-process (tmp sqlite MLflow store and Optuna storage),
@@ -42,15 +42,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import tracking  # noqa: E402,F401 - MLflow environment defaults
 from pipelines.config import load_config  # noqa: E402
-from pipelines.data.loaders import (
-    Preprocessing,  # noqa: E402
-    build_data,
-    make_loaders,
-)
+from pipelines.data.loaders import Preprocessing, build_data, make_loaders  # noqa: E402
 from pipelines.data.sources import load_dataset  # noqa: E402
 from pipelines.data.splits import SPLITS  # noqa: E402
 from pipelines.errors import first_line  # noqa: E402
-from pipelines.models import lite_wheels
+from pipelines.models import lite_wheels  # noqa: E402
 from pipelines.training import feature_cache  # noqa: E402
 from pipelines.training.engine import steady_images_per_s  # noqa: E402
 from pipelines.training.memory import in_use_mb  # noqa: E402

@@ -148,7 +148,7 @@ def row(name: str, timing: tuple[float, float, int], experiment_id: str, storage
             f"{', '.join(f'{k} {v}' for k, v in sorted(states.items()))} | {len({t.number for t in trials})} | "
             f"{len(runs)} | {len(trial_runs)} | {sum(other.values())}: "
             f"{', '.join(f'{k} {v}' for k, v in sorted(other.items()))} | {mirrored}/{len(trials)} | "
-            f"{dashboard_opens(storage, study_name, study._study_id)} |")
+            f"{dashboard_opens(storage, study_name, storage.get_study_id_from_name(study_name))} |")
 
 
 def bench_mlflow_storage(server: str, args) -> str:

@@ -56,7 +56,7 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     for key, run_id in done.items():
         print(f"{arms[key][0].name}: FINISHED earlier (run {run_id}), skipped")
     parent = parent_run.open_parent("compare", name, storage_id(url), cfg.tracking.experiment_name,
-                                    {"dataset": cfg.data.dataset, "experiment_file": args.experiment},
+                                    {tags.DATASET: cfg.data.dataset, tags.EXPERIMENT_FILE: args.experiment},
                                     {"compare.storage": storage_id(url), "compare.arms": len(arms)})
     link_study(study, parent)
 

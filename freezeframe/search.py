@@ -84,7 +84,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
               "search.batch_sizes": f"{declared[0]}..{declared[-1]} step 8",
               "search.batch_size_ceiling": spec.batch_sizes[-1] if ceilings else "not probed"}
     parent = parent_run.open_parent("search", spec.study_name, storage_id(url), cfg.tracking.experiment_name,
-                                    {"optuna.direction": ",".join(spec.directions)}, params)
+                                    {tags.OPTUNA_DIRECTION: ",".join(spec.directions)}, params)
     link_study(study, parent)
     if ceilings:
         search_report.log_ceilings(parent.run_id, ceilings)

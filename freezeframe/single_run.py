@@ -53,11 +53,11 @@ def run_tracked(prepared: PreparedRun, entry_point: str, parent_run_id: str | No
     return TrackedRun(run.info.run_id, outcome, tracker.seconds, dict(tracker.timings), tracker.background_seconds)
 
 
-def record_failure(cfg: RunConfig, error: Exception, parent_run_id: str, tags: dict[str, str],
+def record_failure(cfg: RunConfig, error: BaseException, parent_run_id: str, tags: dict[str, str],
                    on_start: Callable[[str], None]) -> NoReturn:
     """A child whose preparation failed (weights that do not load, say) is still a child run, FAILED with
-    the reason, so a comparison shows every arm it was asked for; raises `error` again."""
+    the reason (KILLED when interrupted), so a comparison shows every arm it was asked for; raises `error`."""
     with tracked_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id, attach=False,
-                     tags=tags) as run:
+                     tags=tags, system_metrics=cfg.tracking.system_metrics) as run:
         on_start(run.info.run_id)
         raise error

@@ -1,5 +1,5 @@
 """Compare and search run the same way: a study in an Optuna storage, its parent run in MLflow, and
-this process as one of any number of workers (pipelines.study_worker's loop, tracking.parent_run's runs)."""
+this process as one of any number of workers (pipelines.studies.worker's loop, tracking.studies.parent_run's runs)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_poi
     parent_run.reopen(parent_run_id)  # another worker may have ended it, seeing this one's arm still queued
     try:
         prepared = prepare_run(cfg)
-    except Exception as exc:  # noqa: BLE001 - this arm or trial fails alone, the worker goes on to the next
+    except BaseException as exc:  # a failed one fails alone (the worker goes on); Ctrl-C leaves it KILLED
         record_failure(cfg, exc, parent_run_id, run_tags, on_start=record)
     return run_tracked(prepared, entry_point, parent_run_id=parent_run_id, attach=False, listeners=listeners,
                        tags=run_tags, on_start=record)

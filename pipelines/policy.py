@@ -93,7 +93,5 @@ class Policy:
         return {"unfrozen": stages, "layer_decay": stages, "frozen": 0, "gradual": 0, "last_n": self.n}[self.kind]
 
     def thaw_schedule(self, stages: list[list[str]]) -> dict[int, list[str]]:
-        """Epoch → parameter names to thaw before it: the last stage first, then inwards; empty unless gradual."""
-        if self.kind != "gradual":
-            return {}
+        """gradual's schedule: epoch → parameter names to thaw before it, the last stage first, then inwards."""
         return {epoch: stages[-(i + 1)] for i, epoch in enumerate(self.unfreeze_at)}

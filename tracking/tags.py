@@ -5,6 +5,8 @@ RUN_NAME = "mlflow.runName"
 # every run: what the MLflow UI groups and compares by
 BACKBONE, SOURCE, WEIGHTS, FREEZE = "backbone", "source", "weights", "freeze"
 DATASET, SEED, SPLIT_DIGEST, DEVICE, FEATURE_CACHE = "dataset", "seed", "split_digest", "device", "feature_cache"
+EXPERIMENT_FILE = "experiment_file"  # on a study's parent: the experiment file it ran
+OPTUNA_DIRECTION = "optuna.direction"  # on a search's parent: maximize/minimize per objective
 ENTRY_POINT = "entry_point"  # train | pretrain | compare | search
 ERROR = "error"  # the one-line reason a run ended FAILED or KILLED
 CONFIG_DIGEST = "config_digest"
@@ -22,7 +24,6 @@ BEST_RUN_ID = "best_run_id"
 SOURCE_RUN_ID = "source_run_id"  # on a registered model version: the run that logged it
 RESUMED_FROM_RUN = "resumed_from_run"
 RESUMED_FROM_EPOCH = "resumed_from_epoch"  # a resumed run: the last epoch its checkpoint held
-FEATURE_CACHE_SOURCE = "feature_cache_source"  # where a cached run's features came from: memory | disk | computed
 GIT_COMMIT = "git_commit"
 VERSION_PREFIX = "version."  # + a package name: the versions a run trained with (version.freezeframe, version.torch)
 # on a comparison's parent

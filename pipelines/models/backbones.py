@@ -16,7 +16,7 @@ from torch import nn
 
 from pipelines.data.loaders import Preprocessing
 from pipelines.errors import ConfigError, UnknownNameError
-from pipelines.models import weight_sources as weight_sources
+from pipelines.models import weight_sources
 
 SOURCES = ("timm", "torchvision")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -100,7 +100,8 @@ def apply_policy(model: nn.Module, policy: Policy) -> FreezeReport:
 
 
 def thaw_schedule(model: nn.Module, policy: Policy) -> dict[int, list[str]]:
-    """Epoch → parameter names to thaw before it (gradual); empty for every other policy."""
+    """Epoch → parameter names to thaw before it (gradual); empty for every other policy, whose
+    network may be a head alone (cached features): no stages to ask for."""
     return policy.thaw_schedule(stages(model)) if policy.kind == "gradual" else {}
 
 

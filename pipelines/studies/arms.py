@@ -67,12 +67,13 @@ def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") 
     if not arms:
         raise ConfigError(f"{source}: the comparison grid is empty")
     seen: set[Arm] = set()
+    configs = []
     for arm in arms:
         if arm in seen:
             raise ConfigError(f"{source}: duplicate arm '{arm.name}' (weights {arm.weights})")
         seen.add(arm)
-    # each validated as a run config: its policy, a gradual schedule that fits the epochs
-    return Comparison(name, tuple(arms), tuple(arm_config(base, arm) for arm in arms))
+        configs.append(arm_config(base, arm))  # a run config, validated: its policy, a gradual schedule
+    return Comparison(name, tuple(arms), tuple(configs))
 
 
 def _as_list(value: Any, key: str) -> list:

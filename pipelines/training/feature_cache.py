@@ -53,7 +53,7 @@ def blocker(prepared) -> str | None:
     """Why the cache cannot give the same result as the uncached run, or None when it can."""
     cfg, policy = prepared.cfg, prepared.policy
     if policy.trains_backbone:
-        return f"policy {policy} trains the backbone"
+        return f"policy {cfg.model.freeze} trains the backbone"
     if cfg.data.feature_cache == "off":
         return "data.feature_cache is off"
     if not policy.holds_batchnorm:

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -26,8 +27,10 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.errors import first_line
 from pipelines.models import portable
-from pipelines.training.run import PreparedRun
 from tracking.store import TrackingError
+
+if TYPE_CHECKING:  # annotations only: reading weights back (links, the registry) needs no training code
+    from pipelines.training.run import PreparedRun
 
 WEIGHTS_DIR = "weights"
 _MODEL_URI_PREFIXES = ("models:/", "runs:/", "file:", "/")

@@ -166,8 +166,9 @@ class MlflowTracker:
             numbers = {k: v for k, v in fit.extra.items() if isinstance(v, (int, float)) and k not in per_epoch}
             if numbers:
                 self.log_metrics(numbers)
-            if t.FEATURE_CACHE_SOURCE in fit.extra:  # the run's extra results name it so too
-                self.client.set_tag(self.run_id, t.FEATURE_CACHE_SOURCE, str(fit.extra[t.FEATURE_CACHE_SOURCE]))
+            words = {k: str(v) for k, v in fit.extra.items() if not isinstance(v, (int, float))}
+            if words:  # results that are not numbers are tags (feature_cache_source: memory | disk | computed)
+                self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in words.items()])
         if prepared.cfg.tracking.log_model:
             with self._timed("model"):  # optional and slow: timed apart
                 model_store.log_model(self.run_id, prepared)

@@ -125,7 +125,7 @@ def finished_here(run_id: str) -> bool:
 
 
 def mirror_trial(trial: FrozenTrial) -> None:
-    """The trial's Optuna state on its child run (PRUNED is tagged where the run ends, in tracking.session)."""
+    """The trial's Optuna state on its child run (PRUNED is tagged where the run ends, in tracking.runs.session)."""
     run_id = trial.user_attrs.get(RUN_ATTR)
     if not run_id:
         return
