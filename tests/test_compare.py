@@ -144,6 +144,9 @@ def test_feature_cache_matches_the_uncached_run(tmp_path):
     assert "perf/feature_extraction_s" in cached.extra
     head = results["off"].prepared.backbone.model.fc.weight
     assert torch.allclose(head, results["memory"].prepared.backbone.model.fc.weight, atol=1e-4)
+    # per test image, in the same order: the same predictions and (nearly) the same probabilities
+    assert (off.test_predictions[1] == cached.test_predictions[1]).all()
+    assert off.test_p_true == pytest.approx(cached.test_p_true, abs=1e-4)
 
 
 def test_feature_cache_is_off_with_augmentation_and_on_disk_when_asked(tmp_path):

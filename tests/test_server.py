@@ -45,7 +45,8 @@ def test_compare_and_search_through_a_tracking_server(server_tracking, tmp_path)
         assert {a.path for a in client.list_artifacts(child.info.run_id, "plots")} == {
             "plots/input_samples.png", "plots/training_curves.png", "plots/confusion_matrix_test.png"}
         assert {a.path for a in client.list_artifacts(child.info.run_id, "reports")} == {
-            "reports/classification_report.txt", "reports/classification_report.json", "reports/history.json"}
+            "reports/classification_report.txt", "reports/classification_report.json", "reports/history.json",
+            "reports/test_predictions.csv"}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "summary")} == {
         "summary/summary.md", "summary/summary.csv"}
     local = client.download_artifacts(children[0].info.run_id, "plots/training_curves.png", str(tmp_path))

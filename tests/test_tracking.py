@@ -1,5 +1,7 @@
 """Tracking against a real sqlite store: what a run logs, how it ends, and the registry as a weights source."""
 
+import csv
+import io
 import threading
 import time
 
@@ -50,6 +52,16 @@ def test_a_run_logs_params_tags_metrics_artifacts(tracking_store, tmp_path):
         assert expected in paths, expected
     inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
     assert inputs == {"digits-train", "digits-val", "digits-test"}
+    # one row per test image, in the split's order: what "which images does it miss?" and paired tests read
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/reports/test_predictions.csv")
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [int(r["index"]) for r in table] == list(range(40))
+    assert [int(r["row"]) for r in table] == outcome.prepared.data.indices["test"].tolist()
+    assert [int(r["true"]) for r in table] == outcome.prepared.data.labels("test").tolist()
+    hits = sum(r["true"] == r["predicted"] for r in table)
+    assert hits / 40 == pytest.approx(run.data.metrics["test/acc"])
+    assert all(0 <= float(r["p_true"]) <= 1 and r["true_class"] == r["true"] for r in table)  # digits: "0".."9"
+    assert all((float(r["p_true"]) > 0.5) <= (r["true"] == r["predicted"]) for r in table)  # > 0.5: the argmax
     models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
     assert len(models) == 1
     loaded = mlflow.pyfunc.load_model(models[0].model_uri)

@@ -33,12 +33,14 @@ class Listener(Protocol):
 
 
 class EpochPass(NamedTuple):
-    """One pass over a split: its metrics (`<split>/acc`, ...), confusion matrix, true and predicted classes."""
+    """One pass over a split: its metrics (`<split>/acc`, ...), confusion matrix, true and predicted classes,
+    and (evaluation passes only: training needs none) each example's probability of its true class."""
 
     metrics: dict[str, float]
     confusion: torch.Tensor
     true: torch.Tensor
     predicted: torch.Tensor
+    p_true: torch.Tensor
 
 
 @dataclass
@@ -48,7 +50,8 @@ class FitResult:
     best_value: float
     test: dict[str, float]
     confusion: dict[str, torch.Tensor]  # "val" (best epoch) and "test"
-    test_predictions: tuple[np.ndarray, np.ndarray]  # (y_true, y_pred)
+    test_predictions: tuple[np.ndarray, np.ndarray]  # (y_true, y_pred), in the test split's order
+    test_p_true: np.ndarray  # each test example's probability of its true class (softmax), same order
     stopped_early: bool = False
     resumed_from_epoch: int = 0
     train_seconds: float = 0.0
@@ -129,6 +132,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         history=state.history, best_epoch=state.best_epoch, best_value=state.best_value, test=test.metrics,
         confusion={"val": state.best_confusion, "test": test.confusion},
         test_predictions=(test.true.cpu().numpy(), test.predicted.cpu().numpy()),
+        test_p_true=test.p_true.cpu().numpy(),
         stopped_early=stopped_early, resumed_from_epoch=resumed_from,
         train_seconds=time.perf_counter() - started,
         extra={**_final_perf(state.history, device), "perf/checkpoint_s": checkpoint_s},
@@ -183,7 +187,7 @@ class _Stepper:
         """One pass over `split`'s loader: training on "train", evaluating otherwise."""
         train = split == "train"
         self.model.train(train)
-        count, batches, preds, targets = 0, 0, [], []
+        count, batches, preds, targets, p_true = 0, 0, [], [], []
         # The loss is summed on the device and looked at every `check_every` batches: each look is a
         # host-device sync, which on CUDA would stall the queue of kernels once a batch (on the CPU it
         # is free, so every batch is checked before its step).
@@ -207,6 +211,8 @@ class _Stepper:
                 # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
                 preds.append(logits.detach().argmax(1))
                 targets.append(y)
+                if not train:  # per example: what the paired statistics and "which images does it miss?" read
+                    p_true.append(logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1))
                 count += len(y)
         if batches % check_every:  # the batches since the last check
             self._check_finite(loss_sum, split, batches)
@@ -215,7 +221,7 @@ class _Stepper:
             self.metrics.update(predicted, true)
         values, confusion = compute(self.metrics, split)
         values[f"{split}/loss"] = loss_sum.item() / max(count, 1)
-        return EpochPass(values, confusion, true, predicted)
+        return EpochPass(values, confusion, true, predicted, torch.cat(p_true) if p_true else torch.empty(0))
 
     def _check_finite(self, loss_sum: torch.Tensor, split: str, batches: int) -> None:
         if not torch.isfinite(loss_sum):

@@ -6,7 +6,9 @@ tracking run is touched; `execute` trains and returns everything a tracker may w
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import re
 import time
 from dataclasses import dataclass
@@ -62,6 +64,20 @@ class RunOutcome:
     fit: FitResult
     report_text: str
     report_dict: dict
+    predictions_csv: str  # one row per test image: reports/test_predictions.csv
+
+
+def predictions_csv(fit: FitResult, data: DataBundle) -> str:
+    """One row per test image, in the test split's order: its position there, its row in the dataset, the
+    true and predicted class (number and name) and the probability the model gave the true class."""
+    (y_true, y_pred), names = fit.test_predictions, data.class_names
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["index", "row", "true", "predicted", "true_class", "predicted_class", "p_true"])
+    for i, (row, true, predicted, p) in enumerate(zip(data.indices["test"].tolist(), y_true.tolist(),
+                                                        y_pred.tolist(), fit.test_p_true.tolist(), strict=True)):
+        writer.writerow([i, row, true, predicted, names[true], names[predicted], f"{p:.6g}"])
+    return out.getvalue()
 
 
 def slug(text: str) -> str:
@@ -142,4 +158,5 @@ def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunO
         prepared=prepared, fit=result,
         report_text=classification_report(y_true, y_pred, digits=4, **kwargs),
         report_dict=classification_report(y_true, y_pred, output_dict=True, **kwargs),
+        predictions_csv=predictions_csv(result, prepared.data),
     )

@@ -155,6 +155,8 @@ class MlflowTracker:
         confusion = {split: m.tolist() for split, m in fit.confusion.items() if m is not None}
         history = {"history": fit.history, "confusion": confusion, "class_names": names}
         self.jobs.submit("reports", lambda: self._log_reports(outcome.report_text, outcome.report_dict, history))
+        self.jobs.submit("reports", lambda: self.client.log_text(self.run_id, outcome.predictions_csv,
+                                                                 "reports/test_predictions.csv"))
         with self._timed("final metrics"):
             self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{monitor}": fit.best_value,
                               "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early),
