@@ -39,7 +39,8 @@ from benchmarks.transfer_findings import ci, pct, published_findings, short  # n
 from pipelines.config import load_experiment  # noqa: E402
 from pipelines.reports import figures  # noqa: E402
 from pipelines.reports.stats import verdict  # noqa: E402
-from pipelines.reports.tables import REFERENCE, group_rows, markdown, paired_rows  # noqa: E402
+from pipelines.reports.tables import group_rows, markdown  # noqa: E402
+from pipelines.reports.verdicts import REFERENCE, paired_rows  # noqa: E402
 from pipelines.studies.arms import arm_configs, parse_comparison  # noqa: E402
 from tracking import tags  # noqa: E402
 from tracking.studies import parent_run  # noqa: E402

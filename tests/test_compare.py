@@ -86,6 +86,10 @@ def test_comparison_parent_children_summary_and_resume(tracking_store, tmp_path,
     assert "| timm/test_resnet | frozen | 2 |" in table and " ± " in table
     assert "Paired difference vs frozen (same seeds, same split)" in table
     assert f"| timm/test_resnet | unfrozen | 2 | {delta:+.4f} | [{lo:+.4f}, {hi:+.4f}] |" in table
+    # the interval is over the arms' own test images (reports/test_predictions.csv), nested in the 2 seeds
+    assert f"| [{lo:+.4f}, {hi:+.4f}] | test examples and 2 seeds |" in table
+    assert "Champion: timm/test_resnet · " in table and parent.data.tags["best_group"].startswith("timm/test_resnet · ")
+    assert parent.data.tags["tied_with_best"] in ("none", "timm/test_resnet · frozen", "timm/test_resnet · unfrozen")
     # the way into the UI: links printed last, and the study's attrs for optuna-dashboard
     ui, eid = "http://127.0.0.1:5000", parent.info.experiment_id  # `make ui`, for a sqlite store
     assert f"MLflow: training runs  {ui}/#/experiments/{eid}/runs\n" in table and "MLflow: champion" not in table

@@ -1,16 +1,19 @@
 """Seed statistics of a comparison: checked against scipy, against a hand computation, and as rendered."""
 
 import csv
+import dataclasses
 import io
 import math
+import time
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from pipelines.reports.figures import delta_figure
-from pipelines.reports.stats import mean_ci, paired_delta, verdict
-from pipelines.reports.tables import csv_text, group_rows, markdown, paired_rows
+from pipelines.reports.stats import mean_ci, paired_bootstrap, paired_delta, verdict
+from pipelines.reports.tables import csv_text, group_rows, markdown
+from pipelines.reports.verdicts import paired_rows
 from tracking.studies.comparison_report import delta_metrics
 
 
@@ -82,9 +85,14 @@ def test_summary_tables_and_csv():
     assert "| tv/resnet18 | frozen | 1 | 0.9344 ± — [—] | 0.9444 ± — [—] | 0.9244 ± — [—] | 10 | 2.0 | 100.0 |" in text
     assert "Paired difference vs frozen (same seeds, same split)" in text
     up = mean_ci([0.10, 0.11, 0.10])
-    assert f"| timm/test_resnet | unfrozen | 3 | +0.1033 | [{up.lo:+.4f}, {up.hi:+.4f}] | better |" in text
-    assert "| timm/test_resnet | last_n:2 | 1 | +0.0500 | — | no clear difference |" in text
-    assert "| tv/resnet18 | unfrozen | 0 | — | — | no shared seeds |" in text
+    # no per-image outcomes in these records: the reading comes from the seed-level t-interval, and says so
+    assert (f"| timm/test_resnet | unfrozen | 3 | +0.1033 | [{up.lo:+.4f}, {up.hi:+.4f}] | 3 seeds (t) | — | "
+            f"[{up.lo:+.4f}, {up.hi:+.4f}] | better |") in text
+    assert "| timm/test_resnet | last_n:2 | 1 | +0.0500 | — | 1 seed, no per-example outcomes | — | — | " \
+           "no clear difference |" in text
+    assert "| tv/resnet18 | unfrozen | 0 | — | — | — | — | — | no shared seeds |" in text
+    assert "Champion: tv/resnet18 · frozen (mean test acc 0.9444)" in text
+    assert "Nothing is tied with the champion." in text  # no interval to say so: one seed, no per-image outcomes
     table = list(csv.DictReader(io.StringIO(csv_text(rows))))
     assert len(table) == 5 and {"test_acc_ci_lo", "test_acc_ci_hi", "delta_ci_lo", "delta_seeds"} <= set(table[0])
     by = {(r["backbone"], r["freeze"]): r for r in table}
@@ -114,3 +122,79 @@ def test_delta_metrics_and_figure():
     assert len(ax.patches) == 2 and len(ax.containers) == 2  # two bars, one error bar (last_n:2 has no CI)
     assert ax.get_ylabel() == "test acc: policy − frozen (paired, 95% CI)"
     assert not any(math.isnan(v) for v in metrics.values())
+
+
+def outcomes(right: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n test images of which `right` are classified right, in a random order."""
+    return rng.permutation(np.arange(n) < right)
+
+
+def test_paired_bootstrap_by_hand_and_against_scipy():
+    rng = np.random.default_rng(7)
+    a = outcomes(180, 200, rng)
+    b = a.copy()
+    flip = np.flatnonzero(a)[:30]  # 30 images a gets right and b wrong
+    b[flip] = False
+    b[np.flatnonzero(~a)[:10]] = True  # 10 the other way
+    found = paired_bootstrap({"0": a}, {"0": b}, resamples=4000, seed=1)
+    assert found.mean == pytest.approx((30 - 10) / 200) and (found.seeds, found.examples) == (1, 200)
+    assert found.mcnemar_p == pytest.approx(stats.binomtest(30, 40, 0.5).pvalue)  # 30 of 40 discordant pairs
+    assert found.mcnemar_p == pytest.approx(2 * sum(math.comb(40, k) for k in range(30, 41)) / 2 ** 40)  # by hand
+    reference = stats.bootstrap((a.astype(float), b.astype(float)), lambda x, y, axis: (x - y).mean(axis=axis),
+                                paired=True, n_resamples=4000, method="percentile", random_state=1).confidence_interval
+    assert found.lo == pytest.approx(reference.low, abs=0.01) and found.hi == pytest.approx(reference.high, abs=0.01)
+    assert found.lo > 0 and verdict(dataclasses.replace(paired_delta({"0": 0.9}, {"0": 0.8}), bootstrap=found)) \
+        == "better"
+    assert paired_bootstrap({"0": a}, {"0": b}, resamples=4000, seed=1) == found  # seeded: the same interval
+    same = paired_bootstrap({"0": a}, {"0": a.copy()})
+    assert (same.lo, same.hi, same.mcnemar_p) == (0.0, 0.0, 1.0)
+    assert paired_bootstrap({"0": a}, {"1": b}) is None
+
+
+def test_paired_bootstrap_nests_images_within_seeds():
+    """Three seeds, the same per-image difference in each: the interval is the one-seed interval's
+    width or tighter (more images); with seeds that disagree, resampling the seeds widens it."""
+    rng = np.random.default_rng(3)
+    base = {s: outcomes(150, 200, rng) for s in "012"}
+    better = {s: base[s] | (rng.random(200) < 0.15) for s in "012"}
+    steady = paired_bootstrap(better, base)
+    one = paired_bootstrap({"0": better["0"]}, {"0": base["0"]})
+    assert steady.seeds == 3 and steady.mcnemar_p is None and steady.hi - steady.lo <= one.hi - one.lo + 0.01
+    swing = {"0": better["0"], "1": base["1"], "2": base["2"] | (rng.random(200) < 0.6)}
+    wide = paired_bootstrap(swing, base)
+    assert wide.hi - wide.lo > 2 * (steady.hi - steady.lo)
+
+
+def test_sixty_arms_of_ten_thousand_images_take_under_a_second():
+    """The issue's budget, checked as a property of the statistics (not a timing of the machine): each
+    comparison draws counts, not images, so it does O(resamples × seeds) work whatever the test set."""
+    rng = np.random.default_rng(0)
+    records = [dict(arm(policy, str(seed), 0.0, backbone=f"b{b}"), outcomes=outcomes(7000 + 100 * b, 10_000, rng))
+               for b in range(10) for policy in ("frozen", "unfrozen") for seed in range(3)]
+    for r in records:
+        r["test_acc"] = float(r["outcomes"].mean())
+    started = time.process_time()
+    rows = group_rows(records)
+    assert time.process_time() - started < 5  # generous on a loaded CI core; ~0.1 s here
+    assert all(r["delta_covers"] == "test examples and 3 seeds" for r in rows if r["freeze"] == "unfrozen")
+    assert sum(r["vs_best"] == "champion" for r in rows) == 1
+
+
+def test_one_seed_with_outcomes_reads_the_data_and_names_the_ties():
+    rng = np.random.default_rng(5)
+    frozen = outcomes(160, 270, rng)
+    unfrozen = frozen | (rng.random(270) < 0.5)  # fixes many of frozen's misses, breaks none
+    twin = unfrozen.copy()  # an arm identical to unfrozen, image by image
+    records = [dict(arm("frozen", "0", frozen.mean()), outcomes=frozen),
+               dict(arm("unfrozen", "0", unfrozen.mean()), outcomes=unfrozen),
+               dict(arm("frozen", "0", twin.mean(), backbone="other"), outcomes=twin)]
+    rows = group_rows(records)
+    text = markdown(rows, [])
+    row = next(r for r in rows if r["freeze"] == "unfrozen")
+    assert row["delta_ci_lo"] > 0 and row["delta_covers"] == "test examples only: 1 seed"
+    assert row["delta_mcnemar_p"] < 1e-6
+    assert "| better |" in text and "test examples only: 1 seed" in text
+    assert "Champion: timm/test_resnet · unfrozen" in text
+    assert "Tied with the champion: other · frozen." in text  # identical outcomes: a CI of [0, 0]
+    behind = next(r for r in rows if r["freeze"] == "frozen" and r["backbone"] == "timm/test_resnet")
+    assert behind["vs_best"] == "behind" and next(r for r in rows if r["backbone"] == "other")["vs_best"] == "tied"

@@ -28,6 +28,8 @@ GIT_COMMIT = "git_commit"
 VERSION_PREFIX = "version."  # + a package name: the versions a run trained with (version.freezeframe, version.torch)
 # on a comparison's parent
 ARMS_TOTAL, ARMS_FAILED, BEST_ARM = "arms_total", "arms_failed", "best_arm"
+# the backbone · policy with the best mean test accuracy, and those whose paired difference to it is not clear
+BEST_GROUP, TIED_WITH_BEST = "best_group", "tied_with_best"
 # on a search's parent: trials.<state> counts, the best trial and its params (best.<param>)
 TRIALS_PREFIX, BEST_TRIAL, BEST_PARAM_PREFIX = "trials.", "best_trial", "best."
 MODEL_WEIGHTS = "freezeframe.weights"  # on a registered model version: how its weights/ came to be

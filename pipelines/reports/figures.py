@@ -102,8 +102,9 @@ def delta_figure(paired: list[dict], title: str) -> Figure:
     ax.bar(labels, means, color=["tab:green" if v >= 0 else "tab:red" for v in means])
     for x, p in enumerate(paired):
         d = p["delta"]
-        if d.lo is not None:  # one shared seed: no interval, and no bar pretending to be one
-            ax.errorbar(x, d.mean, yerr=[[d.mean - d.lo], [d.hi - d.mean]], fmt="none", ecolor="black", capsize=4)
+        lo, hi = d.interval  # over test images (and seeds) where the arms logged them, else over seeds
+        if lo is not None:  # one shared seed and no per-image outcomes: no interval, and no bar pretending to be one
+            ax.errorbar(x, d.mean, yerr=[[d.mean - lo], [hi - d.mean]], fmt="none", ecolor="black", capsize=4)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("test acc: policy − frozen (paired, 95% CI)")
     ax.set_title(title)

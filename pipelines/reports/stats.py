@@ -1,8 +1,11 @@
-"""Means with Student-t confidence intervals, and paired differences over shared seeds.
+"""Means with Student-t confidence intervals, paired differences over shared seeds, and the paired
+bootstrap over test examples that a verdict reads.
 
 A comparison has a handful of seeds per arm, so a normal-approximation interval would be too narrow:
 the t quantile with n−1 degrees of freedom widens it honestly. With one value the spread is unknown,
-so std and the interval are None rather than a misleading 0."""
+so std and the interval are None rather than a misleading 0. Every arm of a comparison is tested on
+the same images, so the difference between two arms is also known image by image: a bootstrap over
+those (nested within seeds) gives an interval even with one seed."""
 
 from __future__ import annotations
 
@@ -29,14 +32,53 @@ class MeanCI:
     def half_width(self) -> float | None:
         return None if self.lo is None else (self.hi - self.lo) / 2
 
+    @property
+    def interval(self) -> tuple[float | None, float | None]:
+        """The interval a verdict reads."""
+        return self.lo, self.hi
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """A paired difference a − b in accuracy over test examples, nested within seeds when there are
+    several: the percentile interval of `resamples` bootstrap means, and with one seed McNemar's exact
+    p-value on the discordant pairs (images one arm gets right and the other wrong)."""
+
+    mean: float
+    lo: float
+    hi: float
+    seeds: int
+    examples: int  # test images per seed
+    resamples: int
+    mcnemar_p: float | None  # one seed only
+    confidence: float = 0.95
+
+    @property
+    def covers(self) -> str:
+        """What the interval's randomness covers, for the table beside it."""
+        return (f"test examples and {self.seeds} seeds" if self.seeds > 1
+                else "test examples only: 1 seed")
+
 
 @dataclass(frozen=True)
 class PairedDelta(MeanCI):
     """a − b seed by seed, then summarised. Paired because both arms of a seed share its split, its
     initialisation of the head and its data order: the seed-to-seed noise cancels in the difference,
-    so the interval is far tighter than comparing two independent means would allow."""
+    so the interval is far tighter than comparing two independent means would allow. With per-example
+    outcomes, `bootstrap` is the interval over test examples too, and the verdict reads it."""
 
     seeds: tuple[str, ...] = ()
+    bootstrap: BootstrapCI | None = None
+
+    @property
+    def interval(self) -> tuple[float | None, float | None]:
+        return (self.bootstrap.lo, self.bootstrap.hi) if self.bootstrap else (self.lo, self.hi)
+
+    @property
+    def covers(self) -> str:
+        if self.bootstrap:
+            return self.bootstrap.covers
+        return f"{self.n} seeds (t)" if self.lo is not None else "1 seed, no per-example outcomes"
 
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> MeanCI:
@@ -64,9 +106,39 @@ def paired_delta(a_by_seed: Mapping[str, float], b_by_seed: Mapping[str, float],
 
 def verdict(ci: MeanCI | None) -> str:
     """Plain words for an interval on a difference: only a CI clear of zero says which side won."""
-    if ci is None or ci.lo is None or ci.lo <= 0 <= ci.hi:
+    lo, hi = ci.interval if ci is not None else (None, None)
+    if lo is None or lo <= 0 <= hi:
         return "no clear difference"
-    return "better" if ci.lo > 0 else "worse"
+    return "better" if lo > 0 else "worse"
+
+
+def paired_bootstrap(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], confidence: float = 0.95,
+                     resamples: int = 2000, seed: int = 0) -> BootstrapCI | None:
+    """a − b in accuracy from per-example outcomes (seed → booleans, one per test image, same order in
+    a and b), over the seeds both ran: resample seeds, then images within each; None when they share no
+    seed. Resampling a seed's images only moves its counts of wins (a right, b wrong), losses and ties,
+    so each resample draws those counts (two binomials: the multinomial) instead of N indices: the
+    same distribution as scipy.stats.bootstrap(paired=True, method="percentile") at a fraction of the cost."""
+    seeds = [s for s in sorted(set(a) & set(b), key=seed_order) if len(a[s]) == len(b[s]) > 0]
+    if not seeds:
+        return None
+    n = np.array([len(a[s]) for s in seeds])
+    wins = np.array([np.count_nonzero(a[s] & ~b[s]) for s in seeds])
+    losses = np.array([np.count_nonzero(~a[s] & b[s]) for s in seeds])
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(seeds), size=(resamples, len(seeds)))  # one seed: always that seed
+    total, p_win, p_loss = n[pick], wins[pick] / n[pick], losses[pick] / n[pick]
+    won = rng.binomial(total, p_win)
+    p_loss_given_no_win = np.divide(p_loss, 1 - p_win, out=np.zeros_like(p_loss), where=p_win < 1)
+    lost = rng.binomial(total - won, np.minimum(p_loss_given_no_win, 1.0))  # (rounding may pass 1)
+    means = ((won - lost) / total).mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    mcnemar = None
+    if len(seeds) == 1:  # exact: under "no difference" each discordant image is a fair coin
+        discordant = int(wins[0] + losses[0])
+        mcnemar = float(stats.binomtest(int(wins[0]), discordant, 0.5).pvalue) if discordant else 1.0
+    return BootstrapCI(float(np.mean((wins - losses) / n)), float(lo), float(hi), len(seeds), int(n[0]),
+                       resamples, mcnemar, confidence)
 
 
 def seed_order(seed: str) -> tuple[int, int | str]:

@@ -1,45 +1,56 @@
 """A comparison's summary tables from its arms' records (plain dicts; the tracker reads and logs them):
-per backbone × policy the spread over seeds, and per policy its paired difference against frozen."""
+per backbone × policy the spread over seeds, each policy's paired difference against frozen, and every
+group against the champion (pipelines/reports/verdicts.py)."""
 
 from __future__ import annotations
 
 import csv
 import io
 
-from pipelines.reports.stats import MeanCI, PairedDelta, mean_ci, paired_delta, verdict
+from pipelines.reports.stats import MeanCI, PairedDelta, mean_ci, verdict
+from pipelines.reports.verdicts import (
+    CONFIDENCE,
+    REFERENCE,
+    champion_rows,
+    delta_columns,
+    group_name,
+    paired_rows,
+)
 
-REFERENCE = "frozen"  # the cheap baseline every other policy has to beat
-CONFIDENCE = 0.95
 ACCURACIES = ("best_val_acc", "test_acc", "test_f1_macro")
 COSTS = ("train_s", "images_per_s")
 GROUP_COLUMNS = ("backbone", "freeze", "seeds", *ACCURACIES, "params_trainable", *COSTS)
 DASH = "—"
+_DELTA_KEYS = ("test_acc", "test_acc_std", "ci_lo", "ci_hi", "covers", "mcnemar_p", "t_ci_lo", "t_ci_hi", "n",
+               "seeds")
 
 
 def _summary(values: list[float]) -> MeanCI:
     return mean_ci(values, CONFIDENCE) if values else MeanCI(float("nan"), None, 0, None, None, CONFIDENCE)
 
 
-def _by_seed(arms: list[dict]) -> dict[str, float]:
-    """test_acc per seed; a seed run twice in one group (two weights of one backbone) pairs with
-    nothing, since which of its two values to pair would be a guess."""
+def _by_seed(arms: list[dict], key: str) -> dict:
+    """`key` per seed; a seed run twice in one group (two weights of one backbone) pairs with nothing,
+    since which of its two values to pair would be a guess."""
     counts: dict[str, int] = {}
     for a in arms:
         counts[a["seed"]] = counts.get(a["seed"], 0) + 1
-    return {a["seed"]: a["test_acc"] for a in arms if counts[a["seed"]] == 1}
+    return {a["seed"]: a[key] for a in arms if counts[a["seed"]] == 1 and a.get(key) is not None}
 
 
 def group_rows(records: list[dict]) -> list[dict]:
     """One row per backbone × policy over its FINISHED arms: mean, std and t-CI of each accuracy, mean
-    and std of the costs, and (for a policy other than frozen) its paired test-acc delta vs frozen."""
+    and std of the costs, its paired test-acc delta vs frozen (for a policy other than frozen) and vs the
+    champion. A record's `outcomes` (one boolean per test image, optional) makes those deltas per image."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         if r["status"] == "FINISHED" and r["test_acc"] is not None:
             groups.setdefault((r["backbone"], r["freeze"]), []).append(r)
     rows = []
     for (backbone, freeze), arms in groups.items():
-        row = {"backbone": backbone, "freeze": freeze, "seeds": len(arms), "test_acc_by_seed": _by_seed(arms),
-               "params_trainable": int(arms[0]["params_trainable"] or 0)}
+        row = {"backbone": backbone, "freeze": freeze, "seeds": len(arms), "params_trainable":
+               int(arms[0]["params_trainable"] or 0), "test_acc_by_seed": _by_seed(arms, "test_acc"),
+               "outcomes_by_seed": _by_seed(arms, "outcomes")}
         for key in ACCURACIES + COSTS:
             s = _summary([a[key] for a in arms if a[key] is not None])
             row.update({key: s.mean, f"{key}_std": s.std})
@@ -47,25 +58,20 @@ def group_rows(records: list[dict]) -> list[dict]:
                 row.update({f"{key}_ci_lo": s.lo, f"{key}_ci_hi": s.hi})
         rows.append(row)
     index = {(r["backbone"], r["freeze"]): r for r in rows}
-    for p in paired_rows(rows):
-        index[(p["backbone"], p["freeze"])].update(_delta_columns(p["delta"]))
+    for p in paired_rows(rows):  # each difference computed once, here; the tables and figures read it
+        index[(p["backbone"], p["freeze"])].update(vs_frozen=p, **delta_columns(p["delta"]))
+    best, others = champion_rows(rows)
+    if best is not None:
+        best["vs_best"] = "champion"
+    for p in others:
+        index[(p["backbone"], p["freeze"])].update(vs_champion=p, vs_best=p["reading"] or "no shared seeds",
+                                                   **delta_columns(p["delta"], "vs_best"))
     return rows
 
 
-def _delta_columns(d: PairedDelta | None) -> dict:
-    if d is None:
-        return {"delta_n": 0}
-    return {"delta_test_acc": d.mean, "delta_test_acc_std": d.std, "delta_ci_lo": d.lo, "delta_ci_hi": d.hi,
-            "delta_n": d.n, "delta_seeds": " ".join(d.seeds)}
-
-
-def paired_rows(rows: list[dict]) -> list[dict]:
-    """For each backbone with a frozen group, every other policy's test acc minus frozen's, paired on
-    the seeds both ran (`delta` is None when they share none)."""
-    frozen = {r["backbone"]: r["test_acc_by_seed"] for r in rows if r["freeze"] == REFERENCE}
-    return [{"backbone": r["backbone"], "freeze": r["freeze"],
-             "delta": paired_delta(r["test_acc_by_seed"], frozen[r["backbone"]], CONFIDENCE)}
-            for r in rows if r["freeze"] != REFERENCE and r["backbone"] in frozen]
+def against_frozen(rows: list[dict]) -> list[dict]:
+    """group_rows' differences against frozen: {backbone, freeze, delta} per policy that has one."""
+    return [r["vs_frozen"] for r in rows if "vs_frozen" in r]
 
 
 def _num(value: float | None, fmt: str = ".4f") -> str:
@@ -85,12 +91,35 @@ def _cell(row: dict, key: str) -> str:
     return str(row[key])
 
 
-def _delta_line(p: dict) -> str:
+def _delta_cells(d: PairedDelta) -> str:
+    """n seeds | mean Δ | CI | what it covers | McNemar p | t-CI over seeds"""
+    p = d.bootstrap.mcnemar_p if d.bootstrap else None
+    return (f"{d.n} | {_num(d.mean, '+.4f')} | {_interval(*d.interval, '+.4f')} | {d.covers} | "
+            f"{_num(p, '.2g')} | {_interval(d.lo, d.hi, '+.4f')}")
+
+
+def _delta_line(p: dict, reading: str = "") -> str:
     d: PairedDelta | None = p["delta"]
     if d is None:
-        return f"| {p['backbone']} | {p['freeze']} | 0 | {DASH} | {DASH} | no shared seeds |"
-    return (f"| {p['backbone']} | {p['freeze']} | {d.n} | {_num(d.mean, '+.4f')} | "
-            f"{_interval(d.lo, d.hi, '+.4f')} | {verdict(d)} |")
+        return f"| {p['backbone']} | {p['freeze']} | 0 | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | no shared seeds |"
+    return f"| {p['backbone']} | {p['freeze']} | {_delta_cells(d)} | {reading or verdict(d)} |"
+
+
+def _champion_lines(rows: list[dict], pct: str) -> list[str]:
+    best = next((r for r in rows if r.get("vs_best") == "champion"), None)
+    others = [r["vs_champion"] for r in rows if "vs_champion" in r]
+    if best is None or not others:
+        return []
+    tied = [group_name(p) for p in others if p["reading"] == "tied"]
+    lines = ["", f"Champion: {group_name(best)} (mean test acc {_num(best['test_acc'])}). Each other group's test acc "
+             f"minus the champion's, paired as above; 'tied' when the {pct} CI contains 0.", "",
+             f"| backbone | policy | n seeds | Δ test acc vs champion | {pct} CI | covers | McNemar p | "
+             "t-CI over seeds | reading |", "|" + "---|" * 9]
+    words = {"tied": "tied with the champion", "behind": "behind the champion", "ahead": "ahead on the shared seeds",
+             "no interval": "no interval (1 seed, no per-image outcomes)"}
+    lines += [_delta_line(p, words.get(p["reading"], "")) for p in others]
+    lines += ["", f"Tied with the champion: {', '.join(tied)}." if tied else "Nothing is tied with the champion."]
+    return lines
 
 
 def markdown(rows: list[dict], failed: list[dict]) -> str:
@@ -98,12 +127,16 @@ def markdown(rows: list[dict], failed: list[dict]) -> str:
     lines = [f"Accuracies: mean ± std [{pct} CI, Student t] over seeds; {DASH} where one seed leaves it undefined.",
              "", "| " + " | ".join(GROUP_COLUMNS) + " |", "|" + "---|" * len(GROUP_COLUMNS)]
     lines += ["| " + " | ".join(_cell(r, c) for c in GROUP_COLUMNS) + " |" for r in rows]
-    paired = paired_rows(rows)
+    paired = against_frozen(rows)
     if paired:
         lines += ["", f"Paired difference vs {REFERENCE} (same seeds, same split): test acc of the policy minus "
-                  f"{REFERENCE}'s, seed by seed; 'better' or 'worse' only when the {pct} CI excludes 0.", "",
-                  f"| backbone | policy | n seeds | mean Δ test acc | {pct} CI | reading |", "|" + "---|" * 6]
+                  f"{REFERENCE}'s, image by image and seed by seed (a bootstrap over the test images, nested in the "
+                  f"seeds); 'better' or 'worse' only when the {pct} CI excludes 0. 'covers' says what the interval's "
+                  "randomness spans; the Student-t interval over seeds is beside it.", "",
+                  f"| backbone | policy | n seeds | mean Δ test acc | {pct} CI | covers | McNemar p | "
+                  "t-CI over seeds | reading |", "|" + "---|" * 9]
         lines += [_delta_line(p) for p in paired]
+    lines += _champion_lines(rows, pct)
     if failed:
         lines += ["", "Arms that did not finish:", "", "| arm | status | error | run_id |", "|---|---|---|---|"]
         lines += [f"| {f['backbone']} · {f['freeze']} · seed {f['seed']} | {f['status']} | "
@@ -116,7 +149,7 @@ def csv_text(rows: list[dict]) -> str:
     keys = ["backbone", "freeze", "seeds", "params_trainable"]
     keys += [k for m in ACCURACIES for k in (m, f"{m}_std", f"{m}_ci_lo", f"{m}_ci_hi")]
     keys += [k for m in COSTS for k in (m, f"{m}_std")]
-    keys += ["delta_test_acc", "delta_test_acc_std", "delta_ci_lo", "delta_ci_hi", "delta_n", "delta_seeds"]
+    keys += [f"delta_{k}" for k in _DELTA_KEYS] + ["vs_best"] + [f"vs_best_{k}" for k in _DELTA_KEYS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.metrics import classification_report
 
@@ -78,6 +79,12 @@ def predictions_csv(fit: FitResult, data: DataBundle) -> str:
                                                         y_pred.tolist(), fit.test_p_true.tolist(), strict=True)):
         writer.writerow([i, row, true, predicted, names[true], names[predicted], f"{p:.6g}"])
     return out.getvalue()
+
+
+def outcomes(predictions: str) -> np.ndarray:
+    """Whether each test image was classified right, in the test split's order, from predictions_csv's text."""
+    table = sorted(csv.DictReader(io.StringIO(predictions)), key=lambda r: int(r["index"]))
+    return np.array([r["true"] == r["predicted"] for r in table], dtype=bool)
 
 
 def slug(text: str) -> str:

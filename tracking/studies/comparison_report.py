@@ -6,11 +6,16 @@ from __future__ import annotations
 import re
 
 import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.reports import figures
-from pipelines.reports.tables import csv_text, group_rows, markdown, paired_rows
+from pipelines.reports.tables import against_frozen, csv_text, group_rows, markdown
+from pipelines.reports.verdicts import group_name
+from pipelines.training.run import outcomes
 from tracking import tags
 from tracking.models.registry import register_champion
 from tracking.studies.parent_run import log_values
@@ -38,18 +43,29 @@ def metric_key(*parts: str) -> str:
 
 
 def delta_metrics(paired: list[dict]) -> dict[str, float]:
-    """`delta/<backbone>/<policy>` (mean paired test-acc difference vs frozen) and its CI bounds where
-    two or more shared seeds define them."""
+    """`delta/<backbone>/<policy>` (mean paired test-acc difference vs frozen) and the bounds of the CI
+    its reading comes from: over test images (and seeds) where the arms logged them, else over two or
+    more shared seeds."""
     metrics = {}
     for p in paired:
         d = p["delta"]
         if d is None:
             continue
         metrics[metric_key("delta", p["backbone"], p["freeze"])] = d.mean
-        if d.lo is not None:
-            metrics[metric_key("delta_ci_lo", p["backbone"], p["freeze"])] = d.lo
-            metrics[metric_key("delta_ci_hi", p["backbone"], p["freeze"])] = d.hi
+        lo, hi = d.interval
+        if lo is not None:
+            metrics[metric_key("delta_ci_lo", p["backbone"], p["freeze"])] = lo
+            metrics[metric_key("delta_ci_hi", p["backbone"], p["freeze"])] = hi
     return metrics
+
+
+def per_image_outcomes(run_id: str) -> np.ndarray | None:
+    """A finished arm's per-image outcomes (reports/test_predictions.csv); None for an arm logged before
+    runs kept them, whose differences are then read over seeds only."""
+    try:
+        return outcomes(mlflow.artifacts.load_text(f"runs:/{run_id}/reports/test_predictions.csv"))
+    except (MlflowException, OSError):
+        return None
 
 
 def current_attempts(runs: list[Run], digests: set[str]) -> list[Run]:
@@ -68,6 +84,9 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
     returns the grouped rows and the champion's models:/ URI (None when the best arm logged no model)."""
     client = MlflowClient()
     records = [arm_record(r) for r in runs]
+    for record in records:
+        if record["status"] == "FINISHED":
+            record["outcomes"] = per_image_outcomes(record["run_id"])
     rows = group_rows(records)
     failed = [r for r in records if r["status"] != "FINISHED"]
     client.log_text(parent_run_id, markdown(rows, failed), "summary/summary.md")
@@ -84,7 +103,7 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
         points = [{"label": f"{r['backbone']} · {r['freeze']}", "train_s": r["train_s"], "test_acc": r["test_acc"],
                    "test_acc_std": r["test_acc_std"]} for r in rows]
         plots["plots/accuracy_vs_time.png"] = figures.pareto_figure(points, f"{name}: accuracy vs training time")
-    paired = [p for p in paired_rows(rows) if p["delta"] is not None]
+    paired = [p for p in against_frozen(rows) if p["delta"] is not None]
     if paired:
         plots["plots/policy_vs_frozen.png"] = figures.delta_figure(paired, f"{name}: each policy against frozen")
     for path, figure in plots.items():
@@ -97,6 +116,9 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
     if best is not None:
         metrics["best/test_acc"] = best["test_acc"]
         run_tags.update({tags.BEST_ARM: _arm_name(best), tags.BEST_RUN_ID: best["run_id"]})
+        champion = next(r for r in rows if r.get("vs_best") == "champion")
+        tied = [group_name(r) for r in rows if r.get("vs_best") == "tied"]
+        run_tags.update({tags.BEST_GROUP: group_name(champion), tags.TIED_WITH_BEST: "; ".join(tied) or "none"})
     log_values(parent_run_id, metrics, run_tags)
     if best is None:
         return rows, None
