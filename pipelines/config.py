@@ -195,7 +195,11 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    cfg.model.policy.check_schedule(t.epochs)  # the policy parsed: model.freeze and model.bn checked too
+    policy = cfg.model.policy  # parsed here: model.freeze and model.bn checked too
+    policy.check_schedule(t.epochs)
+    if policy.kind == "linear_probe" and (d.augment or cfg.model.bn == "train"):
+        raise ConfigError("linear_probe fits the head on fixed features, from the backbone in eval mode: "
+                          f"{'data.augment' if d.augment else 'model.bn=train'} does not apply to it; turn it off")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -4,7 +4,9 @@ thaw schedule, whether frozen features can be cached, the batch-size ceiling's p
 
 Policies: `unfrozen` | `frozen` (head only) | `last_n:K` (the last K stages plus the head) |
 `gradual` (start frozen, thaw stages before the epochs of `model.unfreeze_at`, last stage first) |
-`layer_decay:F` (everything trains, each layer group at F times the lr of the one after it).
+`layer_decay:F` (everything trains, each layer group at F times the lr of the one after it) |
+`linear_probe` (frozen backbone; the head is an L2 multinomial logistic regression fitted to convergence
+on the fixed features, its C chosen on validation; `linear_probe:C1,C2,...` names the grid of C).
 `model.bn` says what BatchNorm layers of frozen stages do in training mode (pipelines/models/freezing.py).
 Nothing here needs torch: the config validates a policy without building a model.
 """
@@ -17,18 +19,22 @@ from dataclasses import dataclass, replace
 
 from pipelines.errors import ConfigError
 
-POLICIES = ("unfrozen", "frozen", "last_n:K", "gradual", "layer_decay:F")
+POLICIES = ("unfrozen", "frozen", "last_n:K", "gradual", "layer_decay:F", "linear_probe[:C1,C2,...]")
+# The probe's default grid of inverse L2 strengths, 1e-3..1e3 in 10 log steps (Kornblith et al. 2019 search a
+# wider one; on these datasets the chosen C falls inside this one, and each value costs one L-BFGS fit).
+PROBE_C = tuple(float(f"{c:.3g}") for c in (10 ** (-3 + 6 * i / 9) for i in range(10)))
 BN_MODES = ("frozen", "train")
 
 
 @dataclass(frozen=True)
 class Policy:
-    kind: str  # unfrozen | frozen | last_n | gradual | layer_decay
+    kind: str  # unfrozen | frozen | last_n | gradual | layer_decay | linear_probe
     n: int = 0  # last_n: how many stages train
     decay: float = 0.0  # layer_decay: the lr factor from one layer group to the one before it
     bn: str = "frozen"  # frozen stages' BatchNorm: frozen (held in eval) | train (batch statistics)
     unfreeze_at: tuple[int, ...] = ()  # gradual: the epochs before which the next stage thaws
     unfreeze_lr_mult: float = 1.0  # gradual: a thawed stage trains at lr * this
+    probe_c: tuple[float, ...] = ()  # linear_probe: the grid of C (inverse L2 strength) tried on validation
 
     @classmethod
     def parse(cls, text: str, bn: str = "frozen", unfreeze_at: tuple[int, ...] = (),
@@ -51,17 +57,21 @@ class Policy:
                 raise ConfigError(f"freeze policy '{text}': the layer decay factor must be a number in (0, 1), "
                                   "e.g. layer_decay:0.7 (1 would be plain unfrozen)")
             return cls("layer_decay", decay=decay, **rest)
+        if text == "linear_probe" or text.startswith("linear_probe:"):
+            return cls("linear_probe", probe_c=_probe_grid(text), **rest)
         raise ConfigError(f"unknown freeze policy '{text}' (valid: {', '.join(POLICIES)}, with K >= 1)")
 
     def __str__(self) -> str:
         if self.kind == "last_n":
             return f"last_n:{self.n}"
+        if self.kind == "linear_probe" and self.probe_c != PROBE_C:
+            return f"linear_probe:{','.join(f'{c:g}' for c in self.probe_c)}"
         return f"layer_decay:{self.decay:g}" if self.kind == "layer_decay" else self.kind
 
     @property
     def trains_backbone(self) -> bool:
-        """Whether any backbone parameter trains at some point (only `frozen` trains the head alone)."""
-        return self.kind != "frozen"
+        """Whether any backbone parameter trains at some point (`frozen` and `linear_probe` fit the head alone)."""
+        return self.kind not in ("frozen", "linear_probe")
 
     @property
     def holds_batchnorm(self) -> bool:
@@ -90,8 +100,25 @@ class Policy:
         if self.kind == "gradual" and len(self.unfreeze_at) > stages:
             raise ConfigError(f"gradual: {len(self.unfreeze_at)} thaw epochs (model.unfreeze_at) but "
                               f"{model} has only {stages} stages")
-        return {"unfrozen": stages, "layer_decay": stages, "frozen": 0, "gradual": 0, "last_n": self.n}[self.kind]
+        return {"unfrozen": stages, "layer_decay": stages, "frozen": 0, "gradual": 0, "last_n": self.n,
+                "linear_probe": 0}[self.kind]
 
     def thaw_schedule(self, stages: list[list[str]]) -> dict[int, list[str]]:
         """gradual's schedule: epoch → parameter names to thaw before it, the last stage first, then inwards."""
         return {epoch: stages[-(i + 1)] for i, epoch in enumerate(self.unfreeze_at)}
+
+
+def _probe_grid(text: str) -> tuple[float, ...]:
+    """linear_probe's C values: the default grid, or the ones after the colon (each > 0), ascending (the
+    fits warm-start from the strongest penalty)."""
+    given = text.removeprefix("linear_probe").removeprefix(":")
+    if not given:
+        return PROBE_C
+    try:
+        values = [float(v) for v in given.split(",")]
+    except ValueError:
+        values = [math.nan]
+    if not all(v > 0 and math.isfinite(v) for v in values):  # NaN fails this too
+        raise ConfigError(f"freeze policy '{text}': linear_probe:C1,C2,... takes numbers > 0 (inverse L2 strengths), "
+                          "e.g. linear_probe:0.01,0.1,1,10")
+    return tuple(sorted(set(values)))

@@ -142,3 +142,19 @@ def params_figure(points: list[dict], title: str) -> Figure:
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
+
+
+def probe_figure(grid: tuple[tuple[float, float, int], ...], chosen: float, title: str) -> Figure:
+    """linear_probe: validation accuracy against C (log scale), the chosen C marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot([c for c, _, _ in grid], [acc for _, acc, _ in grid], marker="o")
+    ax.axvline(chosen, color="tab:green", linestyle="--", label=f"chosen C = {chosen:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("C (inverse L2 strength)")
+    ax.set_ylabel("val accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return fig

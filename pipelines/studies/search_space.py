@@ -121,7 +121,10 @@ def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None
         probe_memory=coerce(raw.get("probe_memory", True), bool, "search.probe_memory", source),
         seed=coerce(raw.get("seed", base.seed), int, "search.seed", source), pruner_note=pruner_note)
     for policy in spec.freeze or (base.model.freeze,):  # each choice validated as a run config: its policy,
-        trial_config(base, spec, {"batch_size": spec.batch_sizes[-1], "freeze": policy})  # a gradual schedule
+        cfg = trial_config(base, spec, {"batch_size": spec.batch_sizes[-1], "freeze": policy})  # its schedule
+        if cfg.model.policy.kind == "linear_probe":
+            raise ConfigError("search: linear_probe is fitted to convergence, whatever the batch size or lr, so a "
+                              "search has nothing to vary for it: use it in train or compare")
     return spec
 
 

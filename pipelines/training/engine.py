@@ -170,6 +170,17 @@ def _summary(row: dict[str, float], epochs: int) -> str:
             f"{row['perf/epoch_s']:.1f}s  {row['perf/images_per_s']:.0f} img/s")
 
 
+def evaluate(model: nn.Module, loaders: dict[str, DataLoader], num_classes: int, device: torch.device,
+             label_smoothing: float = 0.0) -> dict[str, EpochPass]:
+    """Each split's evaluation pass, the training split's included (a head fitted by other means, as the
+    linear probe is, reports the same metrics as one the engine trained)."""
+    step = _Stepper(model, None, None, nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+                    make_metrics(num_classes, device), device, torch.contiguous_format, False)
+    model.to(device)
+    return {split: step.run_epoch(loader, split, desc=f"{split} eval", train=False)
+            for split, loader in loaders.items()}
+
+
 class _Stepper:
     """One pass over a loader, training or evaluating, with the run's device/AMP/memory-format choices."""
 
@@ -183,9 +194,10 @@ class _Stepper:
         return (x.to(self.device, memory_format=self.memory_format, non_blocking=non_blocking),
                 y.to(self.device, non_blocking=non_blocking))
 
-    def run_epoch(self, loader: DataLoader, split: str, desc: str) -> EpochPass:
-        """One pass over `split`'s loader: training on "train", evaluating otherwise."""
-        train = split == "train"
+    def run_epoch(self, loader: DataLoader, split: str, desc: str, train: bool | None = None) -> EpochPass:
+        """One pass over `split`'s loader: training on "train" (unless `train` says otherwise), evaluating
+        on the others."""
+        train = split == "train" if train is None else train
         self.model.train(train)
         count, batches, preds, targets, p_true = 0, 0, [], [], []
         # The loss is summed on the device and looked at every `check_every` batches: each look is a

@@ -6,17 +6,15 @@ tracking run is touched; `execute` trains and returns everything a tracker may w
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from sklearn.metrics import classification_report
+from torch import nn
 
 from pipelines import config as config_mod
 from pipelines.config import RunConfig
@@ -27,8 +25,10 @@ from pipelines.models.backbones import Backbone, build_backbone, head_module
 from pipelines.models.freezing import FreezeReport, apply_policy, thaw_schedule
 from pipelines.models.weight_sources import check_source
 from pipelines.policy import Policy
+from pipelines.reports.predictions import predictions_csv
 from pipelines.training import feature_cache
 from pipelines.training.engine import FitResult, Listener, fit
+from pipelines.training.probe import ProbeResult, run_probe
 from pipelines.training.runtime import resolve_device, seed_everything
 
 
@@ -66,25 +66,7 @@ class RunOutcome:
     report_text: str
     report_dict: dict
     predictions_csv: str  # one row per test image: reports/test_predictions.csv
-
-
-def predictions_csv(fit: FitResult, data: DataBundle) -> str:
-    """One row per test image, in the test split's order: its position there, its row in the dataset, the
-    true and predicted class (number and name) and the probability the model gave the true class."""
-    (y_true, y_pred), names = fit.test_predictions, data.class_names
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["index", "row", "true", "predicted", "true_class", "predicted_class", "p_true"])
-    for i, (row, true, predicted, p) in enumerate(zip(data.indices["test"].tolist(), y_true.tolist(),
-                                                        y_pred.tolist(), fit.test_p_true.tolist(), strict=True)):
-        writer.writerow([i, row, true, predicted, names[true], names[predicted], f"{p:.6g}"])
-    return out.getvalue()
-
-
-def outcomes(predictions: str) -> np.ndarray:
-    """Whether each test image was classified right, in the test split's order, from predictions_csv's text."""
-    table = sorted(csv.DictReader(io.StringIO(predictions)), key=lambda r: int(r["index"]))
-    return np.array([r["true"] == r["predicted"] for r in table], dtype=bool)
+    probe: ProbeResult | None = None  # linear_probe: the C chosen and every C tried
 
 
 def slug(text: str) -> str:
@@ -101,6 +83,8 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
     seed_everything(cfg.seed)  # the fresh head's initialisation is part of the experiment
     backbone, freeze = build_model(cfg, len(raw.class_names), state_dict=state_dict)
     _check_image_size(backbone, cfg.data.image_size)
+    if cfg.model.policy.kind == "linear_probe":
+        _check_linear_head(backbone)
     data = build_data(cfg.data, raw, backbone.preprocessing)
     prepared = PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
     prepared.feature_cache = feature_cache.plan(prepared)
@@ -115,6 +99,14 @@ def build_model(cfg: RunConfig, num_classes: int, weights: str | None = None,
     backbone = build_backbone(cfg.model.backbone, num_classes, cfg.model.weights if weights is None else weights,
                               cfg.model.drop_rate, state_dict=state_dict)
     return backbone, apply_policy(backbone.model, policy or cfg.model.policy)
+
+
+def _check_linear_head(backbone: Backbone) -> None:
+    """linear_probe loads a logistic regression into the network's head: it must be one Linear with a bias."""
+    head = head_module(backbone.model)
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        raise ConfigError(f"linear_probe needs a Linear head with a bias; {backbone.full_name}'s classifier is "
+                          f"{type(head).__name__}: use frozen for it")
 
 
 def _check_image_size(backbone: Backbone, size: int) -> None:
@@ -142,6 +134,9 @@ def _check_image_size(backbone: Backbone, size: int) -> None:
 def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunOutcome:
     cfg = prepared.cfg
     seed_everything(cfg.seed)
+    if prepared.policy.kind == "linear_probe":  # no epochs: the head is fitted to convergence (probe.py)
+        result, probe = run_probe(prepared, listeners)
+        return _outcome(prepared, result, probe)
     model, train_cfg, extra = prepared.backbone.model, cfg.train, {}
     if not prepared.feature_cache.on:
         loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
@@ -158,6 +153,10 @@ def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunO
                  checkpoint_dir=prepared.checkpoint_dir, listeners=listeners, thaw=thaw_schedule(model, policy),
                  thaw_lr_mult=policy.unfreeze_lr_mult, layer_decay=policy.layer_decay)
     result.extra.update(extra)
+    return _outcome(prepared, result)
+
+
+def _outcome(prepared: PreparedRun, result: FitResult, probe: ProbeResult | None = None) -> RunOutcome:
     y_true, y_pred = result.test_predictions
     names = prepared.data.class_names
     kwargs = dict(labels=list(range(len(names))), target_names=names, zero_division=0)
@@ -165,5 +164,5 @@ def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunO
         prepared=prepared, fit=result,
         report_text=classification_report(y_true, y_pred, digits=4, **kwargs),
         report_dict=classification_report(y_true, y_pred, output_dict=True, **kwargs),
-        predictions_csv=predictions_csv(result, prepared.data),
+        predictions_csv=predictions_csv(result, prepared.data), probe=probe,
     )

@@ -157,6 +157,9 @@ class MlflowTracker:
         self.jobs.submit("reports", lambda: self._log_reports(outcome.report_text, outcome.report_dict, history))
         self.jobs.submit("reports", lambda: self.client.log_text(self.run_id, outcome.predictions_csv,
                                                                  "reports/test_predictions.csv"))
+        if outcome.probe is not None:  # linear_probe: every C tried, and the chosen one
+            self.jobs.submit("reports", lambda: self.client.log_text(self.run_id, outcome.probe.csv(),
+                                                                     "reports/probe_c_grid.csv"))
         with self._timed("final metrics"):
             self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{monitor}": fit.best_value,
                               "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early),
@@ -188,10 +191,14 @@ class MlflowTracker:
 
 def _figures(outcome: RunOutcome, title: str) -> dict:
     fit, names = outcome.fit, outcome.prepared.data.class_names
-    return {
+    found = {
         "plots/training_curves.png": figures.curves_figure(fit.history, title),
         "plots/confusion_matrix_test.png": figures.confusion_figure(fit.confusion["test"], names, f"test · {title}"),
     }
+    if outcome.probe is not None:
+        probe = outcome.probe
+        found["plots/probe_c.png"] = figures.probe_figure(probe.grid, probe.c, f"linear probe · {title}")
+    return found
 
 
 def _log_dataset(client: MlflowClient, run_id: str, prepared: PreparedRun) -> None:

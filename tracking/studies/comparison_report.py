@@ -13,9 +13,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.reports import figures
+from pipelines.reports.predictions import outcomes
 from pipelines.reports.tables import against_frozen, csv_text, group_rows, markdown
 from pipelines.reports.verdicts import group_name
-from pipelines.training.run import outcomes
 from tracking import tags
 from tracking.models.registry import register_champion
 from tracking.studies.parent_run import log_values
