@@ -94,7 +94,8 @@ def pareto_figure(points: list[dict], title: str) -> Figure:
 
 def delta_figure(paired: list[dict], title: str) -> Figure:
     """One bar per backbone × policy: its paired test-acc difference against frozen (above zero: that
-    policy paid off), with the 95% CI as error bar where two or more shared seeds define it."""
+    policy paid off), with its 95% CI as error bar: over the test images (nested in the seeds), or over
+    two or more shared seeds for arms that logged no per-image outcomes."""
     fig = Figure(figsize=(max(5, 1.1 * len(paired) + 2), 4))
     ax = fig.subplots()
     labels = [f"{p['backbone']}\n{p['freeze']}" for p in paired]
