@@ -151,18 +151,34 @@ def test_paired_bootstrap_by_hand_and_against_scipy():
     assert paired_bootstrap({"0": a}, {"1": b}) is None
 
 
-def test_paired_bootstrap_nests_images_within_seeds():
-    """Three seeds, the same per-image difference in each: the interval is the one-seed interval's
-    width or tighter (more images); with seeds that disagree, resampling the seeds widens it."""
+def test_paired_bootstrap_nests_seeds_over_the_same_images():
+    """Every seed is tested on the same images: seeds that repeat one outcome add no images, so the
+    interval is the one-seed interval (a bootstrap that took each seed for new images would shrink it
+    by √3); seeds that disagree widen it."""
     rng = np.random.default_rng(3)
-    base = {s: outcomes(150, 200, rng) for s in "012"}
-    better = {s: base[s] | (rng.random(200) < 0.15) for s in "012"}
-    steady = paired_bootstrap(better, base)
-    one = paired_bootstrap({"0": better["0"]}, {"0": base["0"]})
-    assert steady.seeds == 3 and steady.mcnemar_p is None and steady.hi - steady.lo <= one.hi - one.lo + 0.01
-    swing = {"0": better["0"], "1": base["1"], "2": base["2"] | (rng.random(200) < 0.6)}
-    wide = paired_bootstrap(swing, base)
-    assert wide.hi - wide.lo > 2 * (steady.hi - steady.lo)
+    base = outcomes(150, 200, rng)
+    better = base | (rng.random(200) < 0.15)
+    one = paired_bootstrap({"0": better}, {"0": base}, resamples=4000)
+    copies = paired_bootstrap({s: better for s in "012"}, {s: base for s in "012"}, resamples=4000)
+    assert copies.seeds == 3 and copies.mcnemar_p is None and copies.mean == pytest.approx(one.mean)
+    assert copies.hi - copies.lo == pytest.approx(one.hi - one.lo, rel=0.15)
+    swing = {"0": better, "1": base, "2": base | (rng.random(200) < 0.6)}
+    wide = paired_bootstrap(swing, {s: base for s in "012"}, resamples=4000)
+    assert wide.hi - wide.lo > 2 * (one.hi - one.lo)
+    assert paired_bootstrap({"0": better, "1": better}, {"0": base}, seeds=("0", "1")) is None  # seed 1: no outcomes
+    assert paired_bootstrap({"0": better}, {"0": base[:100]}) is None  # not the same images
+
+
+def test_one_seed_needs_mcnemar_too():
+    """5 images a gets right and b wrong, none the other way, of 1,000: the percentile bootstrap excludes
+    0, but McNemar's exact p is 0.0625: no clear difference."""
+    b = np.zeros(1000, bool)
+    a = b.copy()
+    a[:5] = True
+    found = paired_bootstrap({"0": a}, {"0": b})
+    assert found.lo > 0 and found.mcnemar_p == pytest.approx(0.0625)
+    delta = dataclasses.replace(paired_delta({"0": 0.005}, {"0": 0.0}), bootstrap=found)
+    assert verdict(delta) == "no clear difference"
 
 
 def test_sixty_arms_of_ten_thousand_images_take_under_a_second():

@@ -105,7 +105,8 @@ def delta_figure(paired: list[dict], title: str) -> Figure:
         d = p["delta"]
         lo, hi = d.interval  # over test images (and seeds) where the arms logged them, else over seeds
         if lo is not None:  # one shared seed and no per-image outcomes: no interval, and no bar pretending to be one
-            ax.errorbar(x, d.mean, yerr=[[d.mean - lo], [hi - d.mean]], fmt="none", ecolor="black", capsize=4)
+            yerr = [[max(d.mean - lo, 0.0)], [max(hi - d.mean, 0.0)]]  # a percentile CI may sit beside the mean
+            ax.errorbar(x, d.mean, yerr=yerr, fmt="none", ecolor="black", capsize=4)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("test acc: policy − frozen (paired, 95% CI)")
     ax.set_title(title)

@@ -75,6 +75,12 @@ class PairedDelta(MeanCI):
         return (self.bootstrap.lo, self.bootstrap.hi) if self.bootstrap else (self.lo, self.hi)
 
     @property
+    def exact_test_agrees(self) -> bool:
+        """With one seed, McNemar's p is below 1 − confidence too (with several there is no such test)."""
+        boot = self.bootstrap
+        return boot is None or boot.mcnemar_p is None or boot.mcnemar_p < 1 - boot.confidence
+
+    @property
     def covers(self) -> str:
         if self.bootstrap:
             return self.bootstrap.covers
@@ -105,40 +111,44 @@ def paired_delta(a_by_seed: Mapping[str, float], b_by_seed: Mapping[str, float],
 
 
 def verdict(ci: MeanCI | None) -> str:
-    """Plain words for an interval on a difference: only a CI clear of zero says which side won."""
+    """Plain words for an interval on a difference: only a CI clear of zero says which side won (and, with
+    one seed, McNemar's exact test too: the percentile bootstrap is optimistic when few images differ)."""
     lo, hi = ci.interval if ci is not None else (None, None)
-    if lo is None or lo <= 0 <= hi:
+    if lo is None or lo <= 0 <= hi or not getattr(ci, "exact_test_agrees", True):
         return "no clear difference"
     return "better" if lo > 0 else "worse"
 
 
 def paired_bootstrap(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], confidence: float = 0.95,
-                     resamples: int = 2000, seed: int = 0) -> BootstrapCI | None:
-    """a − b in accuracy from per-example outcomes (seed → booleans, one per test image, same order in
-    a and b), over the seeds both ran: resample seeds, then images within each; None when they share no
-    seed. Resampling a seed's images only moves its counts of wins (a right, b wrong), losses and ties,
-    so each resample draws those counts (two binomials: the multinomial) instead of N indices: the
-    same distribution as scipy.stats.bootstrap(paired=True, method="percentile") at a fraction of the cost."""
-    seeds = [s for s in sorted(set(a) & set(b), key=seed_order) if len(a[s]) == len(b[s]) > 0]
-    if not seeds:
+                     resamples: int = 2000, seed: int = 0, seeds: tuple[str, ...] | None = None) -> BootstrapCI | None:
+    """a − b in accuracy from per-example outcomes (seed → booleans, one per test image, in the split's
+    order) over `seeds` (default: every seed both ran); None unless both sides hold outcomes of one length
+    for each of them. Every seed of a comparison is tested on the same images, so a resample draws the
+    images once, for every seed alike, then resamples the seeds. Images with the same outcomes across the
+    seeds are interchangeable: a resample draws how many of each such pattern (one multinomial) instead of
+    N indices. With one seed this is scipy.stats.bootstrap(paired=True, method="percentile")."""
+    seeds = tuple(sorted(set(a) & set(b), key=seed_order)) if seeds is None else tuple(seeds)
+    if not seeds or any(s not in a or s not in b for s in seeds):
         return None
-    n = np.array([len(a[s]) for s in seeds])
-    wins = np.array([np.count_nonzero(a[s] & ~b[s]) for s in seeds])
-    losses = np.array([np.count_nonzero(~a[s] & b[s]) for s in seeds])
+    n = len(a[seeds[0]])
+    if n == 0 or any(len(a[s]) != n or len(b[s]) != n for s in seeds):
+        return None
+    diff = np.stack([np.asarray(a[s], bool).astype(np.int8) - np.asarray(b[s], bool).astype(np.int8)
+                     for s in seeds])  # seeds × images: 1 a right and b wrong, -1 the reverse, 0 a tie
+    # each image's pattern across the seeds as one base-3 number (np.unique over columns is far slower)
+    codes, counts = np.unique(((diff + 1).astype(np.int64) * 3 ** np.arange(len(seeds))[:, None]).sum(0),
+                              return_counts=True)
+    patterns = (codes // 3 ** np.arange(len(seeds))[:, None]) % 3 - 1  # seeds × patterns, back in {-1, 0, 1}
     rng = np.random.default_rng(seed)
+    per_seed = rng.multinomial(n, counts / n, size=resamples) @ patterns.T / n  # resamples × seeds
     pick = rng.integers(0, len(seeds), size=(resamples, len(seeds)))  # one seed: always that seed
-    total, p_win, p_loss = n[pick], wins[pick] / n[pick], losses[pick] / n[pick]
-    won = rng.binomial(total, p_win)
-    p_loss_given_no_win = np.divide(p_loss, 1 - p_win, out=np.zeros_like(p_loss), where=p_win < 1)
-    lost = rng.binomial(total - won, np.minimum(p_loss_given_no_win, 1.0))  # (rounding may pass 1)
-    means = ((won - lost) / total).mean(axis=1)
+    means = np.take_along_axis(per_seed, pick, axis=1).mean(axis=1)
     lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     mcnemar = None
     if len(seeds) == 1:  # exact: under "no difference" each discordant image is a fair coin
-        discordant = int(wins[0] + losses[0])
-        mcnemar = float(stats.binomtest(int(wins[0]), discordant, 0.5).pvalue) if discordant else 1.0
-    return BootstrapCI(float(np.mean((wins - losses) / n)), float(lo), float(hi), len(seeds), int(n[0]),
-                       resamples, mcnemar, confidence)
+        wins, losses = int(np.count_nonzero(diff[0] == 1)), int(np.count_nonzero(diff[0] == -1))
+        mcnemar = float(stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
+    return BootstrapCI(float(diff.mean()), float(lo), float(hi), len(seeds), n, resamples, mcnemar, confidence)
 
 
 def seed_order(seed: str) -> tuple[int, int | str]:

@@ -22,8 +22,9 @@ def group_delta(a: dict, b: dict) -> PairedDelta | None:
     d = paired_delta(a["test_acc_by_seed"], b["test_acc_by_seed"], CONFIDENCE)
     if d is None:
         return None
+    # over exactly the seeds of the mean: none (the t-interval alone) unless both have outcomes for each
     return dataclasses.replace(d, bootstrap=paired_bootstrap(a["outcomes_by_seed"], b["outcomes_by_seed"],
-                                                             CONFIDENCE))
+                                                             CONFIDENCE, seeds=d.seeds))
 
 
 def paired_rows(rows: list[dict]) -> list[dict]:

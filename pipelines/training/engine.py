@@ -34,7 +34,7 @@ class Listener(Protocol):
 
 class EpochPass(NamedTuple):
     """One pass over a split: its metrics (`<split>/acc`, ...), confusion matrix, true and predicted classes,
-    and (evaluation passes only: training needs none) each example's probability of its true class."""
+    and (the test pass only: nothing else reads it) each image's probability of its true class."""
 
     metrics: dict[str, float]
     confusion: torch.Tensor
@@ -223,7 +223,7 @@ class _Stepper:
                 # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
                 preds.append(logits.detach().argmax(1))
                 targets.append(y)
-                if not train:  # per example: what the paired statistics and "which images does it miss?" read
+                if split == "test":  # per image: what the paired statistics and "which images does it miss?" read
                     p_true.append(logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1))
                 count += len(y)
         if batches % check_every:  # the batches since the last check
@@ -238,5 +238,5 @@ class _Stepper:
     def _check_finite(self, loss_sum: torch.Tensor, split: str, batches: int) -> None:
         if not torch.isfinite(loss_sum):
             where = f"at batch {batches}" if self.device.type == "cpu" else f"by batch {batches}"
-            raise TrainingError(f"{split} loss became {loss_sum.item()} {where} "
-                                f"(lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr")
+            lr = f" (lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr" if self.optimizer else ""
+            raise TrainingError(f"{split} loss became {loss_sum.item()} {where}{lr}")

@@ -63,6 +63,9 @@ def fit_probe(head: nn.Linear, found: dict[str, tuple[torch.Tensor, torch.Tensor
         tried.append((c, accuracy, int(np.max(model.n_iter_))))
         if best is None or accuracy > best[1]:
             best = (c, accuracy, model.coef_.copy(), model.intercept_.copy())
+    if any(iterations >= MAX_ITER for _, _, iterations in tried):
+        tqdm.write(f"linear_probe: L-BFGS stopped at {MAX_ITER} iterations for C in "
+                   f"{[c for c, _, it in tried if it >= MAX_ITER]} before converging (reports/probe_c_grid.csv)")
     c, _, coef, intercept = best
     _load_head(head, coef, intercept, scaler, classes=model.classes_)
     return ProbeResult(c, tuple(tried), time.perf_counter() - started)

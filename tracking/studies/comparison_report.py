@@ -3,6 +3,7 @@ skipped on a rerun are summarised like the ones just run): tables, figures, metr
 
 from __future__ import annotations
 
+import logging
 import re
 
 import matplotlib.pyplot as plt
@@ -12,6 +13,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.errors import first_line
 from pipelines.reports import figures
 from pipelines.reports.predictions import outcomes
 from pipelines.reports.tables import against_frozen, csv_text, group_rows, markdown
@@ -19,6 +21,8 @@ from pipelines.reports.verdicts import group_name
 from tracking import tags
 from tracking.models.registry import register_champion
 from tracking.studies.parent_run import log_values
+
+log = logging.getLogger(__name__)
 
 
 def arm_record(run: Run) -> dict:
@@ -64,7 +68,9 @@ def per_image_outcomes(run_id: str) -> np.ndarray | None:
     runs kept them, whose differences are then read over seeds only."""
     try:
         return outcomes(mlflow.artifacts.load_text(f"runs:/{run_id}/reports/test_predictions.csv"))
-    except (MlflowException, OSError):
+    except (MlflowException, OSError) as exc:  # missing (an older run), or the store failed: said, not hidden
+        log.warning("run %s: no per-image outcomes (%s); its differences are read over seeds", run_id,
+                    first_line(exc))
         return None
 
 
