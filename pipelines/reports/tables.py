@@ -130,9 +130,10 @@ def markdown(rows: list[dict], failed: list[dict]) -> str:
     paired = against_frozen(rows)
     if paired:
         lines += ["", f"Paired difference vs {REFERENCE} (same seeds, same split): test acc of the policy minus "
-                  f"{REFERENCE}'s, image by image and seed by seed (a bootstrap over the test images, nested in the "
-                  f"seeds); 'better' or 'worse' only when the {pct} CI excludes 0. 'covers' says what the interval's "
-                  "randomness spans; the Student-t interval over seeds is beside it.", "",
+                  f"{REFERENCE}'s, image by image and seed by seed (a bootstrap that draws the test images, the same "
+                  f"for every seed, then the seeds); 'better' or 'worse' only when the {pct} CI excludes 0 (with one "
+                  "seed, McNemar's p < 0.05 too). 'covers' says what the interval's randomness spans; the Student-t "
+                  "interval over seeds is beside it.", "",
                   f"| backbone | policy | n seeds | mean Δ test acc | {pct} CI | covers | McNemar p | "
                   "t-CI over seeds | reading |", "|" + "---|" * 9]
         lines += [_delta_line(p) for p in paired]
