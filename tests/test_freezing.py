@@ -251,3 +251,26 @@ def test_layer_decay_run_trains_every_layer_and_logs_the_heads_lr(tmp_path):
     execute(prepared, listeners=(watch,))
     assert watch.rows[1]["lr"] == pytest.approx(0.002)
     assert not torch.equal(stem_before, next(prepared.backbone.model.parameters()).detach())
+
+
+def test_each_epoch_evaluates_with_its_own_batchnorm_statistics():
+    """The layers that normalise by batch statistics restart theirs each epoch as an exact average of its
+    batches (momentum None); the ones the policy holds in eval keep theirs; the momentum comes back after."""
+    from pipelines.models.freezing import restart_batchnorm_statistics, restore_momentum
+
+    model = build_backbone("timm/test_resnet", 4).model
+    apply_policy(model, Policy.parse("last_n:1"))
+    held, adapting = model.conv1[1], model.layer4[0].bn1  # the stem is frozen, the last stage trains
+    stem_before = held.running_mean.clone()
+    momenta = {}
+    restart_batchnorm_statistics(model, momenta)
+    assert held not in momenta and momenta[adapting] == 0.1 and adapting.momentum is None
+    model.train()
+    seen = []
+    adapting.register_forward_pre_hook(lambda m, args: seen.append(args[0].mean((0, 2, 3))))
+    for _ in range(3):
+        model(torch.randn(8, 3, 32, 32) * 3 + 1)
+    assert torch.allclose(adapting.running_mean, torch.stack(seen).mean(0), atol=1e-5)  # the epoch's average
+    assert torch.equal(held.running_mean, stem_before)
+    restore_momentum(momenta)
+    assert adapting.momentum == 0.1

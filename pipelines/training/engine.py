@@ -90,9 +90,11 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
     step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
                     cfg.memory_limit_mb)
     stopped_early, started, checkpoint_s = False, time.perf_counter(), 0.0
+    momenta: dict[nn.Module, float | None] = {}
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if epoch in thaw:
             _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
+        freezing.restart_batchnorm_statistics(model, momenta)  # evaluated with this epoch's statistics
         tick = time.perf_counter()
         train_metrics = step.run_epoch(loaders["train"], "train", desc=f"epoch {epoch}/{cfg.epochs} train").metrics
         train_seconds = time.perf_counter() - tick
@@ -125,6 +127,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
             stopped_early = True
             break
 
+    freezing.restore_momentum(momenta)
     if state.best_state is not None:
         model.load_state_dict(state.best_state)  # test the best epoch, not the last one
     test = step.run_epoch(loaders["test"], "test", desc="test")
