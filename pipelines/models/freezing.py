@@ -135,8 +135,7 @@ def restart_batchnorm_statistics(model: nn.Module, momenta: dict[nn.Module, floa
     layer_decay, whose early layers barely move, lost most (benchmarks/investigate_bn_stats.py). `momenta`
     keeps each layer's own momentum for restore_momentum."""
     for module in model.modules():
-        held = _hold_eval_if_frozen in module._forward_pre_hooks.values() and not any(
-            p.requires_grad for p in module.parameters(recurse=False))
+        held = _hold_eval_if_frozen in module._forward_pre_hooks.values() and _frozen(module)
         if isinstance(module, _BATCHNORM) and not held:
             momenta.setdefault(module, module.momentum)
             module.reset_running_stats()
@@ -149,8 +148,13 @@ def restore_momentum(momenta: dict[nn.Module, float | None]) -> None:
         module.momentum = momentum
 
 
+def _frozen(module: nn.Module) -> bool:
+    """None of the layer's own parameters trains: what makes the hook hold its BatchNorm in eval."""
+    return not any(p.requires_grad for p in module.parameters(recurse=False))
+
+
 def _hold_eval_if_frozen(module: nn.Module, args) -> None:
-    if module.training and not any(p.requires_grad for p in module.parameters(recurse=False)):
+    if module.training and _frozen(module):
         module.training = False
 
 

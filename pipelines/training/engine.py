@@ -132,14 +132,18 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         model.load_state_dict(state.best_state)  # test the best epoch, not the last one
     test = step.run_epoch(loaders["test"], "test", desc="test")
     return FitResult(
-        history=state.history, best_epoch=state.best_epoch, best_value=state.best_value, test=test.metrics,
-        confusion={"val": state.best_confusion, "test": test.confusion},
-        test_predictions=(test.true.cpu().numpy(), test.predicted.cpu().numpy()),
-        test_p_true=test.p_true.cpu().numpy(),
+        history=state.history, best_epoch=state.best_epoch, best_value=state.best_value,
+        confusion={"val": state.best_confusion, "test": test.confusion}, **from_test_pass(test),
         stopped_early=stopped_early, resumed_from_epoch=resumed_from,
         train_seconds=time.perf_counter() - started,
-        extra={**_final_perf(state.history, device), "perf/checkpoint_s": checkpoint_s},
+        extra={**final_perf(state.history, device), "perf/checkpoint_s": checkpoint_s},
     )
+
+
+def from_test_pass(test: EpochPass) -> dict:
+    """A FitResult's test metrics and per-image predictions, from the test pass."""
+    return {"test": test.metrics, "test_predictions": (test.true.cpu().numpy(), test.predicted.cpu().numpy()),
+            "test_p_true": test.p_true.cpu().numpy()}
 
 
 def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: float) -> None:
@@ -152,7 +156,7 @@ def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: flo
         scheduler.base_lrs.append(base_lr)
 
 
-def _final_perf(history: list[dict[str, float]], device: torch.device) -> dict[str, float]:
+def final_perf(history: list[dict[str, float]], device: torch.device) -> dict[str, float]:
     """The run's throughput and peak as its last epoch logged them (one value, not a second reading that
     would also count the test pass); computed afresh for a history resumed from an older checkpoint."""
     last = history[-1] if history else {}

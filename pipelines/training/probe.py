@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pipelines.models.backbones import head_module
 from pipelines.training import feature_cache, memory
-from pipelines.training.engine import FitResult, Listener, evaluate
+from pipelines.training.engine import FitResult, Listener, evaluate, final_perf, from_test_pass
 
 if TYPE_CHECKING:
     from pipelines.training.run import PreparedRun
@@ -110,12 +110,9 @@ def run_probe(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> tu
            "perf/peak_memory_mb": memory.peak_mb(device)}
     for listener in listeners:
         listener.on_epoch_end(1, row)
-    test = passes["test"]
-    fit = FitResult(history=[row], best_epoch=1, best_value=row[cfg.train.monitor], test=test.metrics,
-                    confusion={"val": passes["val"].confusion, "test": test.confusion},
-                    test_predictions=(test.true.cpu().numpy(), test.predicted.cpu().numpy()),
-                    test_p_true=test.p_true.cpu().numpy(), train_seconds=probe.fit_seconds,
+    fit = FitResult(history=[row], best_epoch=1, best_value=row[cfg.train.monitor],
+                    confusion={"val": passes["val"].confusion, "test": passes["test"].confusion},
+                    **from_test_pass(passes["test"]), train_seconds=probe.fit_seconds,
                     extra={"perf/feature_extraction_s": extraction_s, "feature_cache_source": origin,
-                           "probe/c": probe.c, "perf/steady_images_per_s": images_per_s,
-                           "perf/peak_memory_mb": row["perf/peak_memory_mb"], "perf/checkpoint_s": 0.0})
+                           "probe/c": probe.c, **final_perf([row], device), "perf/checkpoint_s": 0.0})
     return fit, probe
