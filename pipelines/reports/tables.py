@@ -10,6 +10,7 @@ import io
 from pipelines.reports.stats import MeanCI, PairedDelta, mean_ci, verdict
 from pipelines.reports.verdicts import (
     CONFIDENCE,
+    DELTA_KEYS,
     REFERENCE,
     champion_rows,
     delta_columns,
@@ -21,8 +22,6 @@ ACCURACIES = ("best_val_acc", "test_acc", "test_f1_macro")
 COSTS = ("train_s", "images_per_s")
 GROUP_COLUMNS = ("backbone", "freeze", "seeds", *ACCURACIES, "params_trainable", *COSTS)
 DASH = "—"
-_DELTA_KEYS = ("test_acc", "test_acc_std", "ci_lo", "ci_hi", "covers", "mcnemar_p", "t_ci_lo", "t_ci_hi", "n",
-               "seeds")
 
 
 def _summary(values: list[float]) -> MeanCI:
@@ -150,7 +149,7 @@ def csv_text(rows: list[dict]) -> str:
     keys = ["backbone", "freeze", "seeds", "params_trainable"]
     keys += [k for m in ACCURACIES for k in (m, f"{m}_std", f"{m}_ci_lo", f"{m}_ci_hi")]
     keys += [k for m in COSTS for k in (m, f"{m}_std")]
-    keys += [f"delta_{k}" for k in _DELTA_KEYS] + ["vs_best"] + [f"vs_best_{k}" for k in _DELTA_KEYS]
+    keys += [f"delta_{k}" for k in DELTA_KEYS] + ["vs_best"] + [f"vs_best_{k}" for k in DELTA_KEYS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()

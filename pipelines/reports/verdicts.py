@@ -35,6 +35,8 @@ def paired_rows(rows: list[dict]) -> list[dict]:
             for r in rows if r["freeze"] != REFERENCE and r["backbone"] in frozen]
 
 
+# a difference's summary columns (delta_columns, under a prefix), in the CSV's order
+DELTA_KEYS = ("test_acc", "test_acc_std", "ci_lo", "ci_hi", "covers", "mcnemar_p", "t_ci_lo", "t_ci_hi", "n", "seeds")
 AGAINST_CHAMPION = {"no clear difference": "tied", "worse": "behind", "better": "ahead"}
 
 
@@ -68,4 +70,5 @@ def delta_columns(d: PairedDelta | None, prefix: str = "delta") -> dict:
     columns = {"test_acc": d.mean, "test_acc_std": d.std, "ci_lo": lo, "ci_hi": hi, "covers": d.covers, "n": d.n,
                "seeds": " ".join(d.seeds), "mcnemar_p": d.bootstrap.mcnemar_p if d.bootstrap else None,
                "t_ci_lo": d.lo, "t_ci_hi": d.hi}
+    assert set(columns) == set(DELTA_KEYS)
     return {f"{prefix}_{k}": v for k, v in columns.items()}
