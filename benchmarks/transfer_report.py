@@ -1,25 +1,25 @@
 """The transfer report: run experiments/transfer_report.yaml (EfficientNet-Lite0/1/2 × freeze policies ×
-seeds on Fashion-MNIST) with N `python -m freezeframe compare` workers on one journal storage, then write
-docs/transfer-report.md with its figures, checked against Kornblith, Shlens & Le (CVPR 2019).
+seeds on Fashion-MNIST) with N `python -m freezeframe compare` workers on one journal storage, then the
+fixed-feature arms (frozen, linear_probe; seed 0) again at each backbone's native input size (one
+comparison per backbone, since a grid has one image size), then write docs/transfer-report.md with its
+figures, checked against Kornblith, Shlens & Le (CVPR 2019).
 
     .venv/bin/python benchmarks/transfer_report.py --workers 2 --out /tmp/transfer-report
 
 Rerun into the same --out to resume (finished arms are skipped by `compare` itself); `--report-only`
-rewrites the report from --out. A smoke run narrows the grid and shrinks the data:
+rewrites the report from --out. A smoke run narrows the grid and shrinks the data (--native-size
+replaces each backbone's native size, so the smoke stays small):
 
     .venv/bin/python benchmarks/transfer_report.py --out /tmp/tr-smoke --report /tmp/tr-smoke/report.md \
-        --backbones lite0,lite1 --freeze frozen,unfrozen --seeds 0,1 \
-        --set data.max_samples=40 --set train.epochs=1 --set data.image_size=64
+        --backbones lite0,lite1 --freeze frozen,linear_probe,unfrozen --seeds 0,1 \
+        --set data.max_samples=40 --set train.epochs=1 --set data.image_size=64 --native-size 80
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -30,23 +30,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
+import timm  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from benchmarks.transfer_findings import ci, pct, published_findings, short  # noqa: E402
+from benchmarks.transfer_document import write_report  # noqa: E402
 from pipelines.config import load_experiment  # noqa: E402
-from pipelines.reports import figures  # noqa: E402
-from pipelines.reports.stats import verdict  # noqa: E402
-from pipelines.reports.tables import group_rows, markdown  # noqa: E402
-from pipelines.reports.verdicts import REFERENCE, paired_rows  # noqa: E402
 from pipelines.studies.arms import arm_configs, parse_comparison  # noqa: E402
 from tracking import tags  # noqa: E402
 from tracking.studies import parent_run  # noqa: E402
-from tracking.studies.comparison_report import arm_record, current_attempts  # noqa: E402
+from tracking.studies.comparison_report import arm_records, current_attempts  # noqa: E402
 
-VERSIONED = ("torch", "torchvision", "timm", "mlflow", "optuna", "scipy")
+# Fixed features cost one forward pass over the splits per backbone, affordable on CPU at full size; one
+# seed, since per-image intervals need no more and the probe's fit does not depend on it.
+NATIVE_FREEZE = ("frozen", "linear_probe")
+NATIVE_SEEDS = (0,)
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,13 +59,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--backbones", default="", help="narrow the grid: comma list of name suffixes (lite0,lite1)")
     p.add_argument("--freeze", default="", help="narrow the grid: comma list of policies")
     p.add_argument("--seeds", default="", help="narrow the grid: comma list of seeds")
+    p.add_argument("--native-size", type=int, default=0,
+                   help="the native-size arms at this size instead of each backbone's own (a smoke run)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from --out; run nothing")
     return p.parse_args()
 
 
-def derive_grid(args, out: Path) -> Path:
-    """The experiment file as the workers run it: narrowed by --backbones/--freeze/--seeds (`--set`
-    cannot reach the compare: section), checkpoints kept in --out. Same file name: same champion name."""
+def derive_grids(args, out: Path) -> list[tuple[Path, list[str]]]:
+    """The experiment files as the workers run them, each with its --set list: the main grid narrowed by
+    --backbones/--freeze/--seeds (`--set` cannot reach the compare: section), then per backbone its
+    fixed-feature arms at its native size (a study of their own: a grid has one image size).
+    Checkpoints (and the feature caches the fixed-feature arms share) are kept in --out."""
     source = Path(args.experiment) if Path(args.experiment).exists() else ROOT / args.experiment
     raw = yaml.safe_load(source.read_text())
     grid = raw["compare"]
@@ -78,21 +81,42 @@ def derive_grid(args, out: Path) -> Path:
     if args.seeds:
         grid["seeds"] = [int(s) for s in args.seeds.split(",")]
     raw.setdefault("train", {})["checkpoint_dir"] = str(out / "checkpoints")
-    path = out / Path(args.experiment).name
-    path.write_text(f"# derived from {args.experiment} by benchmarks/transfer_report.py\n"
+    # the main grid keeps the experiment's file name: the same champion name as a plain `compare` of it
+    grids = [(_write_grid(out / Path(args.experiment).name, raw, args.experiment), args.set)]
+    for backbone in grid["backbones"]:
+        name = str(backbone["name"] if isinstance(backbone, dict) else backbone)
+        size = args.native_size or native_size(name)
+        native = {**raw, "compare": {"name": f"{grid['name']}-native-{name.rsplit('/', 1)[-1]}",
+                                     "backbones": [backbone], "freeze": list(NATIVE_FREEZE),
+                                     "seeds": list(NATIVE_SEEDS)}}
+        path = out / f"{Path(args.experiment).stem}-native-{name.rsplit('/', 1)[-1]}.yaml"
+        grids.append((_write_grid(path, native, args.experiment), [*args.set, f"data.image_size={size}"]))
+    return grids
+
+
+def native_size(backbone: str) -> int:
+    """The input size a timm backbone was trained at (its pretrained config), e.g. 224 for Lite0."""
+    cfg = timm.models.get_pretrained_cfg(backbone.removeprefix("timm/"))
+    if cfg is None:
+        sys.exit(f"{backbone}: timm knows no native input size for it; pass --native-size")
+    return int(cfg.input_size[-1])
+
+
+def _write_grid(path: Path, raw: dict, source: str) -> Path:
+    path.write_text(f"# derived from {source} by benchmarks/transfer_report.py\n"
                     + yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
-def run_workers(args, out: Path, grid: Path) -> float:
+def run_workers(args, out: Path, grid: Path, sets: list[str], workers: int) -> float:
     """Start the workers, echo their arm lines, wait; any nonzero exit ends this script with the log tail."""
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, "-m", "freezeframe", "compare", "--experiment", str(grid),
-               "--storage", f"journal:{out / 'optuna.journal'}", *[x for s in args.set for x in ("--set", s)]]
-    print(f"{args.workers} workers × {threads} torch threads: {shlex.join(command)}", flush=True)
-    logs = [out / f"worker-{i}.log" for i in range(args.workers)]
+               "--storage", f"journal:{out / 'optuna.journal'}", *[x for s in sets for x in ("--set", s)]]
+    print(f"{workers} workers × {threads} torch threads: {shlex.join(command)}", flush=True)
+    logs = [out / f"worker-{grid.stem}-{i}.log" for i in range(workers)]
     start = time.perf_counter()
     procs = [subprocess.Popen(command, cwd=out, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
              for log in logs]
@@ -116,7 +140,8 @@ def run_workers(args, out: Path, grid: Path) -> float:
 
 
 def read_records(out: Path, grid: Path, sets: list[str]) -> tuple[list[dict], dict]:
-    """The current attempt of every arm of this grid under the study's parent run, and the parent's facts."""
+    """The current attempt of every arm of this grid under the study's parent run (finished ones with
+    their per-image outcomes), and the parent's facts."""
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     cfg, sections = load_experiment(grid, dict(s.split("=", 1) for s in sets))
     spec = parse_comparison(sections["compare"], cfg, str(grid))
@@ -139,77 +164,7 @@ def read_records(out: Path, grid: Path, sets: list[str]) -> tuple[list[dict], di
             "order": {"backbone": list(dict.fromkeys(a.backbone for a in spec.arms)),
                       "freeze": list(dict.fromkeys(a.freeze for a in spec.arms)),
                       "seeds": list(dict.fromkeys(a.seed for a in spec.arms))}}
-    return [arm_record(r) for r in runs], meta
-
-
-def provenance(meta: dict, finished: int, failed: int) -> list[str]:
-    """How the numbers were made: command, grid, wall time, machine, versions, data, where the runs are."""
-    order, walls = meta["order"], meta.get("invocations", [])
-    versions = ", ".join([f"python {platform.python_version()}"]
-                         + [f"{p} {importlib.metadata.version(p)}" for p in VERSIONED])
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    wall = (f"{sum(w['wall_s'] for w in walls) / 60:.1f} min ({len(walls)} invocation"
-            f"{'s' if len(walls) > 1 else ''} of this script), "
-            f"{walls[-1]['workers']} workers × {walls[-1]['threads']} torch threads" if walls else "not recorded")
-    return ["## How it was made", "", f"- Command: `{walls[-1]['command'] if walls else '?'}`",
-            f"- Grid: {meta['arms']} arms ({len(order['backbone'])} backbones with ImageNet weights × "
-            f"{', '.join(order['freeze'])} × seeds {', '.join(map(str, order['seeds']))}); "
-            f"{finished} finished, {failed} did not",
-            f"- Wall time: {wall}", f"- Machine: {os.cpu_count()} cores, {cpu}", f"- Versions: {versions}",
-            f"- Data: {meta['data.dataset']} from `{meta['source']}`; stratified splits train/val/test = "
-            f"{meta['data.n_train']}/{meta['data.n_val']}/{meta['data.n_test']} images at "
-            f"{meta['data.image_size']} px; epochs: {meta['train.epochs']}, lr {meta['train.lr']} (AdamW, cosine), "
-            f"batch {meta['train.batch_size']}",
-            f"- MLflow: parent run `{meta['parent']}` ({meta['parent_status']}) in `{meta['store']}`", ""]
-
-
-def write_report(records: list[dict], meta: dict, report_path: Path) -> None:
-    """The markdown report and its PNG figures (in <report stem>/ beside it), from arm records and run facts."""
-    figdir = report_path.parent / report_path.stem
-    figdir.mkdir(parents=True, exist_ok=True)
-    order = meta["order"]
-    rank = {(b, f): (i, j) for i, b in enumerate(order["backbone"]) for j, f in enumerate(order["freeze"])}
-    rows = sorted(group_rows(records), key=lambda r: rank.get((r["backbone"], r["freeze"]), (99, 99)))
-    paired = [p for p in paired_rows(rows) if p["delta"] is not None]
-    failed = [r for r in records if r["status"] != "FINISHED"]
-    plots = {
-        "accuracy_vs_params.png": figures.params_figure(
-            [{**r, "backbone": short(r["backbone"])} for r in rows], "Test accuracy vs trainable parameters"),
-        "accuracy_vs_time.png": figures.pareto_figure(
-            [{"label": f"{short(r['backbone'])} · {r['freeze']}", "train_s": r["train_s"], "test_acc": r["test_acc"],
-              "test_acc_std": r["test_acc_std"]} for r in rows], "Test accuracy vs training time (mean ± std)"),
-        "policy_vs_frozen.png": figures.delta_figure(
-            [{**p, "backbone": short(p["backbone"])} for p in paired], "Each policy against frozen, paired on seeds"),
-    }
-    for name, fig in plots.items():
-        fig.savefig(figdir / name, dpi=120)
-        plt.close(fig)
-    rel = figdir.name
-    lines = [f"# Transfer report: {', '.join(map(short, order['backbone']))} × freeze policies on "
-             f"{meta['data.dataset']}", "", f"Generated {datetime.date.today().isoformat()} by "
-             "`benchmarks/transfer_report.py`; every statement below is computed from the runs.", ""]
-    lines += provenance(meta, len(records) - len(failed), len(failed))
-    lines += ["## Results", "", "Test accuracy in %: mean ± std over seeds, 95% Student-t CI; train s is the mean "
-              "per arm and includes the frozen arms' one feature-extraction pass.", "",
-              "| backbone | policy | seeds | test acc | 95% CI | trainable params | train s |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {short(r['backbone'])} | {r['freeze']} | {r['seeds']} | {pct(r['test_acc'])} ± "
-              f"{pct(r['test_acc_std'])} | {ci(r['test_acc_ci_lo'], r['test_acc_ci_hi'])} | "
-              f"{r['params_trainable']:,} | {r['train_s']:.1f} |" for r in rows]
-    lines += ["", f"![accuracy vs trainable parameters]({rel}/accuracy_vs_params.png)", "",
-              f"![accuracy vs training time]({rel}/accuracy_vs_time.png)", "",
-              f"## Each policy against {REFERENCE}", "", "Paired on seeds (same split, same head init): the "
-              f"policy's test accuracy minus {REFERENCE}'s, in percentage points; 'better' or 'worse' only when the "
-              "95% CI excludes zero.", "", "| backbone | policy | seeds | Δ test acc | 95% CI | reading |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {short(p['backbone'])} | {p['freeze']} | {p['delta'].n} | {pct(p['delta'].mean, '+')} | "
-              f"{ci(p['delta'].lo, p['delta'].hi, '+')} | {verdict(p['delta'])} |" for p in paired]
-    lines += ["", f"![each policy against frozen]({rel}/policy_vs_frozen.png)", ""]
-    lines += published_findings(rows, paired, meta)
-    lines += ["", "## Appendix: the parent run's summary table", "", markdown(rows, failed), ""]
-    report_path.write_text("\n".join(lines))
-    print(f"wrote {report_path} and {len(plots)} figures in {figdir}")
+    return arm_records(runs), meta
 
 
 def main() -> None:
@@ -221,19 +176,26 @@ def main() -> None:
     if args.report_only:
         if not invocations:
             sys.exit(f"{out} holds no run of this script")
-        grid, sets = Path(invocations[-1]["grid"]), invocations[-1]["sets"]
+        grids = [(Path(g), sets) for g, sets in invocations[-1]["grids"]]
     else:
-        grid, sets = derive_grid(args, out), args.set
-        wall = run_workers(args, out, grid)
+        grids = derive_grids(args, out)
+        start = time.perf_counter()
+        # the main grid's arms spread over the workers; a native-size study is two arms sharing one
+        # extraction pass (the feature cache), so one worker with every core runs it best
+        walls = [run_workers(args, out, grid, sets, args.workers if i == 0 else 1)
+                 for i, (grid, sets) in enumerate(grids)]
         python = os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(Path.cwd())) \
             else sys.executable
-        invocations.append({"command": shlex.join([python, *sys.argv]), "grid": str(grid),
-                            "sets": sets, "wall_s": wall, "workers": args.workers,
-                            "threads": max(1, (os.cpu_count() or 1) // args.workers)})
+        invocations.append({"command": shlex.join([python, *sys.argv]), "grids": [(str(g), s) for g, s in grids],
+                            "wall_s": time.perf_counter() - start, "main_wall_s": walls[0],
+                            "workers": args.workers, "threads": max(1, (os.cpu_count() or 1) // args.workers)})
         log_path.write_text(json.dumps(invocations, indent=1))
-        print(f"all workers done in {wall:.0f} s")
-    records, meta = read_records(out, grid, sets)
-    write_report(records, {**meta, "invocations": invocations}, Path(args.report).resolve())
+        print(f"all workers done in {invocations[-1]['wall_s']:.0f} s")
+    (main_records, meta), *native = [read_records(out, grid, sets) for grid, sets in grids]
+    native_records = [r for records, _ in native for r in records]
+    sizes = {m["order"]["backbone"][0]: int(m["data.image_size"]) for _, m in native if m["data.image_size"] != "?"}
+    write_report(main_records, native_records, {**meta, "invocations": invocations, "native_sizes": sizes,
+                                                "native": [m for _, m in native]}, Path(args.report).resolve())
 
 
 if __name__ == "__main__":

@@ -109,6 +109,16 @@ def test_a_seed_run_twice_in_a_group_pairs_with_nothing():
     assert p["delta"].seeds == ("1",) and p["delta"].mean == pytest.approx(0.05)
 
 
+def test_paired_rows_against_another_reference():
+    """The transfer report reads fine-tuning against the converged linear probe, too: the same pairing."""
+    rows = group_rows([*RECORDS, arm("linear_probe", "0", 0.84), arm("linear_probe", "1", 0.84),
+                       arm("linear_probe", "2", 0.84)])
+    by = {p["freeze"]: p["delta"] for p in paired_rows(rows, "linear_probe")}
+    assert set(by) == {"frozen", "unfrozen", "last_n:2"}  # the probe has no difference to itself
+    assert by["unfrozen"].mean == pytest.approx(mean_ci([0.06, 0.09, 0.07]).mean)
+    assert by["frozen"].mean == pytest.approx(-0.03) and by["last_n:2"].seeds == ("0",)
+
+
 def test_delta_metrics_and_figure():
     paired = [p for p in paired_rows(group_rows(RECORDS)) if p["delta"] is not None]
     metrics = delta_metrics(paired)

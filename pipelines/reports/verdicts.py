@@ -27,12 +27,12 @@ def group_delta(a: dict, b: dict) -> PairedDelta | None:
                                                              CONFIDENCE, seeds=d.seeds))
 
 
-def paired_rows(rows: list[dict]) -> list[dict]:
-    """For each backbone with a frozen group, every other policy's test acc minus frozen's (`delta` is
-    None when they share no seed)."""
-    frozen = {r["backbone"]: r for r in rows if r["freeze"] == REFERENCE}
-    return [{"backbone": r["backbone"], "freeze": r["freeze"], "delta": group_delta(r, frozen[r["backbone"]])}
-            for r in rows if r["freeze"] != REFERENCE and r["backbone"] in frozen]
+def paired_rows(rows: list[dict], reference: str = REFERENCE) -> list[dict]:
+    """For each backbone with a `reference` group (frozen unless said), every other policy's test acc
+    minus the reference's (`delta` is None when they share no seed)."""
+    base = {r["backbone"]: r for r in rows if r["freeze"] == reference}
+    return [{"backbone": r["backbone"], "freeze": r["freeze"], "delta": group_delta(r, base[r["backbone"]])}
+            for r in rows if r["freeze"] != reference and r["backbone"] in base]
 
 
 # a difference's summary columns (delta_columns, under a prefix), in the CSV's order

@@ -74,6 +74,15 @@ def per_image_outcomes(run_id: str) -> np.ndarray | None:
         return None
 
 
+def arm_records(runs: list[Run]) -> list[dict]:
+    """Each arm's record, a finished one with its per-image outcomes: what the summary's statistics read."""
+    records = [arm_record(r) for r in runs]
+    for record in records:
+        if record["status"] == "FINISHED":
+            record["outcomes"] = per_image_outcomes(record["run_id"])
+    return records
+
+
 def current_attempts(runs: list[Run], digests: set[str]) -> list[Run]:
     """Per arm of this grid (by config digest), its FINISHED run, else its latest attempt; `runs` come
     oldest first. Arms of an earlier config stay under the parent but out of this summary."""
@@ -89,10 +98,7 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
     """Log the summary on the parent and register the best arm as `freezeframe-<experiment>@champion`;
     returns the grouped rows and the champion's models:/ URI (None when the best arm logged no model)."""
     client = MlflowClient()
-    records = [arm_record(r) for r in runs]
-    for record in records:
-        if record["status"] == "FINISHED":
-            record["outcomes"] = per_image_outcomes(record["run_id"])
+    records = arm_records(runs)
     rows = group_rows(records)
     failed = [r for r in records if r["status"] != "FINISHED"]
     client.log_text(parent_run_id, markdown(rows, failed), "summary/summary.md")
