@@ -57,6 +57,11 @@ def test_a_probe_run_logs_its_grid_and_its_model_predicts_like_the_run(tracking_
     run = MlflowClient().get_run(done.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["freeze"] == "linear_probe"
     assert run.data.metrics["probe/c"] in PROBE_C and run.data.metrics["train/epochs_completed"] == 1
+    # the features' transferability scores, from the same features (pipelines/ranking)
+    m = run.data.metrics
+    assert m["score/probe_val_acc"] == m["val/acc"] and 0 < m["score/knn_val_acc"] <= 1
+    assert np.isfinite(m["score/logme"]) and m["score/feature_dim"] == head_module(
+        done.outcome.prepared.backbone.model).in_features
     text = mlflow.artifacts.load_text(f"runs:/{done.run_id}/reports/probe_c_grid.csv")
     grid = list(csv.DictReader(io.StringIO(text)))
     assert [float(r["c"]) for r in grid] == list(PROBE_C) and all(0 <= float(r["val_acc"]) <= 1 for r in grid)

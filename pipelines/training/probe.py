@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipelines.models.backbones import head_module
+from pipelines.ranking.scores import score_features
 from pipelines.training import feature_cache, memory
 from pipelines.training.engine import FitResult, Listener, evaluate, final_perf, from_test_pass
 
@@ -103,6 +104,7 @@ def run_probe(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> tu
     probe = fit_probe(head, found, prepared.policy.probe_c, cfg.seed)
     passes = evaluate(head, feature_cache.head_loaders(found, batch, cfg.seed), len(prepared.data.class_names),
                       device, cfg.train.label_smoothing)
+    scores = score_features(*((x.numpy(), y.numpy()) for x, y in (found["train"], found["val"])))
     images_per_s = len(found["train"][0]) / max(probe.fit_seconds, 1e-9)
     row = {"epoch": 1, **passes["train"].metrics, **passes["val"].metrics, "perf/epoch_s": probe.fit_seconds,
            "perf/images_per_s": images_per_s, "perf/steady_images_per_s": images_per_s,
@@ -114,5 +116,6 @@ def run_probe(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> tu
                     confusion={"val": passes["val"].confusion, "test": passes["test"].confusion},
                     **from_test_pass(passes["test"]), train_seconds=probe.fit_seconds,
                     extra={"perf/feature_extraction_s": extraction_s, "feature_cache_source": origin,
-                           "probe/c": probe.c, **final_perf([row], device), "perf/checkpoint_s": 0.0})
+                           "probe/c": probe.c, **final_perf([row], device), "perf/checkpoint_s": 0.0,
+                           **scores.metrics(row["val/acc"])})  # the features' transferability (pipelines.ranking)
     return fit, probe

@@ -1,0 +1,1 @@
+"""Transferability scores of a backbone's frozen features: how well it may transfer, before training it."""
