@@ -16,6 +16,7 @@ import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quiete
 from freezeframe import __version__
 from pipelines.config import RunConfig, load_experiment
 from pipelines.errors import ConfigError, FreezeframeError, first_line
+from pipelines.ranking import SCORES
 from pipelines.values import coerce
 
 # MLproject parameter / flag name → config key. Types are checked by the config loader.
@@ -27,10 +28,11 @@ RUN_FLAGS = {
 }
 # The grid's own axes (backbone, weights, freeze, seed) come from its compare: section.
 COMPARE_FLAGS = ("dataset", "epochs", "batch_size", "lr", "image_size", "max_samples", "log_model")
+RANK_FLAGS = ("dataset", "batch_size", "image_size", "max_samples", "log_model")  # a linear probe has no epochs or lr
 DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
 STUDY_FLAGS = {
     "storage": "Optuna storage URL: sqlite:///optuna.db (when ''), postgresql+psycopg2://..., journal:<file>",
-    "study_name": "study name ('' = the file's compare.name or search.study_name)",
+    "study_name": "study name (compare: compare.name; rank: compare.name-rank; search: search.study_name)",
     "n_trials": "trials this worker adds", "max_trials": "the study's total over every worker and rerun",
     "timeout": "seconds this worker may start trials for", "sampler": "tpe | random | grid | nsga2",
     "pruner": "successive_halving | hyperband | median | none", "seed": "sampler seed",
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                                           "are its arms, under one parent run; any number of workers")
     _add_run_flags(comp, only=COMPARE_FLAGS)
     _add_study_flags(comp, ("storage", "study_name"))
+    order = sub.add_parser("rank", help="order a comparison's backbones by their frozen features (LogME, k-NN, "
+                                        "linear probe) before fine-tuning any; one linear_probe arm per backbone")
+    _add_run_flags(order, only=RANK_FLAGS)
+    _add_study_flags(order, ("storage", "study_name"))
+    order.add_argument("--by", default="linear_probe", choices=tuple(SCORES),
+                       help="the score the ranking orders by (every score is logged)")
     find = sub.add_parser("search", help="an Optuna study over batch sizes (multiples of 8), trials as child runs")
     _add_run_flags(find, only=COMPARE_FLAGS)
     _add_study_flags(find, tuple(STUDY_FLAGS))

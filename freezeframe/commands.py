@@ -2,8 +2,9 @@
 
 from freezeframe.compare import compare
 from freezeframe.predict import predict, reregister
+from freezeframe.rank import rank
 from freezeframe.search import search
 from freezeframe.train import pretrain, train
 
-COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare, "search": search, "predict": predict,
-            "reregister": reregister}
+COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare, "search": search, "rank": rank,
+            "predict": predict, "reregister": reregister}

@@ -75,7 +75,9 @@ def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_poi
     try:
         prepared = prepare_run(cfg)
     except BaseException as exc:  # a failed one fails alone (the worker goes on); Ctrl-C leaves it KILLED
-        record_failure(cfg, exc, parent_run_id, run_tags, on_start=record)
+        axes = {tags.BACKBONE: cfg.model.backbone, tags.WEIGHTS: cfg.model.weights, tags.FREEZE: cfg.model.freeze,
+                tags.SEED: str(cfg.seed)}  # as a trained run has them: summaries and the UI name it the same way
+        record_failure(cfg, exc, parent_run_id, {**run_tags, **axes}, on_start=record)
     return run_tracked(prepared, entry_point, parent_run_id=parent_run_id, attach=False, listeners=listeners,
                        tags=run_tags, on_start=record)
 

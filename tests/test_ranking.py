@@ -15,11 +15,13 @@ def test_logme_is_the_maximised_evidence_of_a_brute_force_gaussian(n, d):
     value, alpha, beta = maximise(f, y)
     # the closed form through one SVD equals log N(y; 0, I/β + FFᵀ/α) / N with an N × N covariance
     assert value == pytest.approx(evidence(f, y, alpha, beta), abs=1e-9)
-    # and (α, β) is the maximum: no step away raises the evidence (beyond the iteration's tolerance;
-    # along α it can be almost flat), and a far one lowers it
-    for da, db in [(0.8, 1), (1.25, 1), (1, 0.8), (1, 1.25)]:
-        assert evidence(f, y, alpha * da, beta * db) < value + 1e-8
-    assert evidence(f, y, alpha * 10, beta / 10) < value - 0.01
+    # and (α, β) is where MacKay's iteration stops: a stationary point of that exact evidence (its
+    # derivatives in log α and log β vanish), not just any pair
+    h = 1e-3
+    for da, db in [(np.exp(h), 1), (1, np.exp(h))]:
+        slope = (evidence(f, y, alpha * da, beta * db) - evidence(f, y, alpha / da, beta / db)) / (2 * h)
+        assert abs(slope) < 1e-4
+    assert evidence(f, y, alpha / 10, beta * 10) < value - 0.01  # a far pair is clearly worse
 
 
 def test_logme_averages_the_classes():

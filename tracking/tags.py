@@ -7,7 +7,7 @@ BACKBONE, SOURCE, WEIGHTS, FREEZE = "backbone", "source", "weights", "freeze"
 DATASET, SEED, SPLIT_DIGEST, DEVICE, FEATURE_CACHE = "dataset", "seed", "split_digest", "device", "feature_cache"
 EXPERIMENT_FILE = "experiment_file"  # on a study's parent: the experiment file it ran
 OPTUNA_DIRECTION = "optuna.direction"  # on a search's parent: maximize/minimize per objective
-ENTRY_POINT = "entry_point"  # train | pretrain | compare | search
+ENTRY_POINT = "entry_point"  # train | pretrain | compare | search | rank
 ERROR = "error"  # the one-line reason a run ended FAILED or KILLED
 CONFIG_DIGEST = "config_digest"
 STUDY = "optuna.study"  # a parent's and its children's study (a comparison is a study too)
@@ -30,6 +30,10 @@ VERSION_PREFIX = "version."  # + a package name: the versions a run trained with
 ARMS_TOTAL, ARMS_FAILED, BEST_ARM = "arms_total", "arms_failed", "best_arm"
 # the backbone · policy with the best mean test accuracy, and those whose paired difference to it is not clear
 BEST_GROUP, TIED_WITH_BEST = "best_group", "tied_with_best"
+# on a ranking's parent: the score it orders by, and the backbones in that order (best first)
+RANK_BY, RANKING = "rank_by", "ranking"
+# on a ranking's parent: the score it orders by, and the backbones in that order (best first)
+RANK_BY, RANKING = "rank_by", "ranking"
 # on a search's parent: trials.<state> counts, the best trial and its params (best.<param>)
 TRIALS_PREFIX, BEST_TRIAL, BEST_PARAM_PREFIX = "trials.", "best_trial", "best."
 MODEL_WEIGHTS = "freezeframe.weights"  # on a registered model version: how its weights/ came to be

@@ -15,11 +15,10 @@ import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
+from pipelines.ranking import SCORES
 from pipelines.ranking.logme import logme
 
 KNN_K = 20  # the usual k of k-NN feature evaluation (Wu et al. 2018; DINO); fewer when train is smaller
-# the scores a ranking can order by, and the metric each is logged as: higher is better for all three
-SCORES = {"logme": "score/logme", "knn": "score/knn_val_acc", "linear_probe": "score/probe_val_acc"}
 
 
 @dataclass(frozen=True)

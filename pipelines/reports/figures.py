@@ -160,3 +160,18 @@ def probe_figure(grid: tuple[tuple[float, float, int], ...], chosen: float, titl
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def ranking_figure(rows: list[dict], labels: dict[str, str], title: str) -> Figure:
+    """One panel per score, a horizontal bar per backbone in the ranking's order (best on top): whether
+    the scores agree shows as the same shape in every panel."""
+    placed = [r for r in rows if all(r.get(s) is not None for s in labels)]
+    fig = Figure(figsize=(4 * len(labels), 0.45 * len(placed) + 1.8))
+    for ax, (score, label) in zip(fig.subplots(1, len(labels), sharey=True), labels.items(), strict=True):
+        ax.barh(range(len(placed)), [r[score] for r in placed], color="tab:blue")
+        ax.set_yticks(range(len(placed)), [r["backbone"].rsplit("/", 1)[-1] for r in placed])
+        ax.invert_yaxis()  # the first row (the best) on top
+        ax.set_xlabel(label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

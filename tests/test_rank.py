@@ -1,0 +1,59 @@
+"""`rank`: one linear_probe arm per backbone of a comparison, its features scored, the ranking on the parent."""
+
+import csv
+import io
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from freezeframe.cli import main
+from tests.conftest import runs_in
+from tests.test_e2e import mlflow_run
+
+EXPERIMENT = """\
+data: {{augment: true}}  # ranked features come without augmentation: rank turns it off
+train: {{checkpoint_dir: {checkpoints}, batch_size: 16}}
+compare:
+  name: tiny
+  backbones: [{{name: timm/test_resnet, weights: none}}, {{name: timm/test_efficientnet, weights: none}}]
+  freeze: [frozen, unfrozen]
+  seeds: [0, 1]
+"""
+
+
+@pytest.mark.e2e
+def test_rank_through_mlflow_run(tmp_path):
+    experiment = tmp_path / "grid.yaml"  # not tiny.yaml: mlflow_run writes that one
+    experiment.write_text(EXPERIMENT.format(checkpoints=tmp_path / "checkpoints"))
+    done = mlflow_run(tmp_path, "rank", experiment=str(experiment), backbone=None, weights=None,
+                      by="logme", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "worker_of" not in r.data.tags]
+    assert parent.info.run_name == "rank · tiny-rank" and parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    # one arm per backbone, whatever the grid's policies and seeds
+    assert sorted((r.data.tags["backbone"], r.data.tags["freeze"]) for r in children) == [
+        ("timm/test_efficientnet", "linear_probe"), ("timm/test_resnet", "linear_probe")]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert all({"score/logme", "score/knn_val_acc", "score/probe_val_acc"} <= set(r.data.metrics) for r in children)
+
+    # the ranking orders by LogME, and every score's place is beside it
+    text = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/rank/ranking.csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    logme = {r.data.tags["backbone"]: r.data.metrics["score/logme"] for r in children}
+    assert [row["backbone"] for row in rows] == sorted(logme, key=logme.get, reverse=True)
+    assert [row["place_logme"] for row in rows] == ["1", "2"] and all(row["place_knn"] for row in rows)
+    assert "Backbones ranked by LogME" in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/rank/ranking.md")
+    assert "plots/ranking.png" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "plots")}
+    assert parent.data.tags["rank_by"] == "logme"
+    assert parent.data.tags["ranking"] == " > ".join(row["backbone"] for row in rows)
+    assert parent.data.metrics["rank/logme/timm/test_resnet"] == pytest.approx(logme["timm/test_resnet"])
+    assert "Backbones ranked by LogME" in done.stdout and "MLflow:" in done.stdout
+
+
+def test_rank_by_an_unknown_score_is_one_line(capsys):
+    assert main(["rank", "--by", "h_score"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'h_score'" in err
