@@ -66,6 +66,10 @@ NOT_RUN = {
         "checked only: the `freezeframe` command is run by the predict line; train in-process is most tests'",
     r"mlflow run \. -e search --env-manager local --experiment-name search -P experiment=":
         "checked only: tests/test_search.py and test_server.py run searches (one run costs ~25 s of CPU)",
+    r"mlflow run \. -e rank --env-manager local --experiment-name backbones "
+    r"-P experiment=experiments/backbones\.yaml$":
+        "checked only (four backbones on digits, minutes): tests/test_rank.py runs the rank entry "
+        "point through `mlflow run` on two tiny timm models",
     r"make run$": "the quickstart itself, minutes; tests/test_e2e.py runs its `mlflow run -e main` tiny",
     r"make test$": "the whole suite, this test included",
     r"make lint\b": "ruff over the checkout, seconds; .ci/run runs it before make test",
