@@ -11,35 +11,76 @@ run `rank · <compare.name>-rank`, which gets rank/ranking.md and .csv and plots
 from __future__ import annotations
 
 import argparse
+import time
 
-from freezeframe.compare import run_arms
+from optuna.trial import TrialState
+
+from freezeframe.study_run import on_dead_trial, run_arms
 from pipelines.config import RunConfig, with_overrides
 from pipelines.ranking import SCORES
-from pipelines.reports.ranking import ranking_markdown
-from pipelines.studies.arms import Comparison, parse_comparison
-from tracking.studies import ranking_report
+from pipelines.reports.ranking import ranking_markdown, ranking_rows
+from pipelines.studies.arms import Comparison, arm_configs, parse_comparison
+from pipelines.studies.storage import DEFAULT_STORAGE, study_lock
+from pipelines.studies.worker import reap_dead
+from tracking.studies import comparison_report, parent_run, ranking_report
 
 SUFFIX = "-rank"  # its own study beside the comparison's (a study has one kind)
+POLL_S = 2.0  # how often a screening worker looks whether other workers' ranking arms have ended
 
 
-def ranking_grid(spec: Comparison, cfg: RunConfig, source: str) -> Comparison:
+def ranking_grid(spec: Comparison, cfg: RunConfig, name: str, source: str) -> Comparison:
     """One linear_probe arm per distinct backbone of the comparison, with the run's seed. Features as a
     frozen backbone gives them: no augmentation, BatchNorm in eval (the probe refuses either otherwise)."""
-    backbones = dict.fromkeys((arm.backbone, arm.weights) for arm in spec.arms)
     base = with_overrides(cfg, {"data.augment": False, "model.bn": "frozen"})
-    arms = [{"backbone": b, "weights": w, "freeze": "linear_probe", "seed": cfg.seed} for b, w in backbones]
-    return parse_comparison({"name": spec.name + SUFFIX, "arms": arms}, base, source)
+    arms = [{"backbone": b, "weights": w, "freeze": "linear_probe", "seed": cfg.seed} for b, w in spec.backbones()]
+    return parse_comparison({"name": name, "arms": arms}, base, source)
+
+
+def run_ranking(args: argparse.Namespace, grid: Comparison, by: str, wait: bool = False) -> list[dict]:
+    """Run the ranking's arms as one of its workers; with `wait`, until every worker's arm has ended
+    (a dead worker's arm, queued again, is run here). Returns the ranking's rows, best first."""
+    name = grid.name
+
+    def summarise(parent_run_id: str, runs: list) -> str:
+        return ranking_markdown(ranking_report.log_ranking(parent_run_id, name, runs, by), by)
+
+    def go():  # each backbone's value in the study (and optuna-dashboard) is the score it is ranked by
+        return run_arms(args, grid.configs[0], grid, name, summarise, kind="rank", order_by=SCORES[by],
+                        value=lambda outcome: outcome.fit.extra[SCORES[by]])
+
+    parent_run_id, study, storage = go()
+    while wait:
+        with study_lock(args.storage or DEFAULT_STORAGE, name):  # as compare does before queueing
+            reap_dead(study, storage, on_dead_trial)
+        states = {t.state for t in study.get_trials(deepcopy=False)}
+        if TrialState.WAITING in states:
+            parent_run_id, study, storage = go()
+        elif TrialState.RUNNING not in states:
+            break
+        time.sleep(POLL_S)
+    runs = comparison_report.current_attempts(parent_run.children(parent_run_id), set(arm_configs(grid)))
+    return ranking_rows([ranking_report.ranking_record(r) for r in runs], by)
 
 
 def rank(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
-    grid = ranking_grid(parse_comparison(sections.get("compare"), cfg, source=args.experiment), cfg, args.experiment)
-    name = args.study_name or grid.name
-
-    def summarise(parent_run_id: str, runs: list) -> str:
-        rows = ranking_report.log_ranking(parent_run_id, name, runs, args.by)
-        return ranking_markdown(rows, args.by)
-
-    # each backbone's value in the study (and optuna-dashboard) is the score it is ranked by
-    run_arms(args, grid.configs[0], grid, name, summarise, kind="rank", order_by=SCORES[args.by],
-             value=lambda outcome: outcome.fit.extra[SCORES[args.by]])
+    spec = parse_comparison(sections.get("compare"), cfg, source=args.experiment)
+    run_ranking(args, ranking_grid(spec, cfg, args.study_name or spec.name + SUFFIX, args.experiment), args.by)
     return 0
+
+
+def screen(args: argparse.Namespace, cfg: RunConfig, spec: Comparison,
+           name: str) -> tuple[Comparison, dict[str, str]]:
+    """compare.screen: rank the grid's backbones (waiting for every worker's ranking arm, so that all
+    workers keep the same ones), then leave the policies that train the backbone to the best `keep`.
+    Returns the screened grid and, per backbone screened out, why."""
+    by, keep = spec.screen.by, spec.screen.keep
+    rows = run_ranking(args, ranking_grid(spec, cfg, name + SUFFIX, args.experiment), by, wait=True)
+    placed = [r for r in rows if f"place_{by}" in r]
+    kept = {(r["backbone"], r["weights"]) for r in placed[:keep]}
+    why = {f"{r['backbone']} ({r['weights']})": f"{by} place {r[f'place_{by}']} of {len(placed)}, keep {keep}"
+           for r in placed[keep:]}
+    why.update({f"{r['backbone']} ({r['weights']})": f"its ranking arm {r['status']}"
+                for r in rows if r not in placed})
+    print(f"screened by {by}: fine-tuning {', '.join(f'{b} ({w})' for b, w in spec.backbones() if (b, w) in kept)}"
+          + (f"; screened out: {'; '.join(f'{k}: {v}' for k, v in why.items())}" if why else ""), flush=True)
+    return spec.screened(kept), why

@@ -1,31 +1,40 @@
-"""Compare and search run the same way: a study in an Optuna storage, its parent run in MLflow, and
-this process as one of any number of workers (pipelines.studies.worker's loop, tracking.studies.parent_run's runs)."""
+"""Compare, rank and search run the same way: a study in an Optuna storage, its parent run in MLflow, and
+this process as one of any number of workers (pipelines.studies.worker's loop, tracking.studies.parent_run's
+runs). A grid of arms (compare, rank) is `run_arms`."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from freezeframe.single_run import TrackedRun, prepare_run, record_failure, run_tracked
-from pipelines.config import RunConfig, digest
+from pipelines.config import MONITORS, RunConfig, digest, with_overrides
+from pipelines.errors import ConfigError
+from pipelines.studies.arms import Arm, Comparison, arm_configs, queue_arms
 from pipelines.studies.keys import (
     ARM_ATTR,
+    DIGEST_ATTR,
     EXPERIMENT_ID_ATTR,
     EXPERIMENT_URL_ATTR,
     PARENT_RUN_ID_ATTR,
     PARENT_RUN_URL_ATTR,
     REASON_ATTR,
+    RETRY_ATTR,
     RUN_ATTR,
 )
-from pipelines.studies.storage import DEFAULT_STORAGE, make_storage, study_lock
-from pipelines.studies.worker import StudyWorker, requeue
+from pipelines.studies.storage import DEFAULT_STORAGE, DIRECTIONS, make_storage, open_study, storage_id, study_lock
+from pipelines.studies.worker import EpochReporter, StudyWorker, reap_dead, requeue
+from pipelines.training.run import RunOutcome
 from tracking import links, tags
 from tracking.runs import session
-from tracking.studies import parent_run
+from tracking.store import ensure_reachable
+from tracking.studies import comparison_report, parent_run
 from tracking.studies.parent_run import FAILED, FINISHED, KILLED, ParentRun
 
 T = TypeVar("T")
@@ -120,3 +129,63 @@ def _told(trial: FrozenTrial) -> None:
         print(f"{name}: {', '.join(f'{v:.4f}' for v in trial.values)}", flush=True)
     else:
         print(f"{name}: {trial.state.name} {trial.user_attrs.get(REASON_ATTR, '')}".rstrip(), file=sys.stderr)
+
+
+class ArmObjective:
+    """A comparison's trial: train the arm it names; its value is `value(outcome)`, by default the
+    monitored metric's best epoch."""
+
+    def __init__(self, arms: dict[str, tuple[Arm, RunConfig]], parent_run_id: str, name: str, kind: str,
+                 value: Callable[[RunOutcome], float]):
+        self.arms, self.parent_run_id, self.name, self.kind, self.value = arms, parent_run_id, name, kind, value
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        key = trial.user_attrs.get(DIGEST_ATTR)
+        if key not in self.arms:
+            raise ConfigError(f"trial {trial.number} holds an arm of another config ({key})")
+        arm, cfg = self.arms[key]
+        if trial.user_attrs.get(RETRY_ATTR) is not None:  # a dead worker's arm: go on from its last epoch
+            cfg = with_overrides(cfg, {"train.resume": True})
+        print(f"[trial {trial.number}] {arm.name}", flush=True)
+        listeners = (EpochReporter(trial, cfg.train.monitor, prune=False),)
+        done = run_child(cfg, trial, self.parent_run_id, self.kind, {tags.COMPARISON: self.name, tags.ARM: arm.name},
+                         listeners)
+        return self.value(done.outcome)
+
+
+def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: str,
+             summarise: Callable[[str, list], str], kind: str = "compare", order_by: str = "test/acc",
+             value: Callable[[RunOutcome], float] | None = None) -> tuple[str, optuna.Study, BaseStorage]:
+    """A grid of arms as a study under one parent run, this process one of its workers; the last worker
+    writes `summarise(parent run id, arm runs)` on the parent and prints it. Compare and rank run this.
+    Returns the parent's run id, the study and its storage."""
+    arms = arm_configs(spec)  # every arm validated by parse_comparison
+    ensure_reachable()
+    url, storage = open_storage(args.storage)
+    # a trial's value: the monitored metric's best epoch, or the `value` asked for (a score: higher is better)
+    direction, metric = ((DIRECTIONS[MONITORS[cfg.train.monitor]], cfg.train.monitor) if value is None
+                         else ("maximize", kind))
+    study = open_study(name, url, storage, kind, (direction,), (metric,))
+    with study_lock(url, name):
+        reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
+        done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)
+    for key, run_id in done.items():
+        print(f"{arms[key][0].name}: FINISHED earlier (run {run_id}), skipped")
+    parent = parent_run.open_parent(kind, name, storage_id(url), cfg.tracking.experiment_name,
+                                    {tags.DATASET: cfg.data.dataset, tags.EXPERIMENT_FILE: args.experiment},
+                                    {f"{kind}.storage": storage_id(url), f"{kind}.arms": len(arms)})
+    link_study(study, parent)
+
+    def arm_runs(parent_run_id: str) -> list:
+        """Each arm's current attempt under the parent (arms of an earlier grid left out)."""
+        return comparison_report.current_attempts(parent_run.children(parent_run_id), set(arms))
+
+    objective = ArmObjective(arms, parent.run_id, name, kind, value or (lambda outcome: outcome.fit.best_value))
+    summary = work(url, storage, study, parent, objective, lambda parent_run_id: summarise(parent_run_id,
+                                                                                           arm_runs(parent_run_id)))
+    if summary is not None:
+        print(summary)
+    order = list(arms)  # the grid's order
+    runs = sorted(arm_runs(parent.run_id), key=lambda r: order.index(r.data.tags[tags.CONFIG_DIGEST]))
+    print_links(parent, [r.info.run_id for r in runs], "arms", order_by)
+    return parent.run_id, study, storage

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
 from tests.conftest import runs_in
+from tests.test_compare import write_experiment
 from tests.test_e2e import mlflow_run
 
 EXPERIMENT = """\
@@ -57,3 +58,41 @@ def test_rank_by_an_unknown_score_is_one_line(capsys):
     assert main(["rank", "--by", "h_score"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'h_score'" in err
+
+
+def test_screening_fine_tunes_only_the_best_backbones_and_marks_the_others(tracking_store, tmp_path, capsys):
+    grid = """\
+  name: screened
+  backbones: [timm/test_resnet, timm/test_efficientnet]
+  freeze: [frozen, unfrozen]
+  seeds: [0]
+  screen: {by: linear_probe, keep: 1}
+"""
+    path = write_experiment(tmp_path, grid, **{"train.epochs": 1})
+    assert main(["compare", "--experiment", path, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"]) == 0
+    runs = runs_in(tracking_store)
+    parents = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert set(parents) == {"rank · screened-rank", "compare · screened"}
+    ranking = parents["rank · screened-rank"]
+    best, other = ranking.data.tags["ranking"].split(" > ")
+    compare = parents["compare · screened"]
+    arms = sorted((r.data.tags["backbone"], r.data.tags["freeze"]) for r in runs
+                  if r.data.tags.get("mlflow.parentRunId") == compare.info.run_id)
+    # the best backbone is fine-tuned; the other keeps its fixed-feature arm and is named as screened out
+    assert arms == sorted([(best, "frozen"), (best, "unfrozen"), (other, "frozen")])
+    assert compare.data.tags["screened_out"] == f"{other} (none)" and compare.info.status == "FINISHED"
+    summary = mlflow.artifacts.load_text(f"runs:/{compare.info.run_id}/summary/summary.md")
+    assert f"- {other} (none): linear_probe place 2 of 2, keep 1" in summary
+    printed = capsys.readouterr().out
+    assert f"screened by linear_probe: fine-tuning {best} (none); screened out: {other} (none)" in printed
+
+    # a rerun ranks and screens the same way, and starts nothing
+    assert main(["compare", "--experiment", path, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"]) == 0
+    assert len(runs_in(tracking_store)) == len(runs)
+
+
+def test_a_bad_screen_is_one_line_before_any_arm(tracking_store, tmp_path, capsys):
+    path = write_experiment(tmp_path, "  backbones: [timm/test_resnet]\n  screen: {by: h_score, keep: 1}\n")
+    assert main(["compare", "--experiment", path]) == 2
+    assert "compare.screen.by must be one of logme, knn, linear_probe, got 'h_score'" in capsys.readouterr().err
+    assert runs_in(tracking_store) == []

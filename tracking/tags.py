@@ -30,6 +30,7 @@ VERSION_PREFIX = "version."  # + a package name: the versions a run trained with
 ARMS_TOTAL, ARMS_FAILED, BEST_ARM = "arms_total", "arms_failed", "best_arm"
 # the backbone · policy with the best mean test accuracy, and those whose paired difference to it is not clear
 BEST_GROUP, TIED_WITH_BEST = "best_group", "tied_with_best"
+SCREENED_OUT = "screened_out"  # backbones that compare.screen left to their fixed-feature arms ("none")
 # on a ranking's parent: the score it orders by, and the backbones in that order (best first)
 RANK_BY, RANKING = "rank_by", "ranking"
 # on a ranking's parent: the score it orders by, and the backbones in that order (best first)

@@ -8,6 +8,11 @@ Declared in an experiment file's `compare:` section:
       freeze: [frozen, last_n:2, unfrozen]
       seeds: [0, 1, 2]
     # or, instead of the three axes: arms: [{backbone: ..., weights: ..., freeze: ..., seed: ...}]
+      screen: {by: linear_probe, keep: 2}   # optional: fine-tune only the 2 backbones ranked best
+
+Screening ranks the backbones first (freezeframe rank's arms, by logme | knn | linear_probe) and gives
+the policies that train the backbone to the top `keep` only; the others keep their fixed-feature arms
+(frozen, linear_probe), so they stay in the summary, marked as screened out.
 
 Everything is checked here, before any arm starts: an empty grid, duplicate arms, unknown policies,
 a gradual schedule that does not fit the epochs.
@@ -24,11 +29,12 @@ from optuna.trial import TrialState
 
 from pipelines.config import RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError
+from pipelines.ranking import SCORES
 from pipelines.studies.keys import ARM_ATTR, DIGEST_ATTR, RUN_ATTR
 from pipelines.studies.worker import fail_trial
 from pipelines.values import coerce
 
-_KEYS = ("name", "backbones", "freeze", "seeds", "arms")
+_KEYS = ("name", "backbones", "freeze", "seeds", "arms", "screen")
 _ARM_KEYS = ("backbone", "weights", "freeze", "seed")
 
 
@@ -45,10 +51,27 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Screen:
+    by: str  # a score of pipelines.ranking.SCORES
+    keep: int  # how many backbones, best first, get the policies that train the backbone
+
+
+@dataclass(frozen=True)
 class Comparison:
     name: str
     arms: tuple[Arm, ...]
     configs: tuple[RunConfig, ...]  # each arm's run config, validated
+    screen: Screen | None = None
+
+    def backbones(self) -> list[tuple[str, str]]:
+        """The distinct (backbone, weights), in the grid's order."""
+        return list(dict.fromkeys((arm.backbone, arm.weights) for arm in self.arms))
+
+    def screened(self, kept: set[tuple[str, str]]) -> Comparison:
+        """The grid with the policies that train the backbone left to the `kept` backbones only."""
+        pairs = [(arm, cfg) for arm, cfg in zip(self.arms, self.configs, strict=True)
+                 if (arm.backbone, arm.weights) in kept or not cfg.model.policy.trains_backbone]
+        return Comparison(self.name, tuple(a for a, _ in pairs), tuple(c for _, c in pairs), self.screen)
 
 
 def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") -> Comparison:
@@ -73,7 +96,19 @@ def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") 
             raise ConfigError(f"{source}: duplicate arm '{arm.name}' (weights {arm.weights})")
         seen.add(arm)
         configs.append(arm_config(base, arm))  # a run config, validated: its policy, a gradual schedule
-    return Comparison(name, tuple(arms), tuple(configs))
+    screen = _screen(section["screen"], source) if section.get("screen") is not None else None
+    return Comparison(name, tuple(arms), tuple(configs), screen)
+
+
+def _screen(item: Any, source: str) -> Screen:
+    if not isinstance(item, dict) or set(item) != {"by", "keep"}:
+        raise ConfigError(f"{source}: compare.screen is {{by: {' | '.join(SCORES)}, keep: <backbones>}}, got {item!r}")
+    if item["by"] not in SCORES:
+        raise ConfigError(f"{source}: compare.screen.by must be one of {', '.join(SCORES)}, got {item['by']!r}")
+    keep = coerce(item["keep"], int, "compare.screen.keep", source)
+    if keep < 1:
+        raise ConfigError(f"{source}: compare.screen.keep must be at least 1, got {keep}")
+    return Screen(str(item["by"]), keep)
 
 
 def _as_list(value: Any, key: str) -> list:

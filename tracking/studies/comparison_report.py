@@ -94,14 +94,19 @@ def current_attempts(runs: list[Run], digests: set[str]) -> list[Run]:
     return list(chosen.values())
 
 
-def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str) -> tuple[list[dict], str | None]:
+def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str,
+                screened_out: dict[str, str] | None = None) -> tuple[list[dict], str | None]:
     """Log the summary on the parent and register the best arm as `freezeframe-<experiment>@champion`;
-    returns the grouped rows and the champion's models:/ URI (None when the best arm logged no model)."""
+    returns the grouped rows and the champion's models:/ URI (None when the best arm logged no model).
+    `screened_out`: backbone → why it kept only its fixed-feature arms (compare.screen)."""
     client = MlflowClient()
     records = arm_records(runs)
     rows = group_rows(records)
     failed = [r for r in records if r["status"] != "FINISHED"]
-    client.log_text(parent_run_id, markdown(rows, failed), "summary/summary.md")
+    screening = "".join(f"- {b}: {why}\n" for b, why in (screened_out or {}).items())
+    client.log_text(parent_run_id, markdown(rows, failed) + (
+        f"\n\nScreened out (fixed-feature arms only, no fine-tuning):\n\n{screening}" if screening else ""),
+        "summary/summary.md")
     client.log_text(parent_run_id, csv_text(rows), "summary/summary.csv")
     curves = {}
     for run in runs:
@@ -123,7 +128,8 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str)
         plt.close(figure)
     metrics = delta_metrics(paired)
     finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
-    run_tags = {tags.ARMS_TOTAL: str(len(records)), tags.ARMS_FAILED: str(len(failed))}
+    run_tags = {tags.ARMS_TOTAL: str(len(records)), tags.ARMS_FAILED: str(len(failed)),
+                tags.SCREENED_OUT: "; ".join(screened_out or {}) or "none"}
     best = max(finished, key=lambda r: r["test_acc"]) if finished else None
     if best is not None:
         metrics["best/test_acc"] = best["test_acc"]
