@@ -28,6 +28,7 @@ from pipelines.studies.keys import (
     RETRY_ATTR,
     RUN_ATTR,
 )
+from pipelines.studies.racing import racing_pruner
 from pipelines.studies.storage import DEFAULT_STORAGE, DIRECTIONS, make_storage, open_study, storage_id, study_lock
 from pipelines.studies.worker import EpochReporter, StudyWorker, reap_dead, requeue
 from pipelines.training.run import RunOutcome
@@ -136,8 +137,9 @@ class ArmObjective:
     monitored metric's best epoch."""
 
     def __init__(self, arms: dict[str, tuple[Arm, RunConfig]], parent_run_id: str, name: str, kind: str,
-                 value: Callable[[RunOutcome], float]):
+                 value: Callable[[RunOutcome], float], racing: bool = False):
         self.arms, self.parent_run_id, self.name, self.kind, self.value = arms, parent_run_id, name, kind, value
+        self.racing = racing
 
     def __call__(self, trial: optuna.Trial) -> float:
         key = trial.user_attrs.get(DIGEST_ATTR)
@@ -147,7 +149,8 @@ class ArmObjective:
         if trial.user_attrs.get(RETRY_ATTR) is not None:  # a dead worker's arm: go on from its last epoch
             cfg = with_overrides(cfg, {"train.resume": True})
         print(f"[trial {trial.number}] {arm.name}", flush=True)
-        listeners = (EpochReporter(trial, cfg.train.monitor, prune=False),)
+        # racing (compare.racing): the study's pruner may stop the arm at a rung, never at its last epoch
+        listeners = (EpochReporter(trial, cfg.train.monitor, prune=self.racing, last_epoch=cfg.train.epochs),)
         done = run_child(cfg, trial, self.parent_run_id, self.kind, {tags.COMPARISON: self.name, tags.ARM: arm.name},
                          listeners)
         return self.value(done.outcome)
@@ -165,7 +168,7 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
     # a trial's value: the monitored metric's best epoch, or the `value` asked for (a score: higher is better)
     direction, metric = ((DIRECTIONS[MONITORS[cfg.train.monitor]], cfg.train.monitor) if value is None
                          else ("maximize", kind))
-    study = open_study(name, url, storage, kind, (direction,), (metric,))
+    study = open_study(name, url, storage, kind, (direction,), (metric,), pruner=racing_pruner(spec.racing))
     with study_lock(url, name):
         reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
         done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)
@@ -180,7 +183,8 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
         """Each arm's current attempt under the parent (arms of an earlier grid left out)."""
         return comparison_report.current_attempts(parent_run.children(parent_run_id), set(arms))
 
-    objective = ArmObjective(arms, parent.run_id, name, kind, value or (lambda outcome: outcome.fit.best_value))
+    objective = ArmObjective(arms, parent.run_id, name, kind, value or (lambda outcome: outcome.fit.best_value),
+                             racing=spec.racing != "none")
     summary = work(url, storage, study, parent, objective, lambda parent_run_id: summarise(parent_run_id,
                                                                                            arm_runs(parent_run_id)))
     if summary is not None:

@@ -28,6 +28,7 @@ GIT_COMMIT = "git_commit"
 VERSION_PREFIX = "version."  # + a package name: the versions a run trained with (version.freezeframe, version.torch)
 # on a comparison's parent
 ARMS_TOTAL, ARMS_FAILED, BEST_ARM = "arms_total", "arms_failed", "best_arm"
+ARMS_PRUNED = "arms_pruned"  # arms compare.racing stopped (not counted as failed, nor in the statistics)
 # the backbone · policy with the best mean test accuracy, and those whose paired difference to it is not clear
 BEST_GROUP, TIED_WITH_BEST = "best_group", "tied_with_best"
 SCREENED_OUT = "screened_out"  # backbones that compare.screen left to their fixed-feature arms ("none")

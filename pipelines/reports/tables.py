@@ -138,7 +138,8 @@ def markdown(rows: list[dict], failed: list[dict]) -> str:
         lines += [_delta_line(p) for p in paired]
     lines += _champion_lines(rows, pct)
     if failed:
-        lines += ["", "Arms that did not finish:", "", "| arm | status | error | run_id |", "|---|---|---|---|"]
+        lines += ["", "Arms that did not finish (PRUNED: stopped by racing, at the epoch said; none of them "
+                  "counts in the statistics above):", "", "| arm | status | error | run_id |", "|---|---|---|---|"]
         lines += [f"| {f['backbone']} · {f['freeze']} · seed {f['seed']} | {f['status']} | "
                   f"{f['error'].replace('|', '/')} | {f['run_id']} |" for f in failed]
     return "\n".join(lines)

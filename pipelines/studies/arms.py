@@ -9,6 +9,7 @@ Declared in an experiment file's `compare:` section:
       seeds: [0, 1, 2]
     # or, instead of the three axes: arms: [{backbone: ..., weights: ..., freeze: ..., seed: ...}]
       screen: {by: linear_probe, keep: 2}   # optional: fine-tune only the 2 backbones ranked best
+      racing: successive_halving            # optional: stop arms that fall behind (studies/racing.py)
 
 Screening ranks the backbones first (freezeframe rank's arms, by logme | knn | linear_probe) and gives
 the policies that train the backbone to the top `keep` only; the others keep their fixed-feature arms
@@ -21,7 +22,7 @@ a gradual schedule that does not fit the epochs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -30,11 +31,12 @@ from optuna.trial import TrialState
 from pipelines.config import RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.ranking import SCORES
-from pipelines.studies.keys import ARM_ATTR, DIGEST_ATTR, RUN_ATTR
+from pipelines.studies.keys import ARM_ATTR, BACKBONE_ATTR, DIGEST_ATTR, FREEZE_ATTR, RUN_ATTR, SEED_ATTR, WEIGHTS_ATTR
+from pipelines.studies.racing import RACES
 from pipelines.studies.worker import fail_trial
 from pipelines.values import coerce
 
-_KEYS = ("name", "backbones", "freeze", "seeds", "arms", "screen")
+_KEYS = ("name", "backbones", "freeze", "seeds", "arms", "screen", "racing")
 _ARM_KEYS = ("backbone", "weights", "freeze", "seed")
 
 
@@ -62,6 +64,7 @@ class Comparison:
     arms: tuple[Arm, ...]
     configs: tuple[RunConfig, ...]  # each arm's run config, validated
     screen: Screen | None = None
+    racing: str = "none"  # one of racing.RACES
 
     def backbones(self) -> list[tuple[str, str]]:
         """The distinct (backbone, weights), in the grid's order."""
@@ -71,7 +74,7 @@ class Comparison:
         """The grid with the policies that train the backbone left to the `kept` backbones only."""
         pairs = [(arm, cfg) for arm, cfg in zip(self.arms, self.configs, strict=True)
                  if (arm.backbone, arm.weights) in kept or not cfg.model.policy.trains_backbone]
-        return Comparison(self.name, tuple(a for a, _ in pairs), tuple(c for _, c in pairs), self.screen)
+        return Comparison(self.name, tuple(a for a, _ in pairs), tuple(c for _, c in pairs), self.screen, self.racing)
 
 
 def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") -> Comparison:
@@ -97,7 +100,10 @@ def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") 
         seen.add(arm)
         configs.append(arm_config(base, arm))  # a run config, validated: its policy, a gradual schedule
     screen = _screen(section["screen"], source) if section.get("screen") is not None else None
-    return Comparison(name, tuple(arms), tuple(configs), screen)
+    racing = str(section.get("racing", "none"))
+    if racing not in RACES:
+        raise ConfigError(f"{source}: compare.racing must be one of {', '.join(RACES)}, got {racing!r}")
+    return Comparison(name, tuple(arms), tuple(configs), screen, racing)
 
 
 def _screen(item: Any, source: str) -> Screen:
@@ -183,7 +189,10 @@ def queue_arms(study: optuna.Study, storage: optuna.storages.BaseStorage, arms: 
                 continue
             done[key] = trial.user_attrs[RUN_ATTR]
         states.setdefault(key, set()).add(trial.state)
-    for key, (arm, _) in arms.items():
+    # arms that never train the backbone first: cheap, and their values are in when racing judges the rest
+    for key, (arm, _) in sorted(arms.items(), key=lambda item: item[1][1].model.policy.trains_backbone):
         if not states.get(key, set()) & {TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE}:
-            study.enqueue_trial({}, user_attrs={ARM_ATTR: arm.name, DIGEST_ATTR: key, **asdict(arm)})
+            axes = {BACKBONE_ATTR: arm.backbone, WEIGHTS_ATTR: arm.weights, FREEZE_ATTR: arm.freeze,
+                    SEED_ATTR: arm.seed}
+            study.enqueue_trial({}, user_attrs={ARM_ATTR: arm.name, DIGEST_ATTR: key, **axes})
     return done

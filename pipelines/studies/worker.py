@@ -208,15 +208,17 @@ def _heartbeat(storage: optuna.storages.BaseStorage, beating: int) -> Iterator[N
 
 class EpochReporter:
     """An engine listener: report the metric each epoch (optuna-dashboard's curves); with `prune`, stop
-    the trial when the pruner says so. Multi-objective studies take no intermediate values."""
+    the trial when the pruner says so (never at `last_epoch`, when given: the arm has finished).
+    Multi-objective studies take no intermediate values."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, prune: bool = True):
-        self.trial, self.metric, self.prune = trial, metric, prune
+    def __init__(self, trial: optuna.Trial, metric: str, prune: bool = True, last_epoch: int | None = None):
+        self.trial, self.metric, self.prune, self.last_epoch = trial, metric, prune, last_epoch
         self.active = len(trial.study.directions) == 1
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if not self.active:
             return
         self.trial.report(metrics[self.metric], step=epoch)
-        if self.prune and self.trial.should_prune():
+        finished = self.last_epoch is not None and epoch >= self.last_epoch  # nothing left to save by stopping
+        if self.prune and not finished and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.metric} {metrics[self.metric]:.4f})")

@@ -34,7 +34,9 @@ def arm_record(run: Run) -> dict:
         seen = float(run.data.params.get("data.n_train", 0)) * m.get("train/epochs_completed", 0)
         images_per_s = seen / train_s if train_s else None
     return {"backbone": t.get(tags.BACKBONE, "?"), "freeze": t.get(tags.FREEZE, "?"), "seed": t.get(tags.SEED, "?"),
-            "status": run.info.status, "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""),
+            # an arm racing stopped ended KILLED on purpose: PRUNED here, apart from the ones that broke
+            "status": "PRUNED" if t.get(tags.OPTUNA_STATE) == "PRUNED" else run.info.status,
+            "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""),
             "best_val_acc": m.get("best/val/acc"), "test_acc": m.get("test/acc"),
             "test_f1_macro": m.get("test/f1_macro"), "params_trainable": m.get("model/params_trainable"),
             "train_s": train_s, "images_per_s": images_per_s}
@@ -128,7 +130,9 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str,
         plt.close(figure)
     metrics = delta_metrics(paired)
     finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
-    run_tags = {tags.ARMS_TOTAL: str(len(records)), tags.ARMS_FAILED: str(len(failed)),
+    pruned = sum(r["status"] == "PRUNED" for r in records)
+    run_tags = {tags.ARMS_TOTAL: str(len(records)), tags.ARMS_FAILED: str(len(failed) - pruned),
+                tags.ARMS_PRUNED: str(pruned),
                 tags.SCREENED_OUT: "; ".join(screened_out or {}) or "none"}
     best = max(finished, key=lambda r: r["test_acc"]) if finished else None
     if best is not None:
