@@ -87,12 +87,12 @@ def order_row(policy: str, chain: list[dict], label: str = "") -> str:
     words = [reading(d) for _, _, d in steps]
     step_text = "; ".join(f"{short(b['backbone'])} − {short(a['backbone'])} {said(d)}: {w}"
                           for (a, b, d), w in zip(steps, words, strict=True))
-    resolved = ("order agrees" if set(words) == {"agrees"} else "order disagrees" if "disagrees" in words
-                else "order not resolved by this experiment")
+    resolved = ("the order agrees" if set(words) == {"agrees"} else "the order disagrees" if "disagrees" in words
+                else "the order is not resolved by this experiment")
     rho = stats.spearmanr([PUBLISHED_TOP1[r["backbone"]] for r in chain],
                           [r["test_acc"] for r in chain]).statistic if len(chain) >= 3 else None
     accs = " · ".join(f"{short(r['backbone'])} {pct(r['test_acc'])}" for r in chain)
-    return (f"| {policy}{label} | {accs} | {order} | {step_text}: {resolved} | "
+    return (f"| {policy}{label} | {accs} | {order} | {step_text}; so {resolved} | "
             f"{'—' if rho is None or rho != rho else f'{rho:+.2f}'} |")
 
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from benchmarks.transfer_document import write_report  # noqa: E402
+from benchmarks.workers import run_workers  # noqa: E402
 from pipelines.config import load_experiment  # noqa: E402
 from pipelines.studies.arms import arm_configs, parse_comparison  # noqa: E402
 from tracking import tags  # noqa: E402
@@ -108,37 +108,6 @@ def _write_grid(path: Path, raw: dict, source: str) -> Path:
     return path
 
 
-def run_workers(args, out: Path, grid: Path, sets: list[str], workers: int) -> float:
-    """Start the workers, echo their arm lines, wait; any nonzero exit ends this script with the log tail."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    command = [sys.executable, "-m", "freezeframe", "compare", "--experiment", str(grid),
-               "--storage", f"journal:{out / 'optuna.journal'}", *[x for s in sets for x in ("--set", s)]]
-    print(f"{workers} workers × {threads} torch threads: {shlex.join(command)}", flush=True)
-    logs = [out / f"worker-{grid.stem}-{i}.log" for i in range(workers)]
-    start = time.perf_counter()
-    procs = [subprocess.Popen(command, cwd=out, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-             for log in logs]
-    printed = [0] * len(logs)
-    while True:  # Ctrl-C reaches the workers too: each ends its running arm KILLED and queues it again
-        running = any(p.poll() is None for p in procs)
-        for i, log in enumerate(logs):
-            arms = [line for line in log.read_text().splitlines() if line.startswith("[trial ")
-                    or "FINISHED earlier" in line]
-            for line in arms[printed[i]:]:
-                print(f"  {time.perf_counter() - start:6.0f} s  worker {i}: {line}", flush=True)
-            printed[i] = len(arms)
-        if not running:
-            break
-        time.sleep(2)
-    wall = time.perf_counter() - start
-    for p, log in zip(procs, logs, strict=True):
-        if p.wait() != 0:
-            sys.exit(f"worker {log.name} exited {p.returncode}:\n{log.read_text()[-3000:]}")
-    return wall
-
-
 def read_records(out: Path, grid: Path, sets: list[str]) -> tuple[list[dict], dict]:
     """The current attempt of every arm of this grid under the study's parent run (finished ones with
     their per-image outcomes), and the parent's facts."""
@@ -182,7 +151,7 @@ def main() -> None:
         start = time.perf_counter()
         # the main grid's arms spread over the workers; a native-size study is two arms sharing one
         # extraction pass (the feature cache), so one worker with every core runs it best
-        walls = [run_workers(args, out, grid, sets, args.workers if i == 0 else 1)
+        walls = [run_workers(out, "compare", grid, sets, args.workers if i == 0 else 1)
                  for i, (grid, sets) in enumerate(grids)]
         python = os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(Path.cwd())) \
             else sys.executable
