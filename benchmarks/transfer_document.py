@@ -77,6 +77,17 @@ def champion_lines(rows: list[dict]) -> list[str]:
             *DELTA_HEADER, *delta_lines(others), ""]
 
 
+def layer_decay_lines(rows: list[dict]) -> list[str]:
+    """When layer decay pays: each layer_decay policy against plain fine-tuning (unfrozen), paired."""
+    decayed = [p for p in paired_rows(rows, "unfrozen") if p["freeze"].startswith("layer_decay") and p["delta"]]
+    if not decayed:
+        return []
+    return ["## Layer decay against plain fine-tuning", "", "Each layer_decay policy minus unfrozen, paired as "
+            "above. Layer decay keeps the early layers near their ImageNet weights: these rows say whether that "
+            "paid on this target, at this data size.", "", *DELTA_HEADER,
+            *delta_lines(decayed), ""]
+
+
 def native_lines(native_rows: list[dict], rows: list[dict], meta: dict) -> list[str]:
     """The fixed-feature arms at native size: accuracy, the probe against frozen there, and each against
     the same policy at the grid's size (paired on seed 0 over the same test images)."""
@@ -151,6 +162,7 @@ def write_report(records: list[dict], native: list[dict], meta: dict, report_pat
               f"## Each policy against {PROBE}", "", "The same, against the converged linear probe on the same "
               "features (Kornblith et al.'s fixed-feature protocol).", "", *DELTA_HEADER, *delta_lines(vs_probe), ""]
     lines += champion_lines(rows)
+    lines += layer_decay_lines(rows)
     lines += native_lines(native_rows, rows, meta)
     lines += published_findings(rows, native_rows, meta)
     lines += ["", "## Appendix: the parent runs' summary tables", "", markdown(rows, failed), ""]

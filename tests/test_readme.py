@@ -96,7 +96,7 @@ NOT_RUN = {
     r"export MLFLOW_TRACKING_URI=https://tracking-host": "placeholder tracking host",
     r"mlflow run \. -e (compare|search) .*-P storage=postgresql":
         "placeholder PostgreSQL host; tests/test_workers.py runs such workers on a real PostgreSQL",
-    r"python benchmarks/transfer_report\.py ": "36 arms on Fashion-MNIST, about 21 minutes on 2 cores",
+    r"python benchmarks/transfer_report\.py ": "51 arms on Fashion-MNIST, about 34 minutes on 2 cores",
     r"sudo apt-get install dataset-fashion-mnist": "a system package (root, network); .ci/run installs it",
     r"mlflow run \. -e train --env-manager uv$":
         "builds a new environment from conda.yaml: downloads GBs of pinned wheels on first use",
