@@ -37,8 +37,9 @@ def ranking_grid(spec: Comparison, cfg: RunConfig, name: str, source: str) -> Co
 
 
 def run_ranking(args: argparse.Namespace, grid: Comparison, by: str, wait: bool = False) -> list[dict]:
-    """Run the ranking's arms as one of its workers; with `wait`, until every worker's arm has ended
-    (a dead worker's arm, queued again, is run here). Returns the ranking's rows, best first."""
+    """Run the ranking's arms as one of its workers; with `wait` (a screened comparison's first step),
+    until every worker's arm has ended (a dead worker's arm, queued again, is run here), and the
+    `mlflow run` launcher's run left for the comparison. Returns the ranking's rows, best first."""
     name = grid.name
 
     def summarise(parent_run_id: str, runs: list) -> str:
@@ -46,7 +47,7 @@ def run_ranking(args: argparse.Namespace, grid: Comparison, by: str, wait: bool 
 
     def go():  # each backbone's value in the study (and optuna-dashboard) is the score it is ranked by
         return run_arms(args, grid.configs[0], grid, name, summarise, kind="rank", order_by=SCORES[by],
-                        value=lambda outcome: outcome.fit.extra[SCORES[by]])
+                        value=lambda outcome: outcome.fit.extra[SCORES[by]], adopt_launcher=not wait)
 
     parent_run_id, study, storage = go()
     while wait:

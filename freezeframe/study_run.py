@@ -158,7 +158,8 @@ class ArmObjective:
 
 def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: str,
              summarise: Callable[[str, list], str], kind: str = "compare", order_by: str = "test/acc",
-             value: Callable[[RunOutcome], float] | None = None) -> tuple[str, optuna.Study, BaseStorage]:
+             value: Callable[[RunOutcome], float] | None = None,
+             adopt_launcher: bool = True) -> tuple[str, optuna.Study, BaseStorage]:
     """A grid of arms as a study under one parent run, this process one of its workers; the last worker
     writes `summarise(parent run id, arm runs)` on the parent and prints it. Compare and rank run this.
     Returns the parent's run id, the study and its storage."""
@@ -176,7 +177,7 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
         print(f"{arms[key][0].name}: FINISHED earlier (run {run_id}), skipped")
     parent = parent_run.open_parent(kind, name, storage_id(url), cfg.tracking.experiment_name,
                                     {tags.DATASET: cfg.data.dataset, tags.EXPERIMENT_FILE: args.experiment},
-                                    {f"{kind}.storage": storage_id(url), f"{kind}.arms": len(arms)})
+                                    {f"{kind}.storage": storage_id(url), f"{kind}.arms": len(arms)}, adopt_launcher)
     link_study(study, parent)
 
     def arm_runs(parent_run_id: str) -> list:

@@ -46,8 +46,10 @@ def _parents(experiment_id: str, identity: dict[str, str]) -> list[Run]:
 
 
 def open_parent(kind: str, study_name: str, storage_id: str, experiment_name: str,
-                run_tags: dict[str, str], params: dict[str, str]) -> ParentRun:
-    """Find or elect the study's parent and mark it RUNNING (a rerun reopens it)."""
+                run_tags: dict[str, str], params: dict[str, str], adopt_launcher: bool = True) -> ParentRun:
+    """Find or elect the study's parent and mark it RUNNING (a rerun reopens it). `adopt_launcher`:
+    the `mlflow run` launcher's run becomes this worker's record (not for a study run on the way to
+    another, such as a screened comparison's ranking: the comparison takes it)."""
     client = MlflowClient()
     launcher = session.launcher_run_id()
     experiment_id = (client.get_run(launcher).info.experiment_id if launcher
@@ -70,11 +72,11 @@ def open_parent(kind: str, study_name: str, storage_id: str, experiment_name: st
         client.set_terminated(mine, KILLED)
         client.delete_run(mine)
     reopen(parent)
-    if launcher:
+    if launcher and adopt_launcher:
         session.take_launcher_run()
         client.set_tag(launcher, tags.WORKER_OF, parent)
         client.set_tag(launcher, tags.RUN_NAME, f"worker · {kind} · {study_name}")
-    return ParentRun(parent, experiment_id, launcher)
+    return ParentRun(parent, experiment_id, launcher if adopt_launcher else None)
 
 
 def reopen(parent_run_id: str) -> None:
