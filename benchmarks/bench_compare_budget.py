@@ -60,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--screen-by", default="linear_probe", choices=tuple(SCORES))
     p.add_argument("--keep", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tables-only", action="store_true", help="rewrite the tables from --out; run nothing")
     return p.parse_args()
 
 
@@ -101,7 +102,9 @@ def records(name: str, kind: str = "compare") -> list[dict]:
         record.update(seconds=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
                       weights=run.data.tags.get(tags.WEIGHTS, "?"), kind=kind,
                       screened_out=parent.data.tags.get(tags.SCREENED_OUT, "—"),
-                      scores={s: run.data.metrics.get(key) for s, key in SCORES.items()})
+                      scores={s: run.data.metrics.get(key) for s, key in SCORES.items()},
+                      costs={k: run.data.metrics.get(k) for k in ("perf/feature_extraction_s", "perf/score_s",
+                                                                  "perf/train_s")})
     return found
 
 
@@ -134,7 +137,7 @@ def ranking_table(full: list[dict]) -> list[str]:
     lines = ["| backbone | fine-tuned test acc | " + " | ".join(SCORES) + " | params |",
              "|" + "---|" * (3 + len(SCORES))]
     lines += [f"| {r['backbone']} | {r['tuned']:.4f} | " + " | ".join(f"{r[s]:.4f}" for s in SCORES)
-              + f" | {r['params']:,} |" for r in rows]
+              + f" | {int(r['params']):,} |" for r in rows]
     tuned = [r["tuned"] for r in rows]
     lines += ["", "| order by | Kendall τ | weighted τ | over |", "|---|---|---|---|"]
     for key in (*SCORES, "params"):
@@ -145,6 +148,15 @@ def ranking_table(full: list[dict]) -> list[str]:
     for key in ("top1", *SCORES) if len(lites) >= 2 else ():
         tau = stats.kendalltau([r[key] for r in lites], [r["tuned"] for r in lites]).statistic
         lines.append(f"| {key} (the Lites only) | {tau:+.2f} | — | {len(lites)} backbones |")
+    # a probe that read features another arm cached has no extraction pass to compare with
+    probes = [r["costs"] for r in full if r["freeze"] == "linear_probe" and r["status"] == "FINISHED"
+              and r["costs"]["perf/feature_extraction_s"]]
+    if probes:
+        mean = {k: sum(c[k] for c in probes) / len(probes) for k in probes[0]}
+        lines += ["", f"Cost per backbone (mean of {len(probes)} linear_probe arms that extracted their features): "
+                  f"extraction {mean['perf/feature_extraction_s']:.2f} s; LogME + k-NN {mean['perf/score_s']:.2f} s "
+                  f"({mean['perf/score_s'] / mean['perf/feature_extraction_s']:.2f}× the extraction); the probe's fits "
+                  f"{mean['perf/train_s']:.2f} s ({mean['perf/train_s'] / mean['perf/feature_extraction_s']:.2f}×)."]
     return lines
 
 
@@ -154,16 +166,18 @@ def budget_table(full: list[dict], raced: dict[int, list[dict]]) -> list[str]:
     tied = {group_name(r) for r in rows if r.get("vs_best") == "tied"} | {group_name(champion)}
     lines = [f"Full grid's champion: {group_name(champion)}; tied with it: "
              f"{', '.join(sorted(tied - {group_name(champion)})) or 'nothing'}.", "",
-             "| seed | arms run | pruned | screened-out backbones | seconds vs the full grid's | best group | found |",
-             "|---|---|---|---|---|---|---|"]
+             "| seed | arms run (ranking + comparison) | pruned | fine-tuned backbones | seconds vs the full grid's "
+             "(its arms of that seed) | best group | the champion or tied |", "|---|---|---|---|---|---|---|"]
     for seed, arms in raced.items():
         own = sum(r["seconds"] for r in arms)
         base = sum(r["seconds"] for r in full if r["seed"] == str(seed))
         finished = [r for r in arms if r["status"] == "FINISHED" and r["kind"] == "compare"]
         best = max(group_rows(finished), key=lambda r: r["test_acc"])
-        lines.append(f"| {seed} | {len(arms)} | {sum(r['status'] == 'PRUNED' for r in arms)} | "
-                     f"{finished[0]['screened_out']} | {own:.0f} s / {base:.0f} s = {own / base:.2f} | "
-                     f"{group_name(best)} | {'yes' if group_name(best) in tied else 'no'} |")
+        tuned = sorted({label(r["backbone"], r["weights"]) for r in arms if r["freeze"] in FINE_TUNING})
+        kinds = " + ".join(str(sum(r["kind"] == k for r in arms)) for k in ("rank", "compare"))
+        lines.append(f"| {seed} | {kinds} | {sum(r['status'] == 'PRUNED' for r in arms)} | {', '.join(tuned)} | "
+                     f"{own:.0f} s / {base:.0f} s = {own / base:.2f} | {group_name(best)} | "
+                     f"{'yes' if group_name(best) in tied else 'no'} |")
     return lines
 
 
@@ -177,19 +191,18 @@ def main() -> None:
              f"keeping {args.keep}, racing successive_halving, {args.workers} workers); every figure below is computed "
              "from the runs in its work folder.", ""]
     for target in args.targets.split(","):
-        sources = [pretrained(out, OTHER[target], epochs, args.source_samples) for epochs in (1, 5)]
-        backbones = [*LITES, *sources, {"name": "timm/resnet18", "weights": "none"}]
-        full_name = f"budget-{target}-full"
-        run_workers(out, "compare", grid_file(out, full_name, target, backbones, seeds, args, {}), [], args.workers)
+        full_name, raced_names = f"budget-{target}-full", {seed: f"budget-{target}-race-{seed}" for seed in seeds}
+        if not args.tables_only:
+            sources = [pretrained(out, OTHER[target], epochs, args.source_samples) for epochs in (1, 5)]
+            backbones = [*LITES, *sources, {"name": "timm/resnet18", "weights": "none"}]
+            run_workers(out, "compare", grid_file(out, full_name, target, backbones, seeds, args, {}), [], args.workers)
+            for seed, name in raced_names.items():
+                extra = {"screen": {"by": args.screen_by, "keep": args.keep}, "racing": "successive_halving"}
+                run_workers(out, "compare", grid_file(out, name, target, backbones, [seed], args, extra), [],
+                            args.workers)
         mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
         full = records(full_name)
-        raced = {}
-        for seed in seeds:
-            name = f"budget-{target}-race-{seed}"
-            extra = {"screen": {"by": args.screen_by, "keep": args.keep}, "racing": "successive_halving"}
-            run_workers(out, "compare", grid_file(out, name, target, backbones, [seed], args, extra), [], args.workers)
-            mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-            raced[seed] = records(name) + records(f"{name}-rank", "rank")
+        raced = {seed: records(name) + records(f"{name}-rank", "rank") for seed, name in raced_names.items()}
         lines += [f"## {target}", "", "### Ranking before fine-tuning", "", *ranking_table(full), "",
                   "### Screening + racing against the full grid", "", *budget_table(full, raced), ""]
     text = "\n".join(lines)

@@ -97,6 +97,8 @@ NOT_RUN = {
     r"mlflow run \. -e (compare|search) .*-P storage=postgresql":
         "placeholder PostgreSQL host; tests/test_workers.py runs such workers on a real PostgreSQL",
     r"python benchmarks/transfer_report\.py ": "51 arms on Fashion-MNIST, about 34 minutes on 2 cores",
+    r"python benchmarks/bench_compare_budget\.py ": "about 280 arms on two datasets, about 27 minutes on 2 cores; "
+        "tests/test_rank.py and test_racing.py run screening and racing on tiny grids",
     r"sudo apt-get install dataset-fashion-mnist": "a system package (root, network); .ci/run installs it",
     r"mlflow run \. -e train --env-manager uv$":
         "builds a new environment from conda.yaml: downloads GBs of pinned wheels on first use",

@@ -58,8 +58,9 @@ def ranking_markdown(rows: list[dict], by: str) -> str:
                      + f" | {r['feature_dim']} | {_num(r['extraction_s'], '.1f')} |")
     tau = agreement(rows, by)
     lines += ["", f"Kendall τ of the {names[by]} order with: "
-              + ", ".join(f"{names[s]} {t:+.2f}" for s, t in tau.items())
-              + " (nan: undefined, with fewer than two backbones or one score the same for all)."]
+              + ", ".join(f"{names[s]} {t:+.2f}" for s, t in tau.items()) + "."
+              + (" (nan: undefined, with fewer than two backbones or one score the same for all)"
+                 if any(t != t for t in tau.values()) else "")]
     return "\n".join(lines)
 
 
