@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from benchmarks.transfer_findings import PUBLISHED_TOP1  # noqa: E402
+from benchmarks.transfer_findings import PUBLISHED_TOP1, short  # noqa: E402
 from benchmarks.workers import run_workers  # noqa: E402
 from pipelines.ranking import SCORES  # noqa: E402
 from pipelines.reports.tables import group_rows  # noqa: E402
@@ -100,7 +100,7 @@ def records(name: str, kind: str = "compare") -> list[dict]:
     found = arm_records(runs)
     for record, run in zip(found, runs, strict=True):
         record.update(seconds=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
-                      weights=run.data.tags.get(tags.WEIGHTS, "?"), kind=kind,
+                      kind=kind,
                       screened_out=parent.data.tags.get(tags.SCREENED_OUT, "—"),
                       scores={s: run.data.metrics.get(key) for s, key in SCORES.items()},
                       costs={k: run.data.metrics.get(k) for k in ("perf/feature_extraction_s", "perf/score_s",
@@ -109,8 +109,8 @@ def records(name: str, kind: str = "compare") -> list[dict]:
 
 
 def label(backbone: str, weights: str) -> str:
-    short = backbone.rsplit("/", 1)[-1].replace("tf_efficientnet_", "")
-    return short if weights == "imagenet" else f"{short}·{weights.removeprefix('models:/bench-resnet18-')}"
+    source = "" if weights == "imagenet" else "·" + weights.removeprefix("models:/bench-resnet18-")
+    return short(backbone) + source
 
 
 def ranking_table(full: list[dict]) -> list[str]:

@@ -15,14 +15,14 @@ import time
 
 from optuna.trial import TrialState
 
-from freezeframe.study_run import on_dead_trial, run_arms
+from freezeframe.study_run import arm_runs, on_dead_trial, run_arms
 from pipelines.config import RunConfig, with_overrides
 from pipelines.ranking import SCORES
 from pipelines.reports.ranking import ranking_markdown, ranking_rows
-from pipelines.studies.arms import Comparison, arm_configs, parse_comparison
-from pipelines.studies.storage import DEFAULT_STORAGE, study_lock
+from pipelines.studies.arms import Comparison, parse_comparison
+from pipelines.studies.storage import study_lock
 from pipelines.studies.worker import reap_dead
-from tracking.studies import comparison_report, parent_run, ranking_report
+from tracking.studies import ranking_report
 
 SUFFIX = "-rank"  # its own study beside the comparison's (a study has one kind)
 POLL_S = 2.0  # how often a screening worker looks whether other workers' ranking arms have ended
@@ -49,18 +49,17 @@ def run_ranking(args: argparse.Namespace, grid: Comparison, by: str, wait: bool 
         return run_arms(args, grid.configs[0], grid, name, summarise, kind="rank", order_by=SCORES[by],
                         value=lambda outcome: outcome.fit.extra[SCORES[by]], adopt_launcher=not wait)
 
-    parent_run_id, study, storage = go()
+    parent_run_id, url, study, storage = go()
     while wait:
-        with study_lock(args.storage or DEFAULT_STORAGE, name):  # as compare does before queueing
+        with study_lock(url, name):  # as run_arms does before queueing
             reap_dead(study, storage, on_dead_trial)
         states = {t.state for t in study.get_trials(deepcopy=False)}
         if TrialState.WAITING in states:
-            parent_run_id, study, storage = go()
+            parent_run_id, url, study, storage = go()
         elif TrialState.RUNNING not in states:
             break
         time.sleep(POLL_S)
-    runs = comparison_report.current_attempts(parent_run.children(parent_run_id), set(arm_configs(grid)))
-    return ranking_rows([ranking_report.ranking_record(r) for r in runs], by)
+    return ranking_rows([ranking_report.ranking_record(r) for r in arm_runs(parent_run_id, grid)], by)
 
 
 def rank(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:

@@ -159,10 +159,10 @@ class ArmObjective:
 def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: str,
              summarise: Callable[[str, list], str], kind: str = "compare", order_by: str = "test/acc",
              value: Callable[[RunOutcome], float] | None = None,
-             adopt_launcher: bool = True) -> tuple[str, optuna.Study, BaseStorage]:
+             adopt_launcher: bool = True) -> tuple[str, str, optuna.Study, BaseStorage]:
     """A grid of arms as a study under one parent run, this process one of its workers; the last worker
     writes `summarise(parent run id, arm runs)` on the parent and prints it. Compare and rank run this.
-    Returns the parent's run id, the study and its storage."""
+    Returns the parent's run id, the storage URL, the study and its storage."""
     arms = arm_configs(spec)  # every arm validated by parse_comparison
     ensure_reachable()
     url, storage = open_storage(args.storage)
@@ -180,17 +180,18 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
                                     {f"{kind}.storage": storage_id(url), f"{kind}.arms": len(arms)}, adopt_launcher)
     link_study(study, parent)
 
-    def arm_runs(parent_run_id: str) -> list:
-        """Each arm's current attempt under the parent (arms of an earlier grid left out)."""
-        return comparison_report.current_attempts(parent_run.children(parent_run_id), set(arms))
-
     objective = ArmObjective(arms, parent.run_id, name, kind, value or (lambda outcome: outcome.fit.best_value),
                              racing=spec.racing != "none")
-    summary = work(url, storage, study, parent, objective, lambda parent_run_id: summarise(parent_run_id,
-                                                                                           arm_runs(parent_run_id)))
+    summary = work(url, storage, study, parent, objective,
+                   lambda parent_run_id: summarise(parent_run_id, arm_runs(parent_run_id, spec)))
     if summary is not None:
         print(summary)
     order = list(arms)  # the grid's order
-    runs = sorted(arm_runs(parent.run_id), key=lambda r: order.index(r.data.tags[tags.CONFIG_DIGEST]))
+    runs = sorted(arm_runs(parent.run_id, spec), key=lambda r: order.index(r.data.tags[tags.CONFIG_DIGEST]))
     print_links(parent, [r.info.run_id for r in runs], "arms", order_by)
-    return parent.run_id, study, storage
+    return parent.run_id, url, study, storage
+
+
+def arm_runs(parent_run_id: str, spec: Comparison) -> list:
+    """Each arm's current attempt under the parent (arms of an earlier grid left out)."""
+    return comparison_report.current_attempts(parent_run.children(parent_run_id), set(arm_configs(spec)))

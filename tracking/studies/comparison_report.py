@@ -33,7 +33,8 @@ def arm_record(run: Run) -> dict:
         train_s += m["perf/feature_extraction_s"]
         seen = float(run.data.params.get("data.n_train", 0)) * m.get("train/epochs_completed", 0)
         images_per_s = seen / train_s if train_s else None
-    return {"backbone": t.get(tags.BACKBONE, "?"), "freeze": t.get(tags.FREEZE, "?"), "seed": t.get(tags.SEED, "?"),
+    return {"backbone": t.get(tags.BACKBONE, "?"), "weights": t.get(tags.WEIGHTS, "?"),
+            "freeze": t.get(tags.FREEZE, "?"), "seed": t.get(tags.SEED, "?"),
             # an arm racing stopped ended KILLED on purpose: PRUNED here, apart from the ones that broke
             "status": "PRUNED" if t.get(tags.OPTUNA_STATE) == "PRUNED" else run.info.status,
             "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""),

@@ -12,16 +12,16 @@ from pipelines.ranking import SCORES
 from pipelines.reports import figures
 from pipelines.reports.ranking import agreement, ranking_csv, ranking_markdown, ranking_rows
 from tracking import tags
-from tracking.studies.comparison_report import metric_key
+from tracking.studies.comparison_report import arm_record, metric_key
 from tracking.studies.parent_run import log_values
 
 LABELS = {"logme": "LogME", "knn": "k-NN val acc", "linear_probe": "linear probe val acc"}
 
 
 def ranking_record(run: Run) -> dict:
-    m, t = run.data.metrics, run.data.tags
-    return {"backbone": t.get(tags.BACKBONE, "?"), "weights": t.get(tags.WEIGHTS, "?"), "status": run.info.status,
-            "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""), **{s: m.get(key) for s, key in SCORES.items()},
+    """An arm's record (comparison_report.arm_record) with its features' scores."""
+    m = run.data.metrics
+    return {**arm_record(run), **{s: m.get(key) for s, key in SCORES.items()},
             "feature_dim": int(m.get("score/feature_dim", 0)), "extraction_s": m.get("perf/feature_extraction_s"),
             "score_s": m.get("perf/score_s")}
 
