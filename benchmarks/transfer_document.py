@@ -16,7 +16,7 @@ from benchmarks.transfer_findings import PROBE, ci, pct, published_findings, sho
 from pipelines.reports import figures
 from pipelines.reports.stats import verdict
 from pipelines.reports.tables import group_rows, markdown
-from pipelines.reports.verdicts import REFERENCE, group_delta, paired_rows
+from pipelines.reports.verdicts import CHAMPION_WORDS, REFERENCE, group_delta, paired_rows
 
 VERSIONED = ("torch", "torchvision", "timm", "mlflow", "optuna", "scipy", "scikit-learn")
 DELTA_HEADER = ["| backbone | policy | seeds | Δ test acc | 95% CI | covers | McNemar p | t-CI over seeds | reading |",
@@ -67,14 +67,12 @@ def champion_lines(rows: list[dict]) -> list[str]:
     best = next((r for r in rows if r.get("vs_best") == "champion"), None)
     if best is None:
         return []
-    others = [{**r["vs_champion"], "reading": {"tied": "tied with the champion", "behind": "behind",
-                                               "ahead": "ahead on the shared seeds"}.get(r["vs_best"], r["vs_best"])}
-              for r in rows if "vs_champion" in r and r["vs_champion"]["delta"] is not None]
-    tied = [f"{short(p['backbone'])} · {p['freeze']}" for p in others if p["reading"] == "tied with the champion"]
+    others = [r["vs_champion"] for r in rows if "vs_champion" in r and r["vs_champion"]["delta"] is not None]
+    tied = [f"{short(p['backbone'])} · {p['freeze']}" for p in others if p["reading"] == "tied"]
     return ["## The champion and its ties", "", f"Champion: **{short(best['backbone'])} · {best['freeze']}** (mean "
             f"test acc {pct(best['test_acc'])} %). Each other group minus the champion, paired as above; tied when "
             "the 95% CI contains 0. Tied with it: " + (", ".join(tied) if tied else "nothing") + ".", "",
-            *DELTA_HEADER, *delta_lines(others), ""]
+            *DELTA_HEADER, *delta_lines([{**p, "reading": CHAMPION_WORDS[p["reading"]]} for p in others]), ""]
 
 
 def layer_decay_lines(rows: list[dict]) -> list[str]:

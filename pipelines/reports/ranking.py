@@ -10,6 +10,7 @@ import io
 from scipy import stats
 
 from pipelines.ranking import SCORES
+from pipelines.reports.tables import number
 
 COLUMNS = ("backbone", "weights", *SCORES, "feature_dim", "extraction_s", "score_s", "status", "run_id")
 
@@ -37,10 +38,6 @@ def agreement(rows: list[dict], by: str) -> dict[str, float]:
             for s in SCORES if s != by}
 
 
-def _num(value, fmt: str) -> str:
-    return "—" if value is None else format(value, fmt)
-
-
 def ranking_markdown(rows: list[dict], by: str) -> str:
     names = {"logme": "LogME", "knn": "k-NN val acc", "linear_probe": "probe val acc"}
     lines = [f"Backbones ranked by {names[by]} (higher is better), best first; (n) is the place under that "
@@ -53,9 +50,9 @@ def ranking_markdown(rows: list[dict], by: str) -> str:
             lines.append(f"| — | {r['backbone']} | {r['weights']} | " + " | ".join("—" for _ in SCORES)
                          + f" | — | {why} |")
             continue
-        cells = [f"{_num(r[s], '.4f')} ({r[f'place_{s}']})" for s in SCORES]
+        cells = [f"{number(r[s], '.4f')} ({r[f'place_{s}']})" for s in SCORES]
         lines.append(f"| {i} | {r['backbone']} | {r['weights']} | " + " | ".join(cells)
-                     + f" | {r['feature_dim']} | {_num(r['extraction_s'], '.1f')} |")
+                     + f" | {r['feature_dim']} | {number(r['extraction_s'], '.1f')} |")
     tau = agreement(rows, by)
     lines += ["", f"Kendall τ of the {names[by]} order with: "
               + ", ".join(f"{names[s]} {t:+.2f}" for s, t in tau.items()) + "."

@@ -9,6 +9,7 @@ import io
 
 from pipelines.reports.stats import MeanCI, PairedDelta, mean_ci, verdict
 from pipelines.reports.verdicts import (
+    CHAMPION_WORDS,
     CONFIDENCE,
     DELTA_KEYS,
     REFERENCE,
@@ -73,28 +74,28 @@ def against_frozen(rows: list[dict]) -> list[dict]:
     return [r["vs_frozen"] for r in rows if "vs_frozen" in r]
 
 
-def _num(value: float | None, fmt: str = ".4f") -> str:
+def number(value: float | None, fmt: str = ".4f") -> str:
     return DASH if value is None or value != value else format(value, fmt)  # value != value: NaN
 
 
 def _interval(lo: float | None, hi: float | None, fmt: str = ".4f", none: str = DASH) -> str:
-    return none if lo is None else f"[{_num(lo, fmt)}, {_num(hi, fmt)}]"
+    return none if lo is None else f"[{number(lo, fmt)}, {number(hi, fmt)}]"
 
 
 def _cell(row: dict, key: str) -> str:
     if key in ACCURACIES:
-        return (f"{_num(row[key])} ± {_num(row[key + '_std'])} "
+        return (f"{number(row[key])} ± {number(row[key + '_std'])} "
                 f"{_interval(row[key + '_ci_lo'], row[key + '_ci_hi'], none=f'[{DASH}]')}")
     if key in COSTS:
-        return _num(row[key], ".1f")
+        return number(row[key], ".1f")
     return str(row[key])
 
 
 def _delta_cells(d: PairedDelta) -> str:
     """n seeds | mean Δ | CI | what it covers | McNemar p | t-CI over seeds"""
     p = d.bootstrap.mcnemar_p if d.bootstrap else None
-    return (f"{d.n} | {_num(d.mean, '+.4f')} | {_interval(*d.interval, '+.4f')} | {d.covers} | "
-            f"{_num(p, '.2g')} | {_interval(d.lo, d.hi, '+.4f')}")
+    return (f"{d.n} | {number(d.mean, '+.4f')} | {_interval(*d.interval, '+.4f')} | {d.covers} | "
+            f"{number(p, '.2g')} | {_interval(d.lo, d.hi, '+.4f')}")
 
 
 def _delta_line(p: dict, reading: str = "") -> str:
@@ -110,13 +111,11 @@ def _champion_lines(rows: list[dict], pct: str) -> list[str]:
     if best is None or not others:
         return []
     tied = [group_name(p) for p in others if p["reading"] == "tied"]
-    lines = ["", f"Champion: {group_name(best)} (mean test acc {_num(best['test_acc'])}). Each other group's test acc "
-             f"minus the champion's, paired as above; 'tied' when the {pct} CI contains 0.", "",
+    lines = ["", f"Champion: {group_name(best)} (mean test acc {number(best['test_acc'])}). Each other group's test "
+             f"acc minus the champion's, paired as above; 'tied' when the {pct} CI contains 0.", "",
              f"| backbone | policy | n seeds | Δ test acc vs champion | {pct} CI | covers | McNemar p | "
              "t-CI over seeds | reading |", "|" + "---|" * 9]
-    words = {"tied": "tied with the champion", "behind": "behind the champion", "ahead": "ahead on the shared seeds",
-             "no interval": "no interval (1 seed, no per-image outcomes)"}
-    lines += [_delta_line(p, words.get(p["reading"], "")) for p in others]
+    lines += [_delta_line(p, CHAMPION_WORDS.get(p["reading"], "")) for p in others]
     lines += ["", f"Tied with the champion: {', '.join(tied)}." if tied else "Nothing is tied with the champion."]
     return lines
 

@@ -38,6 +38,9 @@ def paired_rows(rows: list[dict], reference: str = REFERENCE) -> list[dict]:
 # a difference's summary columns (delta_columns, under a prefix), in the CSV's order
 DELTA_KEYS = ("test_acc", "test_acc_std", "ci_lo", "ci_hi", "covers", "mcnemar_p", "t_ci_lo", "t_ci_hi", "n", "seeds")
 AGAINST_CHAMPION = {"no clear difference": "tied", "worse": "behind", "better": "ahead"}
+# each reading against the champion, as a summary's table says it
+CHAMPION_WORDS = {"tied": "tied with the champion", "behind": "behind the champion",
+                  "ahead": "ahead on the shared seeds", "no interval": "no interval (1 seed, no per-image outcomes)"}
 
 
 def champion_rows(rows: list[dict]) -> tuple[dict | None, list[dict]]:
