@@ -11,8 +11,8 @@ fine-tuning does, and do screening + racing find the full grid's champion for le
    (per backbone the best mean test acc of last_n:2 and unfrozen): Kendall τ and weighted τ, beside
    two naive baselines, parameter count and published ImageNet top-1 (the Lites only).
 4. Budget: per seed, the same grid with `screen` and `racing`: the seconds its arms (ranking arms
-   included) ran against the full grid's arms of that seed, and whether its best group is the full
-   grid's champion or tied with it.
+   included; its linear_probe arms are the ranking's runs, reused) ran against the full grid's arms of
+   that seed, and whether its best group is the full grid's champion or tied with it.
 
 Rerun into the same --out to resume; the tables go to stdout and to --report (docs/compare-budget.md).
 A smoke run: --targets digits --seeds 0 --max-samples 40 --epochs 1 --source-samples 40 --report /tmp/b.md
@@ -100,7 +100,7 @@ def records(name: str, kind: str = "compare") -> list[dict]:
     found = arm_records(runs)
     for record, run in zip(found, runs, strict=True):
         record.update(seconds=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
-                      kind=kind,
+                      kind=kind, reused=tags.DUPLICATE_OF in run.data.tags,
                       screened_out=parent.data.tags.get(tags.SCREENED_OUT, "—"),
                       scores={s: run.data.metrics.get(key) for s, key in SCORES.items()},
                       costs={k: run.data.metrics.get(k) for k in ("perf/feature_extraction_s", "perf/score_s",
@@ -174,7 +174,8 @@ def budget_table(full: list[dict], raced: dict[int, list[dict]]) -> list[str]:
         finished = [r for r in arms if r["status"] == "FINISHED" and r["kind"] == "compare"]
         best = max(group_rows(finished), key=lambda r: r["test_acc"])
         tuned = sorted({label(r["backbone"], r["weights"]) for r in arms if r["freeze"] in FINE_TUNING})
-        kinds = " + ".join(str(sum(r["kind"] == k for r in arms)) for k in ("rank", "compare"))
+        kinds = " + ".join(str(sum(r["kind"] == k for r in arms)) for k in ("rank", "compare")) \
+            + f" ({sum(r['reused'] for r in arms)} reused)"
         lines.append(f"| {seed} | {kinds} | {sum(r['status'] == 'PRUNED' for r in arms)} | {', '.join(tuned)} | "
                      f"{own:.0f} s / {base:.0f} s = {own / base:.2f} | {group_name(best)} | "
                      f"{'yes' if group_name(best) in tied else 'no'} |")

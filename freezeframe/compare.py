@@ -21,13 +21,14 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     spec = parse_comparison(sections.get("compare"), cfg, source=args.experiment)
     name = args.study_name or spec.name
     screened_out: dict[str, str] = {}
+    reuse: dict[str, str] = {}  # the ranking's runs, by config digest: arms of the grid that ran already
     if spec.screen is not None:
-        spec, screened_out = screen(args, cfg, spec, name)
+        spec, screened_out, reuse = screen(args, cfg, spec, name)
 
     def summarise(parent_run_id: str, runs: list) -> str:
         rows, champion = comparison_report.log_summary(parent_run_id, name, runs, experiment_stem(args.experiment),
                                                        screened_out)
         return comparison_report.markdown(rows, []) + (f"\nbest arm registered as {champion}" if champion else "")
 
-    run_arms(args, cfg, spec, name, summarise)
+    run_arms(args, cfg, spec, name, summarise, reuse=reuse)
     return 0

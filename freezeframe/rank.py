@@ -22,6 +22,7 @@ from pipelines.reports.ranking import ranking_markdown, ranking_rows
 from pipelines.studies.arms import Comparison, parse_comparison
 from pipelines.studies.storage import study_lock
 from pipelines.studies.worker import reap_dead
+from tracking import tags
 from tracking.studies import ranking_report
 
 SUFFIX = "-rank"  # its own study beside the comparison's (a study has one kind)
@@ -29,17 +30,22 @@ POLL_S = 2.0  # how often a screening worker looks whether other workers' rankin
 
 
 def ranking_grid(spec: Comparison, cfg: RunConfig, name: str, source: str) -> Comparison:
-    """One linear_probe arm per distinct backbone of the comparison, with the run's seed. Features as a
-    frozen backbone gives them: no augmentation, BatchNorm in eval (the probe refuses either otherwise)."""
+    """One linear_probe arm per distinct backbone of the comparison, with the run's seed if the grid has
+    it, else the grid's first: the comparison's own linear_probe arm of that seed is then this very arm,
+    and a screened comparison reuses its run. Features as a frozen backbone gives them: no augmentation,
+    BatchNorm in eval (the probe refuses either otherwise)."""
     base = with_overrides(cfg, {"data.augment": False, "model.bn": "frozen"})
-    arms = [{"backbone": b, "weights": w, "freeze": "linear_probe", "seed": cfg.seed} for b, w in spec.backbones()]
+    seeds = [arm.seed for arm in spec.arms]
+    seed = cfg.seed if cfg.seed in seeds else seeds[0]
+    arms = [{"backbone": b, "weights": w, "freeze": "linear_probe", "seed": seed} for b, w in spec.backbones()]
     return parse_comparison({"name": name, "arms": arms}, base, source)
 
 
 def run_ranking(args: argparse.Namespace, grid: Comparison, by: str, wait: bool = False) -> list[dict]:
     """Run the ranking's arms as one of its workers; with `wait` (a screened comparison's first step),
     until every worker's arm has ended (a dead worker's arm, queued again, is run here), and the
-    `mlflow run` launcher's run left for the comparison. Returns the ranking's rows, best first."""
+    `mlflow run` launcher's run left for the comparison. Returns the ranking's rows, best first, each
+    with its run's config digest."""
     name = grid.name
 
     def summarise(parent_run_id: str, runs: list) -> str:
@@ -59,7 +65,9 @@ def run_ranking(args: argparse.Namespace, grid: Comparison, by: str, wait: bool 
         elif TrialState.RUNNING not in states:
             break
         time.sleep(POLL_S)
-    return ranking_rows([ranking_report.ranking_record(r) for r in arm_runs(parent_run_id, grid)], by)
+    runs = arm_runs(parent_run_id, grid)
+    return ranking_rows([{**ranking_report.ranking_record(r), "digest": r.data.tags[tags.CONFIG_DIGEST]}
+                         for r in runs], by)
 
 
 def rank(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
@@ -69,10 +77,11 @@ def rank(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
 
 
 def screen(args: argparse.Namespace, cfg: RunConfig, spec: Comparison,
-           name: str) -> tuple[Comparison, dict[str, str]]:
+           name: str) -> tuple[Comparison, dict[str, str], dict[str, str]]:
     """compare.screen: rank the grid's backbones (waiting for every worker's ranking arm, so that all
     workers keep the same ones), then leave the policies that train the backbone to the best `keep`.
-    Returns the screened grid and, per backbone screened out, why."""
+    Returns the screened grid, per backbone screened out why, and the ranking's finished runs by config
+    digest (the grid's linear_probe arms of the ranking's seed: run_arms reuses them, training nothing)."""
     by, keep = spec.screen.by, spec.screen.keep
     rows = run_ranking(args, ranking_grid(spec, cfg, name + SUFFIX, args.experiment), by, wait=True)
     placed = [r for r in rows if f"place_{by}" in r]
@@ -83,4 +92,5 @@ def screen(args: argparse.Namespace, cfg: RunConfig, spec: Comparison,
                 for r in rows if r not in placed})
     print(f"screened by {by}: fine-tuning {', '.join(f'{b} ({w})' for b, w in spec.backbones() if (b, w) in kept)}"
           + (f"; screened out: {'; '.join(f'{k}: {v}' for k, v in why.items())}" if why else ""), flush=True)
-    return spec.screened(kept), why
+    reuse = {r["digest"]: r["run_id"] for r in rows if r["status"] == "FINISHED"}
+    return spec.screened(kept), why, reuse

@@ -137,31 +137,42 @@ class ArmObjective:
     monitored metric's best epoch."""
 
     def __init__(self, arms: dict[str, tuple[Arm, RunConfig]], parent_run_id: str, name: str, kind: str,
-                 value: Callable[[RunOutcome], float], racing: bool = False):
+                 value: Callable[[RunOutcome], float], racing: bool = False, reuse: dict[str, str] | None = None):
         self.arms, self.parent_run_id, self.name, self.kind, self.value = arms, parent_run_id, name, kind, value
-        self.racing = racing
+        self.racing, self.reuse = racing, reuse or {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         key = trial.user_attrs.get(DIGEST_ATTR)
         if key not in self.arms:
             raise ConfigError(f"trial {trial.number} holds an arm of another config ({key})")
         arm, cfg = self.arms[key]
+        arm_tags = {tags.COMPARISON: self.name, tags.ARM: arm.name}
+        if key in self.reuse:  # this very arm (same config digest) already ran, as a screening's ranking arm
+            parent_run.reopen(self.parent_run_id)
+            run_id = parent_run.record_twin(self.parent_run_id, self.reuse[key], arm.name,
+                                            {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number),
+                                             tags.CONFIG_DIGEST: key, **arm_tags})
+            trial.set_user_attr(RUN_ATTR, run_id)
+            print(f"[trial {trial.number}] {arm.name}: the ranking's run {self.reuse[key]}, reused (run {run_id})",
+                  flush=True)
+            return parent_run.metric(run_id, f"best/{cfg.train.monitor}")
         if trial.user_attrs.get(RETRY_ATTR) is not None:  # a dead worker's arm: go on from its last epoch
             cfg = with_overrides(cfg, {"train.resume": True})
         print(f"[trial {trial.number}] {arm.name}", flush=True)
         # racing (compare.racing): the study's pruner may stop the arm at a rung, never at its last epoch
         listeners = (EpochReporter(trial, cfg.train.monitor, prune=self.racing, last_epoch=cfg.train.epochs),)
-        done = run_child(cfg, trial, self.parent_run_id, self.kind, {tags.COMPARISON: self.name, tags.ARM: arm.name},
-                         listeners)
+        done = run_child(cfg, trial, self.parent_run_id, self.kind, arm_tags, listeners)
         return self.value(done.outcome)
 
 
 def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: str,
              summarise: Callable[[str, list], str], kind: str = "compare", order_by: str = "test/acc",
-             value: Callable[[RunOutcome], float] | None = None,
-             adopt_launcher: bool = True) -> tuple[str, str, optuna.Study, BaseStorage]:
+             value: Callable[[RunOutcome], float] | None = None, adopt_launcher: bool = True,
+             reuse: dict[str, str] | None = None) -> tuple[str, str, optuna.Study, BaseStorage]:
     """A grid of arms as a study under one parent run, this process one of its workers; the last worker
     writes `summarise(parent run id, arm runs)` on the parent and prints it. Compare and rank run this.
+    `reuse` maps an arm's config digest to a FINISHED run of that same config (a screening's ranking
+    arm): the arm's child then copies that run instead of training again, as a search trial's twin does.
     Returns the parent's run id, the storage URL, the study and its storage."""
     arms = arm_configs(spec)  # every arm validated by parse_comparison
     ensure_reachable()
@@ -181,7 +192,7 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
     link_study(study, parent)
 
     objective = ArmObjective(arms, parent.run_id, name, kind, value or (lambda outcome: outcome.fit.best_value),
-                             racing=spec.racing != "none")
+                             racing=spec.racing != "none", reuse=reuse)
     summary = work(url, storage, study, parent, objective,
                    lambda parent_run_id: summarise(parent_run_id, arm_runs(parent_run_id, spec)))
     if summary is not None:

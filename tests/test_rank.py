@@ -11,6 +11,7 @@ from freezeframe.cli import main
 from tests.conftest import runs_in
 from tests.test_compare import write_experiment
 from tests.test_e2e import mlflow_run
+from tracking.studies import comparison_report
 
 EXPERIMENT = """\
 data: {{augment: true}}  # ranked features come without augmentation: rank turns it off
@@ -64,8 +65,8 @@ def test_screening_fine_tunes_only_the_best_backbones_and_marks_the_others(track
     grid = """\
   name: screened
   backbones: [timm/test_resnet, timm/test_efficientnet]
-  freeze: [frozen, unfrozen]
-  seeds: [0]
+  freeze: [frozen, linear_probe, unfrozen]
+  seeds: [3]
   screen: {by: linear_probe, keep: 1}
 """
     path = write_experiment(tmp_path, grid, **{"train.epochs": 1})
@@ -76,10 +77,23 @@ def test_screening_fine_tunes_only_the_best_backbones_and_marks_the_others(track
     ranking = parents["rank · screened-rank"]
     best, other = ranking.data.tags["ranking"].split(" > ")
     compare = parents["compare · screened"]
-    arms = sorted((r.data.tags["backbone"], r.data.tags["freeze"]) for r in runs
-                  if r.data.tags.get("mlflow.parentRunId") == compare.info.run_id)
-    # the best backbone is fine-tuned; the other keeps its fixed-feature arm and is named as screened out
-    assert arms == sorted([(best, "frozen"), (best, "unfrozen"), (other, "frozen")])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == compare.info.run_id]
+    arms = sorted((r.data.tags["backbone"], r.data.tags["freeze"]) for r in children)
+    # the best backbone is fine-tuned; the other keeps its fixed-feature arms and is named as screened out
+    assert arms == sorted([(best, "frozen"), (best, "linear_probe"), (best, "unfrozen"), (other, "frozen"),
+                           (other, "linear_probe")])
+    # the ranking ran the grid's seed (3, not the run's 0): its runs are the linear_probe arms, reused, not
+    # trained twice; the statistics read their per-image outcomes from the runs they copy
+    ranked = {r.data.tags["backbone"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == ranking.info.run_id}
+    assert {r.data.tags["seed"] for r in ranked.values()} == {"3"}
+    probes = [r for r in children if r.data.tags["freeze"] == "linear_probe"]
+    for probe in probes:
+        source = ranked[probe.data.tags["backbone"]]
+        assert probe.data.tags["duplicate_of"] == source.info.run_id and probe.info.status == "FINISHED"
+        assert probe.data.metrics["test/acc"] == source.data.metrics["test/acc"]
+        assert probe.data.tags["config_digest"] == source.data.tags["config_digest"]
+    records = comparison_report.arm_records(probes)
+    assert all(r["outcomes"] is not None and len(r["outcomes"]) for r in records)
     assert compare.data.tags["screened_out"] == f"{other} (none)" and compare.info.status == "FINISHED"
     summary = mlflow.artifacts.load_text(f"runs:/{compare.info.run_id}/summary/summary.md")
     assert f"- {other} (none): linear_probe place 2 of 2, keep 1" in summary

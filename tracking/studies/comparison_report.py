@@ -80,9 +80,9 @@ def per_image_outcomes(run_id: str) -> np.ndarray | None:
 def arm_records(runs: list[Run]) -> list[dict]:
     """Each arm's record, a finished one with its per-image outcomes: what the summary's statistics read."""
     records = [arm_record(r) for r in runs]
-    for record in records:
-        if record["status"] == "FINISHED":
-            record["outcomes"] = per_image_outcomes(record["run_id"])
+    for record, run in zip(records, runs, strict=True):
+        if record["status"] == "FINISHED":  # a reused run's outcomes are in the run it copied
+            record["outcomes"] = per_image_outcomes(run.data.tags.get(tags.DUPLICATE_OF, run.info.run_id))
     return records
 
 

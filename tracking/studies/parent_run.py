@@ -126,6 +126,11 @@ def finished_here(run_id: str) -> bool:
     return run.info.status == FINISHED and run.info.lifecycle_stage == "active"
 
 
+def metric(run_id: str, key: str) -> float:
+    """A run's last value of one metric."""
+    return MlflowClient().get_run(run_id).data.metrics[key]
+
+
 def mirror_trial(trial: FrozenTrial) -> None:
     """The trial's Optuna state on its child run (PRUNED is tagged where the run ends, in tracking.runs.session)."""
     run_id = trial.user_attrs.get(RUN_ATTR)
