@@ -14,9 +14,10 @@ from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
 from freezeframe import __version__
-from pipelines.config import RunConfig, load_experiment
+from pipelines.config import RunConfig, load_experiment, with_overrides
 from pipelines.errors import ConfigError, FreezeframeError, first_line
 from pipelines.ranking import SCORES
+from pipelines.state import state_dir
 from pipelines.values import coerce
 
 # MLproject parameter / flag name → config key. Types are checked by the config loader.
@@ -114,6 +115,27 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     return load_experiment(resolve_experiment(args.experiment or DEFAULT_EXPERIMENT), overrides)
 
 
+def stable_state(args: argparse.Namespace, cfg: RunConfig | None) -> RunConfig | None:
+    """In a temporary project folder (`mlflow run <git URI>` fetches the project anew each run), the
+    default study storage and a relative checkpoint folder move to the per-user state folder
+    (pipelines.state), so that a rerun resumes; said once. Paths given explicitly are kept."""
+    home = state_dir()
+    if home is None or cfg is None:
+        return cfg
+    moved = []
+    if not Path(cfg.train.checkpoint_dir).is_absolute():
+        cfg = with_overrides(cfg, {"train.checkpoint_dir": str(home / cfg.train.checkpoint_dir)})
+        moved.append(f"checkpoints under {cfg.train.checkpoint_dir}")
+    if getattr(args, "storage", None) == "":
+        args.storage = f"sqlite:///{home / 'optuna.db'}"
+        moved.append(f"study storage {args.storage}")
+    if moved:
+        home.mkdir(parents=True, exist_ok=True)
+        print(f"freezeframe: {Path.cwd()} is a temporary folder (mlflow run <URI> fetches the project into a new "
+              f"one each run): {'; '.join(moved)}", file=sys.stderr, flush=True)
+    return cfg
+
+
 def resolve_experiment(path: str) -> Path:
     """Relative to the working folder, else the shipped one: in the checkout (experiments/...), or in the
     installed package (freezeframe/experiments/...), so `--experiment experiments/last_n.yaml` works anywhere."""
@@ -132,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         cfg, sections = config_from_args(args) if args.command not in ("predict", "reregister") else (None, {})
+        cfg = stable_state(args, cfg)
         from freezeframe import commands  # after parsing: `--help` and config errors stay instant
 
         return commands.COMMANDS[args.command](args, cfg, sections)

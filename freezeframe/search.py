@@ -10,7 +10,7 @@ import optuna
 from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, run_child, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.errors import without_password
-from pipelines.studies.keys import RETRY_ATTR, RUN_ATTR, TWIN_ATTR
+from pipelines.studies.keys import PARENT_RUN_ID_ATTR, RETRY_ATTR, RUN_ATTR, TWIN_ATTR
 from pipelines.studies.search_space import SearchSpec, parse_search, suggest, trial_config
 from pipelines.studies.search_study import (
     batch_size_ceiling,
@@ -69,6 +69,8 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     ensure_reachable()
     url, storage = open_storage(args.storage)
     study = open_search(spec, url, storage, cfg.train.epochs)
+    parent_run.check_held("search", spec.study_name, storage_id(url), cfg.tracking.experiment_name,
+                          study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
     declared = spec.batch_sizes
     spec, ceilings = batch_size_ceiling(study, storage, url, spec, cfg)  # a smallest batch too big: refused here
     study.sampler = make_sampler(spec)  # the grid sampler's grid is the space as cut

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from freezeframe.single_run import TrackedRun, prepare_run, record_failure, run_tracked
 from pipelines.config import MONITORS, RunConfig, digest, with_overrides
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, without_password
 from pipelines.studies.arms import Arm, Comparison, arm_configs, queue_arms
 from pipelines.studies.keys import (
     ARM_ATTR,
@@ -181,6 +181,8 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
     direction, metric = ((DIRECTIONS[MONITORS[cfg.train.monitor]], cfg.train.monitor) if value is None
                          else ("maximize", kind))
     study = open_study(name, url, storage, kind, (direction,), (metric,), pruner=racing_pruner(spec.racing))
+    parent_run.check_held(kind, name, storage_id(url), cfg.tracking.experiment_name,
+                          study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
     with study_lock(url, name):
         reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
         done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)

@@ -30,6 +30,15 @@ _EMPTY_STORE: list[Path] = []
 
 
 @pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory) -> Path:
+    """The per-user state folder (pipelines.state) in tmp, for this process and the ones it starts: a
+    test that runs the project from a temporary folder never writes to ~/.local/share."""
+    home = tmp_path_factory.mktemp("freezeframe-home")
+    os.environ["FREEZEFRAME_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session", autouse=True)
 def empty_store(tmp_path_factory) -> Path:
     """An empty MLflow sqlite store, made once per test process: creating one runs MLflow's schema
     migrations (~2.5 s); each test gets a copy (milliseconds), still a store of its own."""

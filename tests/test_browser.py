@@ -5,6 +5,7 @@ after installing it). Screenshots land in the test's tmp folder, or in the folde
 names; docs/ holds the README's, taken from a real comparison (its plot set to val/acc and test/acc).
 """
 
+import html
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
-from tests.conftest import free_port, wait_for_http
+from tests.conftest import ROOT, free_port, wait_for_http
 from tests.test_compare import write_experiment
 from tests.test_search import SPACE, search_experiment
 
@@ -54,32 +55,51 @@ def shot(tmp_path: Path, name: str) -> Path:
     return folder / name
 
 
+def top_level_rows(page: str) -> list[str]:
+    """The run names the runs table shows as rows: nested runs stay folded under their parent's row."""
+    names = re.findall(r'href="#/experiments/\d+/runs/[0-9a-f]{32}"[^>]*>(?:<[^>]+>)*([^<]+)<', page)
+    return list(dict.fromkeys(html.unescape(name).strip() for name in names))
+
+
 def printed_link(output: str, label: str) -> str:
     """The URL an entry point printed as `MLflow: <label>  <url>`."""
     (line,) = [line for line in output.splitlines() if line.startswith(f"MLflow: {label} ")]
     return line.split()[-1]
 
 
-def test_mlflow_ui_shows_the_comparison(mlflow_server, tmp_path, monkeypatch, capsys):
-    """The links compare prints open the Training runs page and the compare view of its arms."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    monkeypatch.chdir(tmp_path)
+def compare_through_mlflow_run(server: str, grid: str, folder: Path) -> str:
+    """`mlflow run . -e compare` against the server, as a user runs it; its printout."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
+    done = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "compare",
+                           "--env-manager", "local", "--experiment-name", "seen", "-P", f"experiment={grid}",
+                           "-P", f"storage=sqlite:///{folder / 'optuna.db'}"],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_mlflow_ui_shows_the_comparison(mlflow_server, tmp_path):
+    """The links compare prints open the Training runs page and the compare view of its arms; the page
+    has one row for the comparison, after it ran and after its rerun (the launchers fold under it)."""
     mlflow.set_tracking_uri(mlflow_server)
     grid = write_experiment(tmp_path, "  name: seen\n  freeze: [frozen, unfrozen]\n",
                             **{"tracking.experiment_name": "seen", "tracking.log_model": True})
-    assert main(["compare", "--experiment", grid]) == 0
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    output = capsys.readouterr().out
+    output = compare_through_mlflow_run(mlflow_server, grid, tmp_path)
     client = MlflowClient(mlflow_server)
     (experiment,) = [e for e in client.search_experiments() if e.name == "seen"]
-    children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in client.search_runs([experiment.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags and "worker_of" not in r.data.tags]
     arms = ("timm/test_resnet · frozen · seed 0", "timm/test_resnet · unfrozen · seed 0")
 
     runs_link = printed_link(output, "training runs")
     assert runs_link == f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs"
     runs_page = browse(runs_link, tmp_path / "p1", shot(tmp_path, "training-runs.png"), height=1000)
-    assert "compare · seen" in runs_page  # the parent, its children folded under it
+    assert top_level_rows(runs_page) == ["compare · seen"]  # its arms and its worker folded under it
     assert "Training runs" in runs_page
+    assert "FINISHED earlier" in compare_through_mlflow_run(mlflow_server, grid, tmp_path)
+    assert top_level_rows(browse(runs_link, tmp_path / "p5")) == ["compare · seen"]
 
     compare_link = printed_link(output, "compare arms")
     assert compare_link.startswith(f"{mlflow_server}/#/compare-runs?runs=")

@@ -105,6 +105,26 @@ def test_comparison_parent_children_summary_and_resume(tracking_store, tmp_path,
     assert len(again) == 5 and {r.info.status for r in again} == {"FINISHED"}
 
 
+def test_a_parent_never_adopts_arms_of_a_study_its_storage_does_not_hold(tracking_store, tmp_path, capsys):
+    """The same URL, another file behind it (a deleted optuna.db here; a new temporary clone under
+    `mlflow run <git URI>`): one line, before any arm is queued or trained, the parent left as it was."""
+    path = write_experiment(tmp_path, "  name: held\n  freeze: [frozen]\n", **{"train.epochs": 1})
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert main(["compare", "--experiment", path, "--storage", storage]) == 0
+    before = runs_in(tracking_store)
+    (tmp_path / "optuna.db").unlink()
+    capsys.readouterr()
+    assert main(["compare", "--experiment", path, "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    (parent,) = [r for r in before if "mlflow.parentRunId" not in r.data.tags]
+    assert err.count("\n") == 1 and f"compare 'held': its parent run {parent.info.run_id} holds runs of a study " \
+        f"that the storage {storage} does not hold (the study there is new or empty)" in err
+    after = runs_in(tracking_store)
+    assert [(r.info.run_id, r.info.status) for r in after] == [(r.info.run_id, r.info.status) for r in before]
+    study = optuna.load_study(study_name="held", storage=storage)
+    assert study.trials == []  # nothing queued to dangle
+
+
 def test_a_failing_arm_fails_alone(tracking_store, tmp_path):
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"not weights")

@@ -15,6 +15,7 @@ other workers are at work it stays RUNNING, and the last of them ends it.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
+from pipelines.errors import ConfigError
 from pipelines.studies.keys import REASON_ATTR, RUN_ATTR
 from tracking import tags
 from tracking.runs import session
@@ -43,6 +45,32 @@ def _parents(experiment_id: str, identity: dict[str, str]) -> list[Run]:
     runs = MlflowClient().search_runs([experiment_id], filter_string=query)
     parents = [r for r in runs if tags.PARENT not in r.data.tags and tags.WORKER_OF not in r.data.tags]
     return sorted(parents, key=lambda r: (r.info.start_time, r.info.run_id))
+
+
+def check_held(kind: str, study_name: str, storage_id: str, experiment_name: str, linked: str | None,
+               shown: str) -> None:
+    """Refuse, before anything is queued or trained, a study that is not the one behind the parent run
+    these tags find: a parent that already has children, while the study links no parent (an empty
+    study: another file behind the same URL, a storage deleted) or links another one. Adopting it would
+    nest a second set of children under the first and report links to the first's. `linked`: the study's
+    parent run id (study_run.link_study), None for a study never linked; `shown`: the storage URL as the
+    user may read it (no password)."""
+    client = MlflowClient()
+    launcher = session.launcher_run_id()
+    if launcher:
+        experiment_id = client.get_run(launcher).info.experiment_id
+    else:
+        experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name)
+        if experiment is None:
+            return
+        experiment_id = experiment.experiment_id
+    parents = _parents(experiment_id, {tags.STUDY: study_name, tags.STORAGE_ID: storage_id, tags.ENTRY_POINT: kind})
+    if not parents or parents[0].info.run_id == linked or (linked is None and not children(parents[0].info.run_id)):
+        return
+    held = f"links parent run {linked}" if linked else "is new or empty"
+    raise ConfigError(f"{kind} '{study_name}': its parent run {parents[0].info.run_id} holds runs of a study that the "
+                      f"storage {shown} does not hold (the study there {held}); point --storage at that "
+                      "study's storage, or give a new --study_name")
 
 
 def open_parent(kind: str, study_name: str, storage_id: str, experiment_name: str,
@@ -74,6 +102,9 @@ def open_parent(kind: str, study_name: str, storage_id: str, experiment_name: st
     reopen(parent)
     if launcher and adopt_launcher:
         session.take_launcher_run()
+        # nested under the parent: the Training runs page shows one row per study, however many workers
+        # and reruns; `worker_of` keeps it out of the children (arms, trials) that views and reports read
+        client.set_tag(launcher, tags.PARENT, parent)
         client.set_tag(launcher, tags.WORKER_OF, parent)
         client.set_tag(launcher, tags.RUN_NAME, f"worker · {kind} · {study_name}")
     return ParentRun(parent, experiment_id, launcher if adopt_launcher else None)
@@ -111,10 +142,12 @@ def log_values(run_id: str, metrics: dict[str, float], run_tags: dict[str, str])
 
 
 def children(parent_run_id: str) -> list[Run]:
+    """The parent's arms or trials, oldest first (its workers' `mlflow run` records, nested too, left out)."""
     client = MlflowClient()
     parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{tags.PARENT}` = '{parent_run_id}'",
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{tags.PARENT}` = '{parent_run_id}'",
                               order_by=["attributes.start_time ASC"])
+    return [r for r in runs if tags.WORKER_OF not in r.data.tags]
 
 
 def finished_here(run_id: str) -> bool:
