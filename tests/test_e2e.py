@@ -64,14 +64,16 @@ def test_main_entry_point_runs_the_quickstart_comparison(tmp_path):
                       backbone=None, weights=None, max_samples="24", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    # the launcher's run is the worker's record, beside the comparison's parent
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "worker_of" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    # one top-level run: the comparison's parent; the launcher's run, its worker's record, nested under it
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                and "worker_of" not in r.data.tags]
     assert sorted((r.data.tags["backbone"], r.data.tags["freeze"]) for r in children) == [
         (f"timm/tf_efficientnet_lite{n}", policy) for n in (0, 1) for policy in ("frozen", "unfrozen")]
     assert {r.info.status for r in runs} == {"FINISHED"}
     (worker,) = [r for r in runs if "worker_of" in r.data.tags]
-    assert worker.data.tags["worker_of"] == parent.info.run_id and worker.data.params["epochs"] == "1"
+    assert worker.data.tags["worker_of"] == worker.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert worker.data.params["epochs"] == "1"
     assert (tmp_path / "optuna.db").is_file()  # the comparison is a study in the Optuna storage given
 
 
