@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_collection_modifyitems(items):
     """Slow tests first: with several pytest-xdist workers the quick ones then fill the gaps at the end,
-    instead of two long tests running last, alone."""
+    instead of two long tests running last, alone. `make test` passes --maxschedchunk 1 so that each
+    worker takes the next test when free; xdist's default chunks would give one worker every slow test."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None and item.get_closest_marker("e2e") is None)
 
 

@@ -57,6 +57,7 @@ def test_gradual_schedule_past_the_last_epoch_fails_before_any_arm(tracking_stor
     assert runs_in(tracking_store) == []
 
 
+@pytest.mark.slow
 def test_comparison_parent_children_summary_and_resume(tracking_store, tmp_path, capsys):
     path = write_experiment(tmp_path, "  name: tiny\n  freeze: [frozen, unfrozen]\n  seeds: [0, 1]\n")
     assert main(["compare", "--experiment", path]) == 0

@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
 
 from freezeframe.cli import main
 from tests.conftest import free_port, wait_for_http
@@ -18,6 +19,7 @@ def get(url: str):
         return json.load(reply)
 
 
+@pytest.mark.slow
 def test_dashboard_shows_the_study_and_its_trials(tracking_store, tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     assert main(["search", "--experiment", search_experiment(tmp_path, SPACE), "--storage", storage,

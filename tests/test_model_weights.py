@@ -95,6 +95,7 @@ def test_a_crafted_description_fails_in_one_line_before_anything_runs(tmp_path, 
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_a_version_without_safetensors_is_refused_then_reregistered(tracking_store, tmp_path, digit_images, capsys):  # noqa: F811
     """A model logged the old way (pickle only): weights= and predict say how to re-register it in one
     line; `freezeframe reregister` (the user vouching for the pickle) adds weights/, then both work."""

@@ -27,6 +27,7 @@ def digit_images(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_best_arm_is_champion_and_predict_reads_its_preprocessing(tracking_store, tmp_path, digit_images, capsys):
     path = write_experiment(tmp_path, "  name: grid\n  freeze: [frozen, unfrozen]\n",
                             **{"tracking.log_model": True, "train.epochs": 3})

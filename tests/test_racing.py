@@ -2,6 +2,7 @@
 
 import mlflow
 import optuna
+import pytest
 from optuna.trial import TrialState, create_trial
 
 from freezeframe.cli import main
@@ -39,6 +40,7 @@ def test_an_arm_is_raced_against_other_groups_only_and_never_against_a_probe():
     assert not judged(study, "linear_probe", 0.1).should_prune()
 
 
+@pytest.mark.slow
 def test_racing_stops_a_losing_arm_marks_it_and_keeps_it_out_of_the_statistics(tracking_store, tmp_path):
     grid = """\
   name: raced

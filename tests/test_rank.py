@@ -62,6 +62,7 @@ def test_rank_by_an_unknown_score_is_one_line(capsys):
     assert err.count("\n") == 1 and "invalid choice: 'h_score'" in err
 
 
+@pytest.mark.slow
 def test_screening_fine_tunes_only_the_best_backbones_and_marks_the_others(tracking_store, tmp_path, capsys):
     grid = """\
   name: screened

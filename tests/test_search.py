@@ -81,6 +81,7 @@ def search_experiment(tmp_path, search: str) -> str:
 SPACE = "  study_name: tiny\n  batch_size: {low: 8, high: 32}\n  lr: {low: 0.001, high: 0.05}\n"
 
 
+@pytest.mark.slow
 def test_search_mirrors_every_trial_in_mlflow_and_continues_the_study(tracking_store, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     path = search_experiment(tmp_path, SPACE + "  pruner: none\n")

@@ -20,6 +20,7 @@ def children_of(tracking_store):
     return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
+@pytest.mark.slow
 def test_the_memory_ceiling_cuts_the_space_and_every_trial_fits(tracking_store, tmp_path, capsys):
     """A guard well inside the space: test_resnet at 128 px needs ~+50 MB at batch 8 and ~+580 MB at 128."""
     limit = int(in_use_mb(torch.device("cpu"))) + 450
