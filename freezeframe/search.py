@@ -70,7 +70,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     url, storage = open_storage(args.storage)
     study = open_search(spec, url, storage, cfg.train.epochs)
     parent_run.check_held("search", spec.study_name, storage_id(url), cfg.tracking.experiment_name,
-                          study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
+                          lambda: study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
     declared = spec.batch_sizes
     spec, ceilings = batch_size_ceiling(study, storage, url, spec, cfg)  # a smallest batch too big: refused here
     study.sampler = make_sampler(spec)  # the grid sampler's grid is the space as cut

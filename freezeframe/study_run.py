@@ -182,7 +182,7 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
                          else ("maximize", kind))
     study = open_study(name, url, storage, kind, (direction,), (metric,), pruner=racing_pruner(spec.racing))
     parent_run.check_held(kind, name, storage_id(url), cfg.tracking.experiment_name,
-                          study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
+                          lambda: study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
     with study_lock(url, name):
         reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
         done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
@@ -47,14 +48,16 @@ def _parents(experiment_id: str, identity: dict[str, str]) -> list[Run]:
     return sorted(parents, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
-def check_held(kind: str, study_name: str, storage_id: str, experiment_name: str, linked: str | None,
-               shown: str) -> None:
+def check_held(kind: str, study_name: str, storage_id: str, experiment_name: str,
+               linked: Callable[[], str | None], shown: str) -> None:
     """Refuse, before anything is queued or trained, a study that is not the one behind the parent run
     these tags find: a parent that already has children, while the study links no parent (an empty
     study: another file behind the same URL, a storage deleted) or links another one. Adopting it would
-    nest a second set of children under the first and report links to the first's. `linked`: the study's
-    parent run id (study_run.link_study), None for a study never linked; `shown`: the storage URL as the
-    user may read it (no password)."""
+    nest a second set of children under the first and report links to the first's. `linked` reads the
+    study's parent run id (study_run.link_study; None for a study never linked) from the storage, after
+    the children are seen: a worker links the study before it starts any child, so a worker starting
+    beside it never reads a link older than the children it saw. `shown`: the storage URL as the user
+    may read it (no password)."""
     client = MlflowClient()
     launcher = session.launcher_run_id()
     if launcher:
@@ -65,9 +68,12 @@ def check_held(kind: str, study_name: str, storage_id: str, experiment_name: str
             return
         experiment_id = experiment.experiment_id
     parents = _parents(experiment_id, {tags.STUDY: study_name, tags.STORAGE_ID: storage_id, tags.ENTRY_POINT: kind})
-    if not parents or parents[0].info.run_id == linked or (linked is None and not children(parents[0].info.run_id)):
+    if not parents or not children(parents[0].info.run_id):
         return
-    held = f"links parent run {linked}" if linked else "is new or empty"
+    link = linked()
+    if link == parents[0].info.run_id:
+        return
+    held = f"links parent run {link}" if link else "is new or empty"
     raise ConfigError(f"{kind} '{study_name}': its parent run {parents[0].info.run_id} holds runs of a study that the "
                       f"storage {shown} does not hold (the study there {held}); point --storage at that "
                       "study's storage, or give a new --study_name")
