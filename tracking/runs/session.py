@@ -98,13 +98,18 @@ def take_launcher_run() -> str | None:
     return run_id
 
 
+def experiment_name_in_use(configured: str) -> str:
+    """The config's experiment name, unless MLFLOW_EXPERIMENT_NAME names one."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or configured
+
+
 def use_experiment(experiment_name: str) -> str:
     """The config's experiment (unless MLFLOW_EXPERIMENT_NAME names one), created if missing.
 
     Several workers starting at once may all try to create it: the losers of that race take the
     winner's, instead of failing on the unique name.
     """
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
+    name = experiment_name_in_use(experiment_name)
     for attempt in range(3):
         try:
             return mlflow.set_experiment(name).experiment_id

@@ -15,7 +15,6 @@ other workers are at work it stays RUNNING, and the last of them ends it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,23 @@ def _parents(experiment_id: str, identity: dict[str, str]) -> list[Run]:
     return sorted(parents, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
+def _identity(kind: str, study_name: str, storage_id: str) -> dict[str, str]:
+    """The tags that find a study's parent: a study is its name in its storage, of one kind."""
+    return {tags.STUDY: study_name, tags.STORAGE_ID: storage_id, tags.ENTRY_POINT: kind}
+
+
+def _experiment_id(experiment_name: str, create: bool) -> str | None:
+    """Where a study's parent lives: the `mlflow run` launcher's experiment, else the config's (created
+    when `create`; None when it does not exist and is not to be created)."""
+    launcher = session.launcher_run_id()
+    if launcher:
+        return MlflowClient().get_run(launcher).info.experiment_id
+    if create:
+        return session.use_experiment(experiment_name)
+    found = MlflowClient().get_experiment_by_name(session.experiment_name_in_use(experiment_name))
+    return found.experiment_id if found else None
+
+
 def check_held(kind: str, study_name: str, storage_id: str, experiment_name: str,
                linked: Callable[[], str | None], shown: str) -> None:
     """Refuse, before anything is queued or trained, a study that is not the one behind the parent run
@@ -58,16 +74,8 @@ def check_held(kind: str, study_name: str, storage_id: str, experiment_name: str
     the children are seen: a worker links the study before it starts any child, so a worker starting
     beside it never reads a link older than the children it saw. `shown`: the storage URL as the user
     may read it (no password)."""
-    client = MlflowClient()
-    launcher = session.launcher_run_id()
-    if launcher:
-        experiment_id = client.get_run(launcher).info.experiment_id
-    else:
-        experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name)
-        if experiment is None:
-            return
-        experiment_id = experiment.experiment_id
-    parents = _parents(experiment_id, {tags.STUDY: study_name, tags.STORAGE_ID: storage_id, tags.ENTRY_POINT: kind})
+    experiment_id = _experiment_id(experiment_name, create=False)
+    parents = _parents(experiment_id, _identity(kind, study_name, storage_id)) if experiment_id else []
     if not parents or not children(parents[0].info.run_id):
         return
     link = linked()
@@ -86,9 +94,8 @@ def open_parent(kind: str, study_name: str, storage_id: str, experiment_name: st
     another, such as a screened comparison's ranking: the comparison takes it)."""
     client = MlflowClient()
     launcher = session.launcher_run_id()
-    experiment_id = (client.get_run(launcher).info.experiment_id if launcher
-                     else session.use_experiment(experiment_name))
-    identity = {tags.STUDY: study_name, tags.STORAGE_ID: storage_id, tags.ENTRY_POINT: kind}
+    experiment_id = _experiment_id(experiment_name, create=True)
+    identity = _identity(kind, study_name, storage_id)
     parents = _parents(experiment_id, identity)
     mine = None
     if not parents:
