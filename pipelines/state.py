@@ -32,6 +32,6 @@ def is_temporary(folder: Path) -> bool:
     return bool(fetched) or not os.access(folder, os.W_OK)
 
 
-def state_dir(folder: Path | None = None) -> Path | None:
-    """The stable folder for state when `folder` (the working folder) is a temporary one, else None."""
-    return user_state_dir() if is_temporary(folder or Path.cwd()) else None
+def state_dir() -> Path | None:
+    """The stable folder for state when the working folder is a temporary one, else None."""
+    return user_state_dir() if is_temporary(Path.cwd()) else None
