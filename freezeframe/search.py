@@ -7,7 +7,7 @@ import argparse
 
 import optuna
 
-from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, run_child, work
+from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, reuse_run, run_child, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.errors import without_password
 from pipelines.studies.keys import PARENT_RUN_ID_ATTR, RETRY_ATTR, RUN_ATTR, TWIN_ATTR
@@ -42,9 +42,7 @@ class TrialObjective:
         name = f"trial {trial.number} · bs {choice['batch_size']}"
         twin = finished_twin(trial.study, trial)
         if twin is not None and twin.user_attrs.get(RUN_ATTR):
-            run_id = parent_run.record_twin(self.parent_run_id, twin.user_attrs[RUN_ATTR], name,
-                                            {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number)})
-            trial.set_user_attr(RUN_ATTR, run_id)
+            run_id = reuse_run(trial, self.parent_run_id, twin.user_attrs[RUN_ATTR], name)
             trial.set_user_attr(TWIN_ATTR, twin.number)
             print(f"trial {trial.number} {trial.params}: as trial {twin.number}, reused (run {run_id})", flush=True)
             return self._value(twin.values)

@@ -132,6 +132,17 @@ def _told(trial: FrozenTrial) -> None:
         print(f"{name}: {trial.state.name} {trial.user_attrs.get(REASON_ATTR, '')}".rstrip(), file=sys.stderr)
 
 
+def reuse_run(trial: optuna.Trial, parent_run_id: str, source_run_id: str, run_name: str,
+              run_tags: dict[str, str] | None = None) -> str:
+    """A trial whose result is a finished run's (a search's twin, a screening's ranking arm): that run
+    copied under the parent (parent_run.record_twin), recorded on the trial; nothing trains."""
+    run_id = parent_run.record_twin(parent_run_id, source_run_id, run_name,
+                                    {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number),
+                                     **(run_tags or {})})
+    trial.set_user_attr(RUN_ATTR, run_id)
+    return run_id
+
+
 class ArmObjective:
     """A comparison's trial: train the arm it names; its value is `value(outcome)`, by default the
     monitored metric's best epoch."""
@@ -149,10 +160,8 @@ class ArmObjective:
         arm_tags = {tags.COMPARISON: self.name, tags.ARM: arm.name}
         if key in self.reuse:  # this very arm (same config digest) already ran, as a screening's ranking arm
             parent_run.reopen(self.parent_run_id)
-            run_id = parent_run.record_twin(self.parent_run_id, self.reuse[key], arm.name,
-                                            {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number),
-                                             tags.CONFIG_DIGEST: key, **arm_tags})
-            trial.set_user_attr(RUN_ATTR, run_id)
+            run_id = reuse_run(trial, self.parent_run_id, self.reuse[key], arm.name,
+                               {tags.CONFIG_DIGEST: key, **arm_tags})
             print(f"[trial {trial.number}] {arm.name}: the ranking's run {self.reuse[key]}, reused (run {run_id})",
                   flush=True)
             return parent_run.metric(run_id, f"best/{cfg.train.monitor}")
