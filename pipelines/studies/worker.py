@@ -166,19 +166,20 @@ class StudyWorker:
 
 def reap_dead(study: optuna.Study, storage: optuna.storages.BaseStorage,
               on_dead: Callable[[optuna.Study, FrozenTrial], None]) -> None:
-    """Fail the trials whose worker died, then `on_dead` each (queue it again, close its run): Optuna's
-    heartbeat on RDB storages, and the owner record on this host for any storage (a journal keeps no
-    heartbeat)."""
-    if _heartbeat_interval(storage) is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # calls on_dead through the storage's callback
+    """Fail the trials whose worker died, then `on_dead` each (queue it again, close its run): the owner
+    record on this host for any storage (a journal keeps no heartbeat), then Optuna's heartbeat on RDB
+    storages for the other hosts' trials. The owner record goes first because it says which process
+    died; a trial the heartbeat fails is finished before anyone can record why."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(OWNER_ATTR) or {}
         if not died_here(owner):
             continue
         if fail_trial(study, storage, trial.number, f"its worker (pid {owner['pid']}) died"):  # else reaped by another
             on_dead(study, storage.get_trial(trial_id(study, storage, trial.number)))
+    if _heartbeat_interval(storage) is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # calls on_dead through the storage's callback
 
 
 @contextlib.contextmanager
