@@ -23,6 +23,9 @@ START := $(shell date +%s)
 # uv installs the lock (constraints.txt) in about 35 s where pip takes about 200 s: torch's CUDA wheels
 # are several GB and uv fetches them in parallel. pip bootstraps uv at the version the lock pins; uv
 # reads the system's certificates as pip does (UV_SYSTEM_CERTS; older uv releases called it UV_NATIVE_TLS).
+# --compile-bytecode: pip writes the .pyc files at install time and uv does not; where the environment sets
+# PYTHONDONTWRITEBYTECODE (CI's does) no process ever writes them, and each `freezeframe` process then
+# compiled torch, sklearn and mlflow from source: 27 s to import instead of 12 s.
 # Where uv cannot run, pip installs the same lock. The project itself goes in editable (the checkout is
 # the code that runs) for the `freezeframe` command; --no-build-isolation: setuptools is already there,
 # so this needs no network.
@@ -31,7 +34,7 @@ LOCK := -r requirements.txt -r requirements-dev.txt -c constraints.txt
 UV_VERSION := $(shell sed -n 's/^uv==//p' constraints.txt)
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	{ $(PIP) uv==$(UV_VERSION) && UV_SYSTEM_CERTS=true UV_LINK_MODE=copy $(BIN)/uv pip install --quiet \
+	{ $(PIP) uv==$(UV_VERSION) && UV_SYSTEM_CERTS=true UV_LINK_MODE=copy $(BIN)/uv pip install --quiet --compile-bytecode \
 	    --python $(BIN)/python $(LOCK); } || { echo "make install: uv failed; installing with pip"; $(PIP) $(LOCK); }
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)

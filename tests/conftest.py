@@ -27,6 +27,13 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None and item.get_closest_marker("e2e") is None)
 
 
+def pytest_sessionfinish(session):
+    """The preloaded server of the worker tests (tests/preloaded.py), where this process started one."""
+    from tests import preloaded
+
+    preloaded.stop()
+
+
 _EMPTY_STORE: list[Path] = []
 
 

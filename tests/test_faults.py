@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, runs_in, store_in, tiny_experiment
+from tests.preloaded import PreloadedProcess, start_worker
 
 pytestmark = pytest.mark.slow
 # epochs long enough that a kill or a signal sent after the first one lands mid-run, and no longer
@@ -21,15 +22,13 @@ def experiment(tmp_path, compare: dict | None = None, **overrides) -> Path:
     return tiny_experiment(tmp_path, yaml.safe_dump({"compare": compare}) if compare else "", **overrides)
 
 
-def start(tmp_path, *args: str) -> subprocess.Popen:
+def start(tmp_path, *args: str) -> PreloadedProcess:
+    """A worker process, `python -m freezeframe ARGS`, forked with its libraries already imported (SIGINT
+    raises KeyboardInterrupt in it, even where the suite runs in the background with SIGINT ignored)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": store_in(tmp_path), "PYTHONPATH": str(ROOT)}
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(leaked, None)
-    # SIGINT back to its default: a suite started in the background by a non-interactive shell inherits
-    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C could not be tested.
-    return subprocess.Popen([sys.executable, "-m", "freezeframe", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return start_worker(list(args), tmp_path, env)
 
 
 def rerun(capsys, *args: str) -> str:

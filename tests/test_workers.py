@@ -5,8 +5,6 @@ Run through the storages of the scale-out recipe: a journal file (works anywhere
 server`, and PostgreSQL for both the Optuna storage and the MLflow backend store."""
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.studies.storage import make_storage, storage_id
 from tests.conftest import ROOT, serving_mlflow, tiny_experiment
+from tests.preloaded import PreloadedProcess, start_worker
 
 pytestmark = pytest.mark.slow
 WORKERS, TRIALS_EACH = 3, 2
@@ -43,12 +42,12 @@ def worker_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def start(tmp_path, tracking_uri: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "freezeframe", *args], cwd=tmp_path, env=worker_env(tracking_uri),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(tmp_path, tracking_uri: str, *args: str) -> PreloadedProcess:
+    """A worker process, `python -m freezeframe ARGS`, forked with its libraries already imported."""
+    return start_worker(list(args), tmp_path, worker_env(tracking_uri))
 
 
-def finish(workers: list[subprocess.Popen]) -> list[str]:
+def finish(workers: list[PreloadedProcess]) -> list[str]:
     outputs = [w.communicate(timeout=900)[0] for w in workers]  # bounded: a hung worker fails the test
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-3000:]
