@@ -180,9 +180,11 @@ def serving_mlflow(folder: Path, extra_args: tuple[str, ...] = (), env: dict | N
         log.close()
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    with serving_mlflow(tmp_path) as url:
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real `mlflow server` per test process, shared by the tests that only need a server: starting
+    one costs ~12 s of CPU. Each test keeps to its own experiment, study, storage and model names."""
+    with serving_mlflow(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
 
 

@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
-from tests.test_compare import write_experiment
+from tests.conftest import tiny_experiment
 from tests.test_search import SPACE, search_experiment
 
 pytestmark = pytest.mark.slow
@@ -25,8 +25,10 @@ def server_tracking(mlflow_server, monkeypatch, tmp_path):
 
 def test_compare_and_search_through_a_tracking_server(server_tracking, tmp_path):
     client = server_tracking
-    grid = write_experiment(tmp_path, "  name: served\n  freeze: [frozen, unfrozen]\n",
-                            **{"tracking.experiment_name": "served", "tracking.log_model": True})
+    # its own file name, so its own registered model (freezeframe-served): the server is shared
+    grid = str(tiny_experiment(tmp_path, "compare:\n  name: served\n  freeze: [frozen, unfrozen]\n",
+                               filename="served.yaml", **{"tracking.experiment_name": "served",
+                                                          "tracking.log_model": True}))
     assert main(["compare", "--experiment", grid]) == 0
     search = search_experiment(tmp_path, SPACE)
     assert main(["search", "--experiment", search, "--storage", f"sqlite:///{tmp_path}/optuna.db",
@@ -51,7 +53,7 @@ def test_compare_and_search_through_a_tracking_server(server_tracking, tmp_path)
         "summary/summary.md", "summary/summary.csv"}
     local = client.download_artifacts(children[0].info.run_id, "plots/training_curves.png", str(tmp_path))
     assert open(local, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert client.get_model_version_by_alias("freezeframe-grid", "champion").tags["source_run_id"] == \
+    assert client.get_model_version_by_alias("freezeframe-served", "champion").tags["source_run_id"] == \
         parent.data.tags["best_run_id"]
 
     (tests_experiment,) = [e for e in client.search_experiments() if e.name == "tests"]

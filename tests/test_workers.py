@@ -13,20 +13,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.studies.storage import make_storage, storage_id
-from tests.conftest import ROOT, serving_mlflow, tiny_experiment
+from tests.conftest import ROOT, tiny_experiment
 from tests.preloaded import PreloadedProcess, start_worker
 
 pytestmark = pytest.mark.slow
 WORKERS, TRIALS_EACH = 3, 2
 SEARCH = "search:\n  study_name: shared\n  batch_size: {low: 8, high: 32}\n  pruner: none\n  sampler: random\n"
 GRID = "compare:\n  name: shared-grid\n  freeze: [frozen, unfrozen]\n  seeds: [0, 1, 2]\n"
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """One server for this module's tests (each its own study and storage): starting one takes seconds."""
-    with serving_mlflow(tmp_path_factory.mktemp("server")) as url:
-        yield url
 
 
 def experiment(tmp_path, section: str) -> Path:
