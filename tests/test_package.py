@@ -67,20 +67,25 @@ def link_locked_distributions(site: Path) -> int:
             relative = os.path.normpath(str(file))
             if relative.startswith(".."):  # console scripts, in .venv/bin, run .venv's python: not taken
                 continue
-            path, target = os.path.join(source, relative), os.path.join(site, relative)
-            folder = os.path.dirname(target)
-            if folder not in made:
-                os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            try:
-                os.link(path, target)
-            except FileNotFoundError:  # a RECORD entry gone (a .pyc never written): nothing to take
-                continue
-            except FileExistsError:
-                continue
-            except OSError:
-                shutil.copy2(path, target)
-            linked += 1
+            pairs = [(os.path.join(source, relative), os.path.join(site, relative))]
+            if relative.endswith(".py"):  # its bytecode too: uv compiles it after the install, outside RECORD
+                stem = os.path.basename(relative)[:-3]
+                cached = os.path.join("__pycache__", f"{stem}.{sys.implementation.cache_tag}.pyc")
+                pairs.append(tuple(os.path.join(os.path.dirname(p), cached) for p in pairs[0]))
+            for path, target in pairs:
+                folder = os.path.dirname(target)
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                try:
+                    os.link(path, target)
+                except FileNotFoundError:  # a RECORD entry gone, a module never compiled: nothing to take
+                    continue
+                except FileExistsError:
+                    continue
+                except OSError:
+                    shutil.copy2(path, target)
+                linked += 1
     return linked
 
 
