@@ -23,18 +23,20 @@ START := $(shell date +%s)
 # uv installs the lock (constraints.txt) in about 35 s where pip takes about 200 s: torch's CUDA wheels
 # are several GB and uv fetches them in parallel. pip bootstraps uv at the version the lock pins; uv
 # reads the system's certificates as pip does (UV_SYSTEM_CERTS; older uv releases called it UV_NATIVE_TLS).
-# --compile-bytecode: pip writes the .pyc files at install time and uv does not; where the environment sets
-# PYTHONDONTWRITEBYTECODE (CI's does) no process ever writes them, and each `freezeframe` process then
-# compiled torch, sklearn and mlflow from source: 27 s to import instead of 12 s.
+# Bytecode: Python writes a module's .pyc the first time it imports it, except where PYTHONDONTWRITEBYTECODE
+# is set (CI's environment sets it). There nothing would ever write them and every process would compile
+# torch, sklearn and mlflow from source (27 s to import freezeframe's commands instead of 12 s), so there
+# the install compiles them all (--compile-bytecode, ~50 s on 2 cores; pip always does, uv by default not).
 # Where uv cannot run, pip installs the same lock. The project itself goes in editable (the checkout is
 # the code that runs) for the `freezeframe` command; --no-build-isolation: setuptools is already there,
 # so this needs no network.
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 LOCK := -r requirements.txt -r requirements-dev.txt -c constraints.txt
 UV_VERSION := $(shell sed -n 's/^uv==//p' constraints.txt)
+UV_COMPILE := $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	{ $(PIP) uv==$(UV_VERSION) && UV_SYSTEM_CERTS=true UV_LINK_MODE=copy $(BIN)/uv pip install --quiet --compile-bytecode \
+	{ $(PIP) uv==$(UV_VERSION) && UV_SYSTEM_CERTS=true UV_LINK_MODE=copy $(BIN)/uv pip install --quiet $(UV_COMPILE) \
 	    --python $(BIN)/python $(LOCK); } || { echo "make install: uv failed; installing with pip"; $(PIP) $(LOCK); }
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
