@@ -56,7 +56,10 @@ def make_storage(url: str, on_dead_trial: Callable | None = None) -> optuna.stor
     try:
         # one worker at a time: workers starting together on an empty database race in Optuna's schema
         # creation (PostgreSQL: UniqueViolation on pg_type), as MLflow's own store does
-        with study_lock(url, SCHEMA_LOCK):
+        with study_lock(url, SCHEMA_LOCK), warnings.catch_warnings():
+            # the heartbeat is what fails a dead worker's trials: chosen, so Optuna's "experimental" notice
+            # on every worker's start is noise
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=on_dead_trial)
