@@ -56,10 +56,7 @@ def make_storage(url: str, on_dead_trial: Callable | None = None) -> optuna.stor
     try:
         # one worker at a time: workers starting together on an empty database race in Optuna's schema
         # creation (PostgreSQL: UniqueViolation on pg_type), as MLflow's own store does
-        with study_lock(url, SCHEMA_LOCK), warnings.catch_warnings():
-            # the heartbeat is what fails a dead worker's trials: chosen, so Optuna's "experimental" notice
-            # on every worker's start is noise
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with study_lock(url, SCHEMA_LOCK), experimental_api():  # the heartbeat fails a dead worker's trials
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=on_dead_trial)
@@ -111,10 +108,19 @@ def open_study(name: str, url: str, storage: optuna.storages.BaseStorage, kind: 
                                     pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True)
         if existing is None:
             study.set_user_attr(KIND_ATTR, kind)
-            with warnings.catch_warnings():  # ExperimentalWarning: the API is stable in practice since Optuna 3.2
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with experimental_api():
                 study.set_metric_names(list(metrics))  # optuna-dashboard shows "val/acc", not "Objective 0"
     return study
+
+
+@contextlib.contextmanager
+def experimental_api() -> Iterator[None]:
+    """Optuna's APIs that still raise its ExperimentalWarning (heartbeats, stale-trial retries, metric
+    names), chosen on purpose and stable in practice since Optuna 3.2: the notice would be noise in every
+    worker's output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipelines.errors import first_line
 from pipelines.processes import died_here, this_process
 from pipelines.studies.keys import OPTUNA_FAILED_TRIAL, OWNER_ATTR, REASON_ATTR, RETRY_ATTR
-from pipelines.studies.storage import study_id, study_lock
+from pipelines.studies.storage import experimental_api, study_id, study_lock
 from pipelines.training.runtime import free_memory
 
 MAX_RETRIES = 3  # an arm that kills its worker every time (the OOM killer, say) is not retried forever
@@ -56,8 +56,7 @@ def _heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a failed trial's params and attributes again, with Optuna's own retry callback."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental_api():
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
@@ -177,8 +176,7 @@ def reap_dead(study: optuna.Study, storage: optuna.storages.BaseStorage,
         if fail_trial(study, storage, trial.number, f"its worker (pid {owner['pid']}) died"):  # else reaped by another
             on_dead(study, storage.get_trial(trial_id(study, storage, trial.number)))
     if _heartbeat_interval(storage) is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with experimental_api():
             optuna.storages.fail_stale_trials(study)  # calls on_dead through the storage's callback
 
 
