@@ -110,8 +110,11 @@ class _Server:
         return PreloadedProcess(pid, read, self.exits)
 
     def stop(self) -> None:
+        import shutil
+
         self.process.terminate()
         self.process.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)  # its socket and exit files: nothing left in /tmp
 
 
 _server: list[_Server] = []
@@ -140,10 +143,10 @@ def _serve(address: str, exits: Path) -> None:
     listener.bind(address)
     listener.listen(64)
     print("ready", flush=True)
+    listener.settimeout(0.1)  # wakes to reap ended children between requests
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         with contextlib.suppress(TimeoutError):
-            listener.settimeout(0.1)
             connection, _ = listener.accept()
             message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 1)
             request = json.loads(message)
@@ -176,8 +179,8 @@ def _child(request: dict, output_fd: int) -> None:
     stdin = os.open(os.devnull, os.O_RDONLY)
     os.dup2(stdin, 0)
     os.close(stdin)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the server's handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter does, even if inherited ignored
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

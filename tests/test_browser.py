@@ -100,25 +100,23 @@ def test_mlflow_ui_shows_the_comparison(mlflow_server, tmp_path):
                 if "mlflow.parentRunId" in r.data.tags and "worker_of" not in r.data.tags]
     arms = ("timm/test_resnet · frozen · seed 0", "timm/test_resnet · unfrozen · seed 0")
 
-    # one browser profile, as one user's browser: its cache spares each page after the first MLflow's scripts
-    profile = tmp_path / "chromium-profile"
     runs_link = printed_link(output, "training runs")
     assert runs_link == f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs"
-    runs_page = browse(runs_link, profile, shot(tmp_path, "training-runs.png"), height=1000)
+    runs_page = browse(runs_link, tmp_path / "p1", shot(tmp_path, "training-runs.png"), height=1000)
     assert top_level_rows(runs_page) == ["compare · seen"]  # its arms and its worker folded under it
     assert "Training runs" in runs_page
     assert "FINISHED earlier" in compare_through_mlflow_run(mlflow_server, grid, tmp_path)
-    assert top_level_rows(browse(runs_link, profile)) == ["compare · seen"]
+    assert top_level_rows(browse(runs_link, tmp_path / "p5")) == ["compare · seen"]
 
     compare_link = printed_link(output, "compare arms")
     assert compare_link.startswith(f"{mlflow_server}/#/compare-runs?runs=")
     assert all(r.info.run_id in compare_link for r in children) and len(children) == 2
-    compare = browse(compare_link, profile, shot(tmp_path, "compare-runs.png"), expect=arms)
+    compare = browse(compare_link, tmp_path / "p2", shot(tmp_path, "compare-runs.png"), expect=arms)
     assert "Comparing 2 Runs" in compare
     for name in arms:
         assert name in compare, name
     # its metric table shows only its first rows (system/* before test/ and val/): accuracy is charted here
-    charts = browse(printed_link(output, "arm charts"), profile, shot(tmp_path, "arm-charts.png"),
+    charts = browse(printed_link(output, "arm charts"), tmp_path / "p4", shot(tmp_path, "arm-charts.png"),
                     expect=(*arms, "val/acc", "test/acc"))
     text = re.sub(r"<[^>]+>", "", charts)
     assert "2 matching runs" in text and "compare · seen" not in text  # the arms alone, flat
@@ -128,7 +126,7 @@ def test_mlflow_ui_shows_the_comparison(mlflow_server, tmp_path):
     version = client.get_model_version_by_alias("freezeframe-grid", "champion").version
     champion_link = printed_link(output, "champion")
     assert champion_link == f"{mlflow_server}/#/models/freezeframe-grid/versions/{version}"
-    champion = browse(champion_link, profile)
+    champion = browse(champion_link, tmp_path / "p3")
     assert f"Version {version}" in champion and "best arm of comparison seen" in champion
 
 

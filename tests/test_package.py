@@ -67,12 +67,12 @@ def link_locked_distributions(site: Path) -> int:
             relative = os.path.normpath(str(file))
             if relative.startswith(".."):  # console scripts, in .venv/bin, run .venv's python: not taken
                 continue
-            pairs = [(os.path.join(source, relative), os.path.join(site, relative))]
+            taken = [relative]
             if relative.endswith(".py"):  # its bytecode too: uv compiles it after the install, outside RECORD
-                stem = os.path.basename(relative)[:-3]
-                cached = os.path.join("__pycache__", f"{stem}.{sys.implementation.cache_tag}.pyc")
-                pairs.append(tuple(os.path.join(os.path.dirname(p), cached) for p in pairs[0]))
-            for path, target in pairs:
+                pyc = f"{os.path.basename(relative)[:-3]}.{sys.implementation.cache_tag}.pyc"
+                taken.append(os.path.join(os.path.dirname(relative), "__pycache__", pyc))
+            for name in taken:
+                path, target = os.path.join(source, name), os.path.join(site, name)
                 folder = os.path.dirname(target)
                 if folder not in made:
                     os.makedirs(folder, exist_ok=True)
