@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         cfg, sections = config_from_args(args) if args.command not in ("predict", "reregister") else (None, {})
         cfg = stable_state(args, cfg)
-        from freezeframe import commands  # after parsing: `--help` and config errors stay instant
+        from freezeframe.commands import command  # after parsing: `--help` and config errors stay instant
 
-        return commands.COMMANDS[args.command](args, cfg, sections)
+        return command(args.command)(args, cfg, sections)
     except FreezeframeError as exc:
         message = first_line(exc, limit=2000)
         _close_launcher_run(message)

@@ -1,10 +1,15 @@
-"""Each sub-command's body, by name; imported after parsing, so `--help` and config errors stay instant."""
+"""Each sub-command's body, by name. Only the chosen command's module is imported, after parsing, so
+`--help` and config errors stay instant and a command loads only what it uses: `predict` no study code,
+and compare, rank and search the training stack only when an arm or trial trains (freezeframe.study_run),
+so a rerun with nothing left to train answers without torch."""
 
-from freezeframe.compare import compare
-from freezeframe.predict import predict, reregister
-from freezeframe.rank import rank
-from freezeframe.search import search
-from freezeframe.train import pretrain, train
+import importlib
+from collections.abc import Callable
 
-COMMANDS = {"train": train, "pretrain": pretrain, "compare": compare, "search": search, "rank": rank,
-            "predict": predict, "reregister": reregister}
+# command → the freezeframe module that defines a function of that name
+MODULES = {"train": "train", "pretrain": "train", "compare": "compare", "search": "search", "rank": "rank",
+           "predict": "predict", "reregister": "predict"}
+
+
+def command(name: str) -> Callable[..., int]:
+    return getattr(importlib.import_module(f"freezeframe.{MODULES[name]}"), name)

@@ -10,7 +10,8 @@ from typing import NoReturn
 from freezeframe import __version__
 from pipelines.config import RunConfig
 from pipelines.training.run import PreparedRun, RunOutcome, execute, prepare
-from tracking.models.registry import is_registry_uri, resolve_state_dict
+from tracking.models.model_store import resolve_state_dict
+from tracking.models.registry import is_registry_uri
 from tracking.runs import stale
 from tracking.runs.run_logger import MlflowTracker, run_name
 from tracking.runs.session import tracked_run

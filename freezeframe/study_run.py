@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from freezeframe.single_run import TrackedRun, prepare_run, record_failure, run_tracked
 from pipelines.config import MONITORS, RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError, without_password
 from pipelines.studies.arms import Arm, Comparison, arm_configs, queue_arms
@@ -31,12 +30,16 @@ from pipelines.studies.keys import (
 from pipelines.studies.racing import racing_pruner
 from pipelines.studies.storage import DEFAULT_STORAGE, DIRECTIONS, make_storage, open_study, storage_id, study_lock
 from pipelines.studies.worker import EpochReporter, StudyWorker, reap_dead, requeue
-from pipelines.training.run import RunOutcome
 from tracking import links, tags
 from tracking.runs import session
 from tracking.store import ensure_reachable
 from tracking.studies import comparison_report, parent_run
 from tracking.studies.parent_run import FAILED, FINISHED, KILLED, ParentRun
+
+if TYPE_CHECKING:  # the training stack (torch, timm, sklearn) loads when an arm trains (run_child), not before:
+    # a rerun with nothing left to train, or a worker that finds no arm, answers without it
+    from freezeframe.single_run import TrackedRun
+    from pipelines.training.run import RunOutcome
 
 T = TypeVar("T")
 
@@ -75,6 +78,8 @@ def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_poi
               child_tags: dict[str, str], listeners: tuple = ()) -> TrackedRun:
     """One arm or trial: prepared, then trained as a child run; the trial records the run id as soon as
     the run exists. A preparation that fails still leaves a FAILED child saying why."""
+    from freezeframe.single_run import prepare_run, record_failure, run_tracked  # see TYPE_CHECKING above
+
     run_tags = {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number), tags.CONFIG_DIGEST: digest(cfg),
                 **child_tags}
 

@@ -61,9 +61,14 @@ def test_compare_from_a_git_uri_twice_trains_once_under_one_row(served_project, 
     assert "is a temporary folder" in first.stderr and f"study storage {storage}" in first.stderr
     assert list((state_home / "checkpoints").glob("*/last.pt"))  # not in the clone MLflow made and left
 
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # -X importtime in both processes (mlflow's CLI, freezeframe's worker): nothing to train, so no torch
+    second = subprocess.run(cmd, cwd=tmp_path, env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True,
+                            text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("FINISHED earlier") == 2  # the same study, found again: nothing trains
+    imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "freezeframe.study_run" in imported and not imported & {"torch", "timm", "torchvision", "sklearn"}
 
     runs = runs_in(store)
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # one row on Training runs

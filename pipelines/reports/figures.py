@@ -1,24 +1,31 @@
 """Figures of a run, as matplotlib Figures (the tracker decides where they go).
 
 Built with the Figure API, not pyplot: no global figure registry, so the tracker's background
-thread can render them while training goes on, and nothing needs closing."""
+thread can render them while training goes on, and nothing needs closing.
+
+A study's summary draws its figures here too, so the per-run figures' own libraries (torchvision, and
+sklearn's metrics) load in the functions that need them: a rerun with nothing to train loads neither."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs are scripts, not notebooks
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 
 def confusion_figure(matrix: torch.Tensor, class_names: list[str], title: str) -> Figure:
+    from sklearn.metrics import ConfusionMatrixDisplay  # see the module's docstring
+
     size = max(5.0, 0.45 * len(class_names) + 2)
     fig = Figure(figsize=(size, size))
     ax = fig.subplots()
@@ -49,6 +56,8 @@ def curves_figure(history: list[dict[str, float]], title: str) -> Figure:
 
 def samples_figure(images: torch.Tensor, labels: list[int], class_names: list[str], title: str) -> Figure:
     """The inputs as the model sees them (resized, denormalised), with their labels."""
+    from torchvision.utils import make_grid  # see the module's docstring
+
     grid = make_grid(images[:32], nrow=8, padding=2, pad_value=1.0).permute(1, 2, 0).numpy()
     fig = Figure(figsize=(10, 10 * grid.shape[0] / grid.shape[1] + 0.8))
     ax = fig.subplots()

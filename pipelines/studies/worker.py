@@ -25,7 +25,6 @@ from pipelines.errors import first_line
 from pipelines.processes import died_here, this_process
 from pipelines.studies.keys import OPTUNA_FAILED_TRIAL, OWNER_ATTR, REASON_ATTR, RETRY_ATTR
 from pipelines.studies.storage import experimental_api, study_id, study_lock
-from pipelines.training.runtime import free_memory
 
 MAX_RETRIES = 3  # an arm that kills its worker every time (the OOM killer, say) is not retried forever
 # what max_trials counts: a failed trial is either queued again (WAITING) or did not use its place
@@ -151,6 +150,8 @@ class StudyWorker:
         else:
             frozen = self.study.tell(trial, value)
         finally:
+            from pipelines.training.runtime import free_memory  # torch: loaded by the trial that just ran
+
             free_memory()
         self.on_told(frozen)
 

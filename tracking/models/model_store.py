@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.errors import first_line
 from pipelines.models import portable
+from tracking.models.registry import MODELS_URI
 from tracking.store import TrackingError
 
 if TYPE_CHECKING:  # annotations only: reading weights back (links, the registry) needs no training code
@@ -146,3 +147,14 @@ def load_for_inference(uri: str) -> tuple[torch.nn.Module, dict]:
         raise TrackingError(f"model '{uri}' is not a model URI: use models:/<name>@<alias> or runs:/<run_id>/model")
     with fetched_weights(uri, f"cannot load model {uri}") as folder:
         return portable.rebuild(folder, uri)
+
+
+def resolve_state_dict(uri: str) -> dict[str, torch.Tensor]:
+    """The registered model's tensors for pipelines (which never sees mlflow): its safetensors file, read
+    as data. Its pickled flavour is never loaded, so registering a version cannot run code here."""
+    if not MODELS_URI.fullmatch(uri):
+        raise TrackingError(f"weights '{uri}' is not a registry URI: use models:/<name>/<version> "
+                            "or models:/<name>@<alias>")
+    with fetched_weights(uri, f"cannot load {uri} from the model registry") as folder:
+        portable.read_description(folder / portable.DESCRIPTION, uri)  # a crafted description fails here
+        return portable.read_tensors(folder / portable.TENSORS, uri)

@@ -1,16 +1,16 @@
-"""The MLflow Model Registry as a weights source: `models:/<name>/<version>` or `models:/<name>@<alias>`."""
+"""The MLflow Model Registry as a weights source: `models:/<name>/<version>` or `models:/<name>@<alias>`.
+
+URIs and registration only, without torch: a study's summary registers its champion and links to it,
+and a rerun with nothing left to train loads no training stack. Reading the weights is model_store's."""
 
 from __future__ import annotations
 
 import re
 
 import mlflow
-import torch
 from mlflow.exceptions import MlflowException
 
-from pipelines.models import portable
 from tracking import tags
-from tracking.models.model_store import fetched_weights
 from tracking.store import TrackingError
 
 # models:/<name>/<version> or models:/<name>@<alias>: the registry URIs freezeframe reads and links to
@@ -19,17 +19,6 @@ MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alia
 
 def is_registry_uri(weights: str) -> bool:
     return weights.startswith("models:/")
-
-
-def resolve_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """The registered model's tensors for pipelines (which never sees mlflow): its safetensors file, read
-    as data. Its pickled flavour is never loaded, so registering a version cannot run code here."""
-    if not MODELS_URI.fullmatch(uri):
-        raise TrackingError(f"weights '{uri}' is not a registry URI: use models:/<name>/<version> "
-                            "or models:/<name>@<alias>")
-    with fetched_weights(uri, f"cannot load {uri} from the model registry") as folder:
-        portable.read_description(folder / portable.DESCRIPTION, uri)  # a crafted description fails here
-        return portable.read_tensors(folder / portable.TENSORS, uri)
 
 
 def register_run_model(run_id: str, name: str, alias: str, description: str, tag_run_id: str | None = None) -> str:
