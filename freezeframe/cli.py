@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ RUN_FLAGS = {
     "backbone": "model.backbone", "weights": "model.weights", "freeze": "model.freeze",
     "dataset": "data.dataset", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
     "image_size": "data.image_size", "seed": "seed", "max_samples": "data.max_samples",
-    "resume": "train.resume", "log_model": "tracking.log_model",
+    "resume": "train.resume", "log_model": "tracking.log_model", "devices": "train.devices",
 }
 # The grid's own axes (backbone, weights, freeze, seed) come from its compare: section.
 COMPARE_FLAGS = ("dataset", "epochs", "batch_size", "lr", "image_size", "max_samples", "log_model")
@@ -153,18 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `mlflow run` cancellation end runs as KILLED
     try:
         args = build_parser().parse_args(argv)
+        args.argv = sys.argv[1:] if argv is None else argv  # train.devices > 1 runs this command again, N times
         cfg, sections = config_from_args(args) if args.command not in ("predict", "reregister") else (None, {})
+        if cfg is not None and cfg.train.devices > 1 and args.command not in ("train", "pretrain"):
+            raise ConfigError(f"train.devices > 1 is for train and pretrain; {args.command}'s workers train "
+                              "each arm or trial in one process (run several workers to use several devices)")
         cfg = stable_state(args, cfg)
         from freezeframe.commands import command  # after parsing: `--help` and config errors stay instant
 
         return command(args.command)(args, cfg, sections)
     except FreezeframeError as exc:
         message = first_line(exc, limit=2000)
-        _close_launcher_run(message)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone owns the launcher's run
+            _close_launcher_run(message)
         print(f"freezeframe: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("freezeframe: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"freezeframe: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
 
 

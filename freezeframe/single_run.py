@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from freezeframe import __version__
 from pipelines.config import RunConfig
+from pipelines.training import distributed
 from pipelines.training.run import PreparedRun, RunOutcome, execute, prepare
 from tracking.models.model_store import resolve_state_dict
 from tracking.models.registry import is_registry_uri
@@ -46,7 +47,8 @@ def run_tracked(prepared: PreparedRun, entry_point: str, parent_run_id: str | No
         tracker = MlflowTracker(run.info.run_id, __version__)
         tracker.log_setup(prepared, entry_point)
         try:
-            outcome = execute(prepared, listeners=(tracker, *listeners))
+            with distributed.peers_watched():  # under torchrun: another rank's death ends this run KILLED
+                outcome = execute(prepared, listeners=(tracker, *listeners))
             tracker.log_outcome(outcome)
         except BaseException:
             tracker.flush(raise_errors=False)  # what was queued reaches the store before the run ends

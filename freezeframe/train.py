@@ -1,19 +1,30 @@
-"""`train` and `pretrain`: one tracked run; pretrain also registers the model for later transfer."""
+"""`train` and `pretrain`: one tracked run; pretrain also registers the model for later transfer.
+
+With `train.devices: N > 1` the run trains data-parallel on N processes (pipelines/training/distributed.py):
+started here under torch.distributed.run, or by the user's own `torchrun --nproc_per_node=N -m freezeframe
+train ...`. Rank 0 owns the MLflow run (under `mlflow run`, the launcher's); the other ranks train beside
+it and log nothing."""
 
 from __future__ import annotations
 
 import argparse
 
-from freezeframe.single_run import prepare_run, run_tracked
+from freezeframe.single_run import TrackedRun, prepare_run, run_tracked
 from pipelines.config import RunConfig, with_overrides
+from pipelines.training import distributed
+from pipelines.training.run import execute
+from pipelines.training.runtime import resolve_device
 from tracking import links
 from tracking.models.registry import register_run_model
 from tracking.store import ensure_reachable
 
 
 def train(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
-    ensure_reachable()
-    done = run_tracked(prepare_run(cfg), entry_point="train")
+    if cfg.train.devices > 1 and distributed.world_size() == 1:
+        return launch(args, cfg)
+    done = train_here(cfg, "train")
+    if done is None:
+        return 0
     fit = done.outcome.fit
     print(f"run {done.run_id}: test/acc {fit.test['test/acc']:.4f} (best epoch {fit.best_epoch})")
     print(links.format_links(links.run_links(done.run_id)))
@@ -24,8 +35,11 @@ def pretrain(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     """Train on a source dataset and register the model, so `weights=models:/<name>@<alias>` can start
     another backbone's transfer run with no network."""
     cfg = with_overrides(cfg, {"tracking.log_model": True})
-    ensure_reachable()
-    done = run_tracked(prepare_run(cfg), entry_point="pretrain")
+    if cfg.train.devices > 1 and distributed.world_size() == 1:
+        return launch(args, cfg)
+    done = train_here(cfg, "pretrain")
+    if done is None:
+        return 0
     name = args.registered_model or f"{cfg.model.backbone.replace('/', '-')}-{cfg.data.dataset}"
     test_acc = done.outcome.fit.test["test/acc"]
     uri = register_run_model(done.run_id, name, args.alias,
@@ -37,3 +51,26 @@ def pretrain(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
         found["registered"] = page
     print(links.format_links(found))
     return 0
+
+
+def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """This same command on train.devices processes, once the machine is known to have the devices."""
+    distributed.check_devices(cfg.train.devices, resolve_device(cfg.train.device))
+    print(f"freezeframe: training on {cfg.train.devices} processes (torch.distributed.run)", flush=True)
+    return distributed.launch(cfg.train.devices, args.argv)
+
+
+def train_here(cfg: RunConfig, entry_point: str) -> TrackedRun | None:
+    """This process's part: the whole tracked run on rank 0 (or alone), the same training without any
+    tracking on the other ranks (None)."""
+    if distributed.world_size() > 1:  # under torchrun: the params show the world size the run had
+        cfg = with_overrides(cfg, {"train.devices": distributed.world_size()})
+    try:
+        if not distributed.is_main():
+            with distributed.peers_watched():
+                execute(prepare_run(cfg))
+            return None
+        ensure_reachable()
+        return run_tracked(prepare_run(cfg), entry_point=entry_point)
+    finally:
+        distributed.stop()

@@ -72,6 +72,9 @@ class TrainConfig:
     monitor: str = "val/acc"  # metric that picks the best epoch and drives early stopping
     early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 = off
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    # processes one run trains on, data-parallel (one per GPU; on the CPU, gloo): > 1 starts them under
+    # torch.distributed.run; batch_size stays the global batch, each process takes batch_size / devices
+    devices: int = 1
     amp: bool = True  # mixed precision; only ever applied on CUDA
     channels_last: bool = True
     memory_limit_mb: int = 0  # CPU memory guard: a run whose peak RSS passes this fails cleanly; 0 = off
@@ -103,7 +106,8 @@ FEATURE_CACHES = ("memory", "disk", "off")
 SCHEDULERS = ("cosine", "constant")
 MONITORS = {"val/acc": "max", "val/f1_macro": "max", "val/loss": "min"}
 # Keys that change neither the data nor the model, so two runs differing only there are the same run.
-_NOT_IN_DIGEST = ("tracking", "train.resume", "train.checkpoint_dir", "train.device", "data.num_workers")
+_NOT_IN_DIGEST = ("tracking", "train.resume", "train.checkpoint_dir", "train.device", "train.devices",
+                  "data.num_workers")
 
 
 # Top-level sections of an experiment file read by other entry points (compare, search), not by a run.
@@ -172,6 +176,9 @@ def validate(cfg: RunConfig) -> None:
     checks = [
         (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+        (t.devices >= 1, f"train.devices must be >= 1, got {t.devices}"),
+        (t.batch_size % t.devices == 0, f"train.batch_size {t.batch_size} is the global batch: it must divide by "
+                                        f"train.devices ({t.devices}), each process taking batch_size / devices"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
@@ -197,6 +204,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(message)
     policy = cfg.model.policy  # parsed here: model.freeze and model.bn checked too
     policy.check_schedule(t.epochs)
+    if policy.kind == "linear_probe" and t.devices > 1:
+        raise ConfigError("linear_probe fits its head in one process (L-BFGS on cached features): "
+                          f"train.devices must be 1, got {t.devices}")
     if policy.kind == "linear_probe" and (d.augment or cfg.model.bn == "train"):
         raise ConfigError("linear_probe fits the head on fixed features, from the backbone in eval mode: "
                           f"{'data.augment' if d.augment else 'model.bn=train'} does not apply to it; turn it off")

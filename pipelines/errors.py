@@ -25,6 +25,11 @@ class TrainingError(FreezeframeError):
     """Training that cannot go on (a NaN loss, for instance)."""
 
 
+class PeerLost(KeyboardInterrupt):
+    """Another process of a data-parallel run died: this one stops as interrupted (its run ends KILLED,
+    resumable), not as a failure of its own."""
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line for a one-line message; its type when it says nothing (EOFError())."""
     lines = str(getattr(exc, "message", None) or exc).strip().splitlines()

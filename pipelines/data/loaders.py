@@ -13,6 +13,7 @@ from torchvision.transforms import InterpolationMode, v2
 from pipelines.config import DataConfig
 from pipelines.data.sources import RawDataset
 from pipelines.data.splits import SPLITS, split_digest, split_indices
+from pipelines.training import distributed
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,21 @@ def make_transform(prep: Preprocessing, size: int, augment: bool) -> v2.Compose:
 
 def make_loaders(data: DataBundle, batch_size: int, num_workers: int, seed: int,
                  pin_memory: bool = False) -> dict[str, DataLoader]:
+    """The three splits' loaders. `batch_size` is the global batch: under data-parallel training each
+    process takes batch_size / processes from its shard (pipelines/training/distributed.py)."""
     generator = torch.Generator().manual_seed(seed)  # the shuffle order is part of the experiment
-    return {
-        split: DataLoader(
-            data.datasets[split], batch_size=batch_size, shuffle=split == "train",
-            generator=generator if split == "train" else None, num_workers=num_workers,
-            pin_memory=pin_memory, persistent_workers=num_workers > 0,
-        )
-        for split in SPLITS
-    }
+    world = distributed.world_size()
+    if world == 1:
+        return {split: DataLoader(data.datasets[split], batch_size=batch_size, shuffle=split == "train",
+                                  generator=generator if split == "train" else None, num_workers=num_workers,
+                                  pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                for split in SPLITS}
+    train = data.datasets["train"]
+    return {split: DataLoader(
+        train if split == "train" else distributed.eval_shard(data.datasets[split]), batch_size=batch_size // world,
+        sampler=distributed.ShardSampler(len(train), generator) if split == "train" else None,
+        generator=generator if split == "train" else None, num_workers=num_workers, pin_memory=pin_memory,
+        persistent_workers=num_workers > 0) for split in SPLITS}
 
 
 def denormalize(batch: torch.Tensor, prep: Preprocessing) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The training loop: device-agnostic, seeded, checkpointed each epoch, reporting through listeners.
 
 The engine logs nothing itself. Each epoch's metrics go to every listener (the MLflow tracker,
-Optuna's pruning reporter, ...) as a plain dict; the end result comes back as a FitResult.
+Optuna's pruning reporter, ...) as a plain dict; the end result comes back as a FitResult. Under
+data-parallel training every rank runs this loop; rank 0 alone writes checkpoints and prints (its caller
+gives the listeners to rank 0 alone).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,27 +22,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pipelines.config import MONITORS, TrainConfig
-from pipelines.errors import TrainingError
 from pipelines.models import freezing
-from pipelines.training import checkpoints, memory
-from pipelines.training.metrics import compute, make_metrics
-from pipelines.training.optimizer import make_optimizer, optimizer_step
-from pipelines.training.runtime import autocast_context, grad_scaler
+from pipelines.training import checkpoints, distributed, memory
+from pipelines.training.metrics import make_metrics
+from pipelines.training.optimizer import make_optimizer
+from pipelines.training.runtime import grad_scaler
+from pipelines.training.stepper import EpochPass, Stepper
 
 
 class Listener(Protocol):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
-
-
-class EpochPass(NamedTuple):
-    """One pass over a split: its metrics (`<split>/acc`, ...), confusion matrix, true and predicted classes,
-    and (the test pass only: nothing else reads it) each image's probability of its true class."""
-
-    metrics: dict[str, float]
-    confusion: torch.Tensor
-    true: torch.Tensor
-    predicted: torch.Tensor
-    p_true: torch.Tensor
 
 
 @dataclass
@@ -87,13 +78,14 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
             listener.on_epoch_end(int(past["epoch"]), past)
 
     memory.reset_peak(device)  # this run's peak, not the worker's earlier ones (perf/peak_memory_mb, the guard)
-    step = _Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
-                    cfg.memory_limit_mb)
+    step = Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
+                   cfg.memory_limit_mb, train_model=distributed.wrap(model, device))
     stopped_early, started, checkpoint_s = False, time.perf_counter(), 0.0
     momenta: dict[nn.Module, float | None] = {}
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if epoch in thaw:
             _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
+            step.train_model = distributed.wrap(model, device)  # DDP again, over the new trainable set
         freezing.restart_batchnorm_statistics(model, momenta)  # evaluated with this epoch's statistics
         tick = time.perf_counter()
         train_metrics = step.run_epoch(loaders["train"], "train", desc=f"epoch {epoch}/{cfg.epochs} train").metrics
@@ -116,11 +108,12 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
             state.best_confusion = val_confusion
         state.epoch = epoch
         state.history.append(row)
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and distributed.is_main():
             saving = time.perf_counter()
             checkpoints.save(checkpoint_dir, state, model, optimizer, scheduler, scaler, loaders["train"].generator)
             checkpoint_s += time.perf_counter() - saving
-        tqdm.write(_summary(row, cfg.epochs))
+        if distributed.is_main():
+            tqdm.write(_summary(row, cfg.epochs))
         for listener in listeners:
             listener.on_epoch_end(epoch, row)
         if cfg.early_stopping_patience and epoch - state.best_epoch >= cfg.early_stopping_patience:
@@ -175,75 +168,3 @@ def _summary(row: dict[str, float], epochs: int) -> str:
     return (f"epoch {int(row['epoch'])}/{epochs}  train/loss {row['train/loss']:.4f}  "
             f"train/acc {row['train/acc']:.4f}  val/loss {row['val/loss']:.4f}  val/acc {row['val/acc']:.4f}  "
             f"{row['perf/epoch_s']:.1f}s  {row['perf/images_per_s']:.0f} img/s")
-
-
-def evaluate(model: nn.Module, loaders: dict[str, DataLoader], num_classes: int, device: torch.device,
-             label_smoothing: float = 0.0) -> dict[str, EpochPass]:
-    """Each split's evaluation pass, the training split's included (a head fitted by other means, as the
-    linear probe is, reports the same metrics as one the engine trained)."""
-    step = _Stepper(model, None, None, nn.CrossEntropyLoss(label_smoothing=label_smoothing),
-                    make_metrics(num_classes, device), device, torch.contiguous_format, False)
-    model.to(device)
-    return {split: step.run_epoch(loader, split, desc=f"{split} eval", train=False)
-            for split, loader in loaders.items()}
-
-
-class _Stepper:
-    """One pass over a loader, training or evaluating, with the run's device/AMP/memory-format choices."""
-
-    def __init__(self, model, optimizer, scaler, criterion, metrics, device, memory_format, amp, memory_limit_mb=0):
-        self.model, self.optimizer, self.scaler = model, optimizer, scaler
-        self.criterion, self.metrics, self.device = criterion, metrics, device
-        self.memory_format, self.amp, self.memory_limit_mb = memory_format, amp, memory_limit_mb
-
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
-        non_blocking = self.device.type == "cuda"
-        return (x.to(self.device, memory_format=self.memory_format, non_blocking=non_blocking),
-                y.to(self.device, non_blocking=non_blocking))
-
-    def run_epoch(self, loader: DataLoader, split: str, desc: str, train: bool | None = None) -> EpochPass:
-        """One pass over `split`'s loader: training on "train" (unless `train` says otherwise), evaluating
-        on the others."""
-        train = split == "train" if train is None else train
-        self.model.train(train)
-        count, batches, preds, targets, p_true = 0, 0, [], [], []
-        # The loss is summed on the device and looked at every `check_every` batches: each look is a
-        # host-device sync, which on CUDA would stall the queue of kernels once a batch (on the CPU it
-        # is free, so every batch is checked before its step).
-        loss_sum = torch.zeros((), device=self.device)
-        check_every = 1 if self.device.type == "cpu" else 16
-        grad_mode = torch.enable_grad() if train else torch.inference_mode()
-        with grad_mode:
-            for x, y in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
-                x, y = self._to_device(x, y)
-                with autocast_context(self.device, self.amp):
-                    logits = self.model(x)
-                    loss = self.criterion(logits, y)
-                loss_sum += loss.detach().float() * len(y)
-                batches += 1
-                if batches % check_every == 0:
-                    self._check_finite(loss_sum, split, batches)
-                if train:
-                    memory.check_limit(self.memory_limit_mb)
-                    optimizer_step(loss, self.optimizer, self.scaler)
-                # the metrics take the epoch's predicted classes in one update at its end: per batch, their
-                # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
-                preds.append(logits.detach().argmax(1))
-                targets.append(y)
-                if split == "test":  # per image: what the paired statistics and "which images does it miss?" read
-                    p_true.append(logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1))
-                count += len(y)
-        if batches % check_every:  # the batches since the last check
-            self._check_finite(loss_sum, split, batches)
-        predicted, true = (torch.cat(preds), torch.cat(targets)) if preds else (torch.empty(0, dtype=torch.long),) * 2
-        if preds:
-            self.metrics.update(predicted, true)
-        values, confusion = compute(self.metrics, split)
-        values[f"{split}/loss"] = loss_sum.item() / max(count, 1)
-        return EpochPass(values, confusion, true, predicted, torch.cat(p_true) if p_true else torch.empty(0))
-
-    def _check_finite(self, loss_sum: torch.Tensor, split: str, batches: int) -> None:
-        if not torch.isfinite(loss_sum):
-            where = f"at batch {batches}" if self.device.type == "cpu" else f"by batch {batches}"
-            lr = f" (lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr" if self.optimizer else ""
-            raise TrainingError(f"{split} loss became {loss_sum.item()} {where}{lr}")

@@ -56,6 +56,8 @@ def blocker(prepared) -> str | None:
         return f"policy {cfg.model.freeze} trains the backbone"
     if cfg.data.feature_cache == "off":
         return "data.feature_cache is off"
+    if cfg.train.devices > 1:
+        return f"train.devices is {cfg.train.devices}: each process trains on its shard of the images"
     if not policy.holds_batchnorm:
         return "model.bn is train: the frozen backbone's BatchNorm normalises each batch by its own statistics"
     if cfg.data.augment:

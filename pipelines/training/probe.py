@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from pipelines.models.backbones import head_module
 from pipelines.ranking.scores import score_features
 from pipelines.training import feature_cache, memory
-from pipelines.training.engine import FitResult, Listener, evaluate, final_perf, from_test_pass
+from pipelines.training.engine import FitResult, Listener, final_perf, from_test_pass
+from pipelines.training.stepper import evaluate
 
 if TYPE_CHECKING:
     from pipelines.training.run import PreparedRun

@@ -26,7 +26,7 @@ from pipelines.models.freezing import FreezeReport, apply_policy, thaw_schedule
 from pipelines.models.weight_sources import check_source
 from pipelines.policy import Policy
 from pipelines.reports.predictions import predictions_csv
-from pipelines.training import feature_cache
+from pipelines.training import distributed, feature_cache
 from pipelines.training.engine import FitResult, Listener, fit
 from pipelines.training.probe import ProbeResult, run_probe
 from pipelines.training.runtime import resolve_device, seed_everything
@@ -77,6 +77,8 @@ def slug(text: str) -> str:
 def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -> PreparedRun:
     """Everything that can reject the input, in the order a user would fix it."""
     device = resolve_device(cfg.train.device)
+    distributed.check_devices(cfg.train.devices, device)
+    device = distributed.start(device)  # under torchrun: this rank's device, in the process group
     if state_dict is None:
         check_source(cfg.model.weights)
     raw = load_dataset(cfg.data.dataset, cfg.data.root)

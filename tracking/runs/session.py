@@ -123,8 +123,8 @@ def use_experiment(experiment_name: str) -> str:
 def _ended_on_exit(run_id: str) -> Iterator[None]:
     try:
         yield
-    except KeyboardInterrupt:
-        end_run(run_id, RunStatus.to_string(RunStatus.KILLED), "interrupted")
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, or another rank of a data-parallel run died (PeerLost)
+        end_run(run_id, RunStatus.to_string(RunStatus.KILLED), str(exc) or "interrupted")
         raise
     except optuna.TrialPruned as exc:  # a pruned trial was stopped on purpose: KILLED, and tagged as such
         MlflowClient().set_tag(run_id, tag_names.OPTUNA_STATE, "PRUNED")

@@ -1,0 +1,170 @@
+"""One run on N processes: data-parallel training under PyTorch's elastic launcher (`torchrun`).
+
+`train.devices: N` starts the run's command again under `torch.distributed.run` (`launch`), or a user
+runs `torchrun --nproc_per_node=N -m freezeframe train ...` directly; either way each process finds its
+rank in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK). gloo on CPU, NCCL on CUDA.
+
+Each epoch's metrics equal one process's over the same examples: the training split is one seeded
+permutation per epoch (the same as the one-process loader draws) dealt out round-robin, without the
+padding DistributedSampler adds, so no image counts twice; ranks that run out of batches first wait
+in DDP's Join. Validation and test are cut into contiguous shards, and every pass's predictions are
+gathered in rank order, so the test predictions come back in the split's order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, RandomSampler, Sampler, Subset
+
+from pipelines.errors import ConfigError, PeerLost, first_line
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """Rank 0 (or the only process): the one that logs, checkpoints and prints."""
+    return rank() == 0
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def check_devices(devices: int, device: torch.device) -> None:
+    """What the config cannot know: the machine has the devices asked for (batch and count: config.validate)."""
+    if devices > 1 and device.type == "cuda" and devices > torch.cuda.device_count():
+        raise ConfigError(f"train.devices is {devices} but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s)")
+    if devices > 1 and device.type == "mps":
+        raise ConfigError("train.devices > 1 needs CUDA (NCCL) or the CPU (gloo); MPS trains in one process")
+
+
+def start(device: torch.device) -> torch.device:
+    """Join the process group torchrun set up (no-op in one process); returns this rank's device."""
+    if world_size() <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    elif "OMP_NUM_THREADS" not in os.environ:  # N processes on the CPU: share its cores, not N x all of them
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """The network as DDP sees it, built again whenever its trainable parameters change (a thaw):
+    DDP registers the parameters that require grad when it is built."""
+    if not active() or not any(p.requires_grad for p in model.parameters()):
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def joined(model: nn.Module):
+    """DDP's Join: a rank with fewer training batches keeps answering the others' gradient all-reduces."""
+    return model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's part of one seeded permutation per epoch: indices[rank::world], no padding. Every rank,
+    and a one-process run with the same seed, draws the same permutation from the same generator (which
+    a checkpoint restores), so global batch k holds the same images as the one-process run's batch k."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size, self.generator = size, generator
+
+    def __iter__(self) -> Iterator[int]:
+        # torch's RandomSampler itself draws the permutation: the same draws from the generator as the
+        # one-process loader makes (it consumes one more randperm per epoch than the permutation needs)
+        order = list(RandomSampler(range(self.size), generator=self.generator))
+        return iter(order[rank()::world_size()])
+
+    def __len__(self) -> int:
+        return len(range(rank(), self.size, world_size()))
+
+
+def eval_shard(dataset: Dataset) -> Dataset:
+    """This rank's contiguous part of an evaluation split (gathered back in rank order)."""
+    if world_size() <= 1:
+        return dataset
+    size, world, r = len(dataset), world_size(), rank()
+    return Subset(dataset, range(r * size // world, (r + 1) * size // world))
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's tensor, concatenated in rank order (sizes may differ); itself in one process."""
+    if not active():
+        return tensor
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, tensor.cpu())
+    return torch.cat(parts).to(tensor.device)
+
+
+def total(value: float) -> float:
+    """The sum of `value` over ranks."""
+    if not active():
+        return value
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, value)
+    return float(sum(parts))
+
+
+@contextlib.contextmanager
+def peers_watched() -> Iterator[None]:
+    """A collective that fails because another rank died (gloo's transport, NCCL's DistBackendError) stops
+    this rank as interrupted (PeerLost): its run ends KILLED and resumable, as the run was, not FAILED for a
+    fault of its own. Elastic's monitor takes the remaining processes down next."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if world_size() > 1 and (isinstance(exc, dist.DistError) or "gloo/transport" in str(exc)):
+            raise PeerLost(f"another process of this {world_size()}-process run died "
+                           f"({first_line(exc, limit=120)})") from exc
+        raise
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def stop() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(devices: int, argv: list[str]) -> int:
+    """`python -m freezeframe <argv>` on `devices` processes of this machine under the elastic launcher,
+    as `torchrun --standalone --nproc_per_node=<devices>` would. A rank that dies takes the others down
+    (elastic's monitor sends them SIGTERM, which ends rank 0's run KILLED). Returns the exit status."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
+                          start_method="spawn")
+    try:
+        elastic_launch(config, sys.executable)("-m", "freezeframe", *argv)
+    except ChildFailedError as exc:
+        failures = [f"rank {r}: exit {f.exitcode}" + (f" ({f.signal_name()})" if f.exitcode < 0 else "")
+                    for r, f in sorted(exc.failures.items())]
+        print(f"freezeframe: {devices} processes: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0

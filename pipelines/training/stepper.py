@@ -1,0 +1,111 @@
+"""One pass over a split's loader, training or evaluating: the part of the loop that touches batches.
+
+Under data-parallel training (pipelines/training/distributed.py) each process passes over its shard and
+the pass's predictions, targets and loss are gathered from every rank before the metrics are computed,
+so every rank reports the same numbers, those of one process over the whole split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pipelines.errors import TrainingError
+from pipelines.training import distributed, memory
+from pipelines.training.metrics import compute, make_metrics
+from pipelines.training.optimizer import optimizer_step
+from pipelines.training.runtime import autocast_context
+
+
+class EpochPass(NamedTuple):
+    """One pass over a split: its metrics (`<split>/acc`, ...), confusion matrix, true and predicted classes,
+    and (the test pass only: nothing else reads it) each image's probability of its true class."""
+
+    metrics: dict[str, float]
+    confusion: torch.Tensor
+    true: torch.Tensor
+    predicted: torch.Tensor
+    p_true: torch.Tensor
+
+
+def evaluate(model: nn.Module, loaders: dict[str, DataLoader], num_classes: int, device: torch.device,
+             label_smoothing: float = 0.0) -> dict[str, EpochPass]:
+    """Each split's evaluation pass, the training split's included (a head fitted by other means, as the
+    linear probe is, reports the same metrics as one the engine trained)."""
+    step = Stepper(model, None, None, nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+                   make_metrics(num_classes, device), device, torch.contiguous_format, False)
+    model.to(device)
+    return {split: step.run_epoch(loader, split, desc=f"{split} eval", train=False)
+            for split, loader in loaders.items()}
+
+
+class Stepper:
+    """One pass over a loader, training or evaluating, with the run's device/AMP/memory-format choices."""
+
+    def __init__(self, model, optimizer, scaler, criterion, metrics, device, memory_format, amp, memory_limit_mb=0,
+                 train_model: nn.Module | None = None):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.criterion, self.metrics, self.device = criterion, metrics, device
+        self.memory_format, self.amp, self.memory_limit_mb = memory_format, amp, memory_limit_mb
+        self.train_model = train_model or model  # DDP's wrapper under data-parallel training: it syncs gradients
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+        non_blocking = self.device.type == "cuda"
+        return (x.to(self.device, memory_format=self.memory_format, non_blocking=non_blocking),
+                y.to(self.device, non_blocking=non_blocking))
+
+    def run_epoch(self, loader: DataLoader, split: str, desc: str, train: bool | None = None) -> EpochPass:
+        """One pass over `split`'s loader: training on "train" (unless `train` says otherwise), evaluating
+        on the others."""
+        train = split == "train" if train is None else train
+        self.model.train(train)
+        batches, preds, targets, p_true = 0, [], [], []
+        # The loss is summed on the device and looked at every `check_every` batches: each look is a
+        # host-device sync, which on CUDA would stall the queue of kernels once a batch (on the CPU it
+        # is free, so every batch is checked before its step).
+        loss_sum = torch.zeros((), device=self.device)
+        check_every = 1 if self.device.type == "cpu" else 16
+        grad_mode = torch.enable_grad() if train else torch.inference_mode()
+        forward = self.train_model if train else self.model
+        with grad_mode, distributed.joined(forward) if train else contextlib.nullcontext():
+            for x, y in tqdm(loader, desc=desc, leave=False, disable=None if distributed.is_main() else True,
+                             dynamic_ncols=True):
+                x, y = self._to_device(x, y)
+                with autocast_context(self.device, self.amp):
+                    logits = forward(x)
+                    loss = self.criterion(logits, y)
+                loss_sum += loss.detach().float() * len(y)
+                batches += 1
+                if batches % check_every == 0:
+                    self._check_finite(loss_sum, split, batches)
+                if train:
+                    memory.check_limit(self.memory_limit_mb)
+                    optimizer_step(loss, self.optimizer, self.scaler)
+                # the metrics take the epoch's predicted classes in one update at its end: per batch, their
+                # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
+                preds.append(logits.detach().argmax(1))
+                targets.append(y)
+                if split == "test":  # per image: what the paired statistics and "which images does it miss?" read
+                    p_true.append(logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1))
+        if batches % check_every:  # the batches since the last check
+            self._check_finite(loss_sum, split, batches)
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        predicted = distributed.gather(torch.cat(preds) if preds else empty)  # every rank's, in rank order
+        true = distributed.gather(torch.cat(targets) if targets else empty)
+        p_true = distributed.gather(torch.cat(p_true) if p_true else torch.empty(0, device=self.device))
+        if len(true):
+            self.metrics.update(predicted, true)
+        values, confusion = compute(self.metrics, split)
+        values[f"{split}/loss"] = distributed.total(loss_sum.item()) / max(len(true), 1)
+        return EpochPass(values, confusion, true, predicted, p_true)
+
+    def _check_finite(self, loss_sum: torch.Tensor, split: str, batches: int) -> None:
+        if not torch.isfinite(loss_sum):
+            where = f"at batch {batches}" if self.device.type == "cpu" else f"by batch {batches}"
+            lr = f" (lr {self.optimizer.param_groups[0]['lr']:.3g}): lower train.lr" if self.optimizer else ""
+            raise TrainingError(f"{split} loss became {loss_sum.item()} {where}{lr}")
