@@ -1,0 +1,138 @@
+"""`train.devices: N`: one run on N processes, data-parallel (gloo on these CPU machines, 2 processes).
+
+The two-process runs use timm's test_convnext (LayerNorm, no BatchNorm): each image is normalised on its
+own, so two processes of 8 images compute exactly what one process of 16 does, and the comparison with a
+one-process run can be tight. (BatchNorm in training mode normalises each process's own batch, as plain
+DDP does; pipelines/training/distributed.py says so.)
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from freezeframe.cli import main
+from pipelines.errors import ConfigError
+from pipelines.training import distributed
+from tests.conftest import runs_in, store_in, tiny_experiment
+from tests.test_e2e import mlflow_run
+
+pytestmark = pytest.mark.slow
+CONVNEXT = {"backbone": "timm/test_convnext", "epochs": "2", "lr": "0.01", "max_samples": "64"}
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.mark.e2e
+def test_two_processes_through_mlflow_run_are_one_run_that_matches_one_process(tmp_path, monkeypatch):
+    done = mlflow_run(tmp_path, "train", devices="2", log_model="true", **CONVNEXT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_in(store_in(tmp_path))  # rank 0 logged into the launcher's run; rank 1 logged nothing
+    assert run.info.status == "FINISHED" and run.data.params["train.devices"] == "2"
+    assert run.data.tags["mlflow.project.entryPoint"] == "train"
+
+    # the same run in one process, in-process, into the same store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_in(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    flags = [f"--{k}={v}" for k, v in {**CONVNEXT, "weights": "none", "image_size": "32", "devices": "1",
+                                         "log_model": "false"}.items()]
+    assert main(["train", "--experiment", str(tmp_path / "tiny.yaml"), *flags]) == 0
+    (single,) = [r for r in runs_in(store_in(tmp_path)) if r.info.run_id != run.info.run_id]
+    client = MlflowClient()
+    for key in ("val/acc", "val/loss", "train/loss", "train/acc"):
+        two, one = history(client, run.info.run_id, key), history(client, single.info.run_id, key)
+        assert [step for step, _ in two] == [1, 2], key  # one value per epoch: no rank logged twice
+        assert np.allclose([v for _, v in two], [v for _, v in one], atol=1e-4), (key, two, one)
+    assert run.data.metrics["test/acc"] == pytest.approx(single.data.metrics["test/acc"], abs=1e-6)
+
+    from pipelines.inference.classify import predict
+    from tracking.models.model_store import load_for_inference
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(image)
+    model, description = load_for_inference(f"runs:/{run.info.run_id}/model")
+    (prediction,) = predict(model, description, image, top_k=3)
+    assert len(prediction.top) == 3
+
+
+def test_kill_9_of_rank_1_ends_the_run_killed_and_the_rerun_resumes(tmp_path):
+    experiment = tiny_experiment(tmp_path, **{"model.backbone": "timm/test_convnext", "train.epochs": 4,
+                                              "data.max_samples": 200, "train.devices": 2})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store_in(tmp_path)}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [sys.executable, "-m", "freezeframe", "train", "--experiment", str(experiment)]
+    worker = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in worker.stdout:  # rank 0 prints each epoch; rank 1 is then in epoch 2
+        if line.startswith("epoch 1/4"):
+            break
+    ranks = [p for p in psutil.Process(worker.pid).children(recursive=True) if "RANK" in p.environ()]
+    (rank1,) = [p for p in ranks if p.environ()["RANK"] == "1"]
+    rank1.kill()
+    killed_at = time.monotonic()
+    output = worker.stdout.read()
+    assert worker.wait(timeout=60) != 0
+    assert time.monotonic() - killed_at < 30, output
+    assert "rank 1: exit -9 (SIGKILL)" in output
+    (run,) = runs_in(store_in(tmp_path))
+    assert run.info.status == "KILLED", output
+    assert run.data.tags["error"].startswith("another process of this 2-process run died")
+    assert len(ranks) == 2 and not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    again = subprocess.run([*cmd, "--resume", "true"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "epoch 1/4" not in again.stdout and "epoch 4/4" in again.stdout  # went on from rank 0's checkpoint
+    (rerun,) = [r for r in runs_in(store_in(tmp_path)) if r.info.run_id != run.info.run_id]
+    assert rerun.info.status == "FINISHED"
+    assert [step for step, _ in history(MlflowClient(), rerun.info.run_id, "val/acc")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--devices", "0"], "train.devices must be >= 1, got 0"),
+    (["--devices", "3", "--batch_size", "16"], "train.batch_size 16 is the global batch: it must divide by "
+                                                "train.devices (3)"),
+    (["--devices", "2", "--freeze", "linear_probe"], "linear_probe fits its head in one process"),
+])
+def test_bad_device_counts_fail_in_one_line_before_any_process_starts(flags, message, tracking_store, tmp_path,
+                                                                        capsys):
+    experiment = tiny_experiment(tmp_path, **{"data.augment": False})
+    assert main(["train", "--experiment", str(experiment), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("freezeframe: error:") and message in err and len(err.splitlines()) == 1
+    assert not runs_in(tracking_store)
+
+
+def test_devices_are_for_train_and_on_cuda_must_exist(tracking_store, tmp_path, capsys):
+    experiment = tiny_experiment(tmp_path, "compare:\n  freeze: [frozen]\n", **{"train.devices": 2})
+    assert main(["compare", "--experiment", str(experiment)]) == 2
+    assert "train.devices > 1 is for train and pretrain" in capsys.readouterr().err
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ConfigError, match=r"train.devices is 2 but this machine has \d CUDA device"):
+            distributed.check_devices(2, torch.device("cuda"))
+
+
+def test_the_shards_deal_one_permutation_without_padding(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    one_process = list(torch.utils.data.RandomSampler(range(11), generator=generator))
+    dealt = []
+    for rank in (0, 1, 2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        dealt.append(list(distributed.ShardSampler(11, torch.Generator().manual_seed(0))))
+        assert len(distributed.ShardSampler(11, generator)) == len(dealt[-1])
+    assert sorted(sum(dealt, [])) == list(range(11))  # every image once, none twice
+    assert [dealt[i % 3][i // 3] for i in range(11)] == one_process  # global batches as one process's
+    shards = []
+    for rank in (0, 1, 2):
+        monkeypatch.setenv("RANK", str(rank))
+        shards.append(list(distributed.eval_shard(list(range(11)))))
+    assert sum(shards, []) == list(range(11))  # contiguous: gathered in rank order, the split's order
