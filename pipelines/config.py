@@ -177,8 +177,8 @@ def validate(cfg: RunConfig) -> None:
         (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
         (t.devices >= 1, f"train.devices must be >= 1, got {t.devices}"),
-        (t.devices < 1 or t.batch_size % t.devices == 0, f"train.batch_size {t.batch_size} is the global batch: it must divide by "
-                                        f"train.devices ({t.devices}), each process taking batch_size / devices"),
+        (t.devices < 1 or t.batch_size % t.devices == 0, f"train.batch_size {t.batch_size} is the global batch: "
+         f"it must divide by train.devices ({t.devices}), each process taking batch_size / devices"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
