@@ -8,6 +8,7 @@ it and log nothing."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from freezeframe.single_run import TrackedRun, prepare_run, run_tracked
 from pipelines.config import RunConfig, with_overrides
@@ -16,6 +17,7 @@ from pipelines.training.run import execute
 from pipelines.training.runtime import resolve_device
 from tracking import links
 from tracking.models.registry import register_run_model
+from tracking.runs.session import kill_launcher_run_left_running
 from tracking.store import ensure_reachable
 
 
@@ -57,7 +59,12 @@ def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
     """This same command on train.devices processes, once the machine is known to have the devices."""
     distributed.check_devices(cfg.train.devices, resolve_device(cfg.train.device))
     print(f"freezeframe: training on {cfg.train.devices} processes (torch.distributed.run)", flush=True)
-    return distributed.launch(cfg.train.devices, args.argv)
+    failed = distributed.launch(cfg.train.devices, args.argv)
+    if failed is None:
+        return 0
+    print(f"freezeframe: {failed}", file=sys.stderr)
+    kill_launcher_run_left_running(failed)  # rank 0 ends its run itself, unless it was the one that died
+    return 1
 
 
 def train_here(cfg: RunConfig, entry_point: str) -> TrackedRun | None:

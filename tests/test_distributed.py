@@ -64,36 +64,53 @@ def test_two_processes_through_mlflow_run_are_one_run_that_matches_one_process(t
     assert len(prediction.top) == 3
 
 
-def test_kill_9_of_rank_1_ends_the_run_killed_and_the_rerun_resumes(tmp_path):
-    experiment = tiny_experiment(tmp_path, **{"model.backbone": "timm/test_convnext", "train.epochs": 4,
-                                              "data.max_samples": 200, "train.devices": 2})
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store_in(tmp_path)}
-    env.pop("MLFLOW_RUN_ID", None)
-    cmd = [sys.executable, "-m", "freezeframe", "train", "--experiment", str(experiment)]
+def start_and_kill(cmd: list[str], tmp_path, env: dict, rank: str, after: str) -> str:
+    """Start a 2-process run, kill -9 one rank once rank 0 printed the line starting with `after`;
+    returns the launcher's output, once every process is gone."""
     worker = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in worker.stdout:  # rank 0 prints each epoch; rank 1 is then in epoch 2
-        if line.startswith("epoch 1/4"):
+    for line in worker.stdout:
+        if line.startswith(after):
             break
     ranks = [p for p in psutil.Process(worker.pid).children(recursive=True) if "RANK" in p.environ()]
-    (rank1,) = [p for p in ranks if p.environ()["RANK"] == "1"]
-    rank1.kill()
+    (victim,) = [p for p in ranks if p.environ()["RANK"] == rank]
+    victim.kill()
     killed_at = time.monotonic()
     output = worker.stdout.read()
     assert worker.wait(timeout=60) != 0
-    assert time.monotonic() - killed_at < 30, output
-    assert "rank 1: exit -9 (SIGKILL)" in output
-    (run,) = runs_in(store_in(tmp_path))
-    assert run.info.status == "KILLED", output
-    assert run.data.tags["error"].startswith("another process of this 2-process run died")
+    assert time.monotonic() - killed_at < 30, output  # elastic's monitor takes the other rank down, no hang
+    assert f"rank {rank}: exit -9 (SIGKILL)" in output
     assert len(ranks) == 2 and not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return output
+
+
+def test_kill_9_of_either_rank_ends_the_run_killed_and_the_rerun_resumes(tmp_path):
+    experiment = tiny_experiment(tmp_path, **{"model.backbone": "timm/test_convnext", "train.epochs": 5,
+                                              "data.max_samples": 200, "train.devices": 2})
+    store = store_in(tmp_path)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    cmd = [sys.executable, "-m", "freezeframe", "train", "--experiment", str(experiment)]
+    client = MlflowClient(store)
+
+    # rank 0 dies: it cannot end its run, so the launcher does (the run `mlflow run` made, as here)
+    launcher = client.create_run(client.create_experiment("launched")).info.run_id
+    output = start_and_kill(cmd, tmp_path, {**env, "MLFLOW_RUN_ID": launcher}, rank="0", after="epoch 1/5")
+    run = client.get_run(launcher)
+    assert run.info.status == "KILLED" and "rank 0: exit -9 (SIGKILL)" in run.data.tags["error"], output
+
+    # rank 1 dies: rank 0's next collective fails, and it ends its own run KILLED
+    env.pop("MLFLOW_RUN_ID", None)
+    output = start_and_kill([*cmd, "--resume", "true"], tmp_path, env, rank="1", after="epoch 2/5")
+    (second,) = [r for r in runs_in(store) if r.info.run_id != launcher]
+    assert second.info.status == "KILLED", output
+    assert second.data.tags["error"].startswith("another process of this 2-process run died")
 
     again = subprocess.run([*cmd, "--resume", "true"], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "epoch 1/4" not in again.stdout and "epoch 4/4" in again.stdout  # went on from rank 0's checkpoint
-    (rerun,) = [r for r in runs_in(store_in(tmp_path)) if r.info.run_id != run.info.run_id]
-    assert rerun.info.status == "FINISHED"
-    assert [step for step, _ in history(MlflowClient(), rerun.info.run_id, "val/acc")] == [1, 2, 3, 4]
+    assert "epoch 2/5" not in again.stdout and "epoch 5/5" in again.stdout  # on from rank 0's last checkpoint
+    (third,) = [r for r in runs_in(store) if r.info.run_id not in (launcher, second.info.run_id)]
+    assert third.info.status == "FINISHED"
+    assert [step for step, _ in history(client, third.info.run_id, "val/acc")] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("flags, message", [

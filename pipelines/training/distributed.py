@@ -150,10 +150,11 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def launch(devices: int, argv: list[str]) -> int:
+def launch(devices: int, argv: list[str]) -> str | None:
     """`python -m freezeframe <argv>` on `devices` processes of this machine under the elastic launcher,
     as `torchrun --standalone --nproc_per_node=<devices>` would. A rank that dies takes the others down
-    (elastic's monitor sends them SIGTERM, which ends rank 0's run KILLED). Returns the exit status."""
+    (elastic's monitor sends them SIGTERM, which ends rank 0's run KILLED). Returns None when every
+    process succeeded, else which ranks failed and how, in one line."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -165,6 +166,5 @@ def launch(devices: int, argv: list[str]) -> int:
     except ChildFailedError as exc:
         failures = [f"rank {r}: exit {f.exitcode}" + (f" ({f.signal_name()})" if f.exitcode < 0 else "")
                     for r, f in sorted(exc.failures.items())]
-        print(f"freezeframe: {devices} processes: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+        return f"{devices} processes: {', '.join(failures)}"
+    return None

@@ -163,6 +163,14 @@ def fail_launcher_run(error: str) -> None:
         end_run(run_id, RunStatus.to_string(RunStatus.FAILED), error)
 
 
+def kill_launcher_run_left_running(error: str) -> None:
+    """After a data-parallel run's processes ended in failure: the run `mlflow run` opened for them, if
+    rank 0 (its owner) died before it could end it, ends KILLED rather than RUNNING with no owner."""
+    run_id = take_launcher_run()
+    if run_id and MlflowClient().get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+        end_run(run_id, RunStatus.to_string(RunStatus.KILLED), error)
+
+
 def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc, limit=5000)}"
 
