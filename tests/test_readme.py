@@ -62,6 +62,9 @@ NOT_RUN = {
         "is tests/test_pretrain.py's",
     r"mlflow run \. -e train --env-manager local --experiment-name mine ":
         "checked only: tests/test_e2e.py runs `mlflow run -e train` (one run costs ~25 s of CPU)",
+    r"torchrun --standalone --nproc_per_node=2 -m freezeframe train --experiment experiments/last_n\.yaml$":
+        "two processes of Lite0 at 224 px, minutes; tests/test_distributed.py runs `-e train -P devices=2` "
+        "through `mlflow run` (the launcher gives each rank torchrun's environment) and kills its ranks",
     r"freezeframe train --experiment experiments/last_n\.yaml ":
         "checked only: the `freezeframe` command is run by the predict line; train in-process is most tests'",
     r"mlflow run \. -e search --env-manager local --experiment-name search -P experiment=":
