@@ -13,6 +13,11 @@
    inside the space on all of them even if the estimate is 2x off. Trials step on at most
    search_samples images (digits is small), far below the ceiling: the probe is what meets the limit.
 
+4. scaling: with 2 or more GPUs, the same Lite0 fine-tune as one run on 1, 2, 4, ... GPUs (`train.devices`,
+   data-parallel under torch.distributed.run, NCCL), each through `freezeframe train` (benchmarks/bench_devices.py):
+   train images/s at the global batch, and the scaling efficiency img/s(N) / (N x img/s(1)). On one GPU it says
+   so and measures nothing. (--cpu-smoke: 1 and 2 CPU processes with gloo, tiny.)
+
 A failing part is a FAILED row with its reason, the others go on, the exit code is 1. Without CUDA it says so
 and exits 0; --cpu-smoke runs every part on the CPU at tiny sizes (code paths only, the figures mean nothing).
 
@@ -41,6 +46,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import tracking  # noqa: E402,F401 - MLflow environment defaults
+from benchmarks.bench_devices import run as run_on_devices  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.data.loaders import Preprocessing, build_data, make_loaders  # noqa: E402
 from pipelines.data.sources import load_dataset  # noqa: E402
@@ -247,6 +253,24 @@ def part_search(args, tmp: str) -> Row:
     return row
 
 
+def part_scaling(args, tmp: str) -> Row:
+    """One run on 1, 2, 4, ... devices: images/s at the same global batch, and the scaling efficiency."""
+    count = 2 if args.cpu_smoke else torch.cuda.device_count()
+    if count < 2:
+        return Row("scaling", f"{count} GPU here", notes="multi-GPU scaling needs 2 or more GPUs: nothing measured")
+    sizes = args.sizes
+    counts = [n for n in (1, 2, 4, 8, 16) if n <= count and sizes["batch"] % n == 0]
+    setting = argparse.Namespace(backbone=f"timm/{sizes['backbone']}", weights=sizes["weights"], freeze="unfrozen",
+                                 epochs=max(2, sizes["epochs"] // 4), batch_size=sizes["batch"],
+                                 image_size=sizes["image"], max_samples=sizes["samples"] or 4000)
+    rates = {n: run_on_devices(n, setting, Path(tmp))["images_per_s"] for n in counts}
+    last = counts[-1]
+    efficiency = rates[last] / (last * rates[1])
+    return Row("scaling", f"Lite0 unfrozen, global batch {sizes['batch']}, 1 → {last} devices", f"{rates[1]:.0f}",
+               f"{rates[last]:.0f}", f"{efficiency:.2f}",
+               notes="efficiency = img/s(N) / (N x img/s(1)); " + ", ".join(f"{n}: {r:.0f}" for n, r in rates.items()))
+
+
 def guarded(part, args, tmp: str, minimum_s: float) -> Row:
     """A part's failure is its row, not the end of the run: each CUDA-only error shows up in its own part."""
     name = part.__name__.removeprefix("part_")
@@ -297,7 +321,7 @@ def main() -> int:
         os.chdir(tmp)  # MLflow's ./mlruns artifacts land in tmp
         try:
             rows = [guarded(part_train, args, tmp, 60), guarded(part_cache, args, tmp, 60),
-                    guarded(part_search, args, tmp, 90)]
+                    guarded(part_search, args, tmp, 90), guarded(part_scaling, args, tmp, 120)]
         finally:
             os.chdir(home)
     text = table(args, rows)

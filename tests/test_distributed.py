@@ -88,6 +88,7 @@ def test_kill_9_of_either_rank_ends_the_run_killed_and_the_rerun_resumes(tmp_pat
                                               "data.max_samples": 200, "train.devices": 2})
     store = store_in(tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    env.pop("PYTHONUNBUFFERED", None)  # as on CI: each epoch's line must still come as the epoch ends
     cmd = [sys.executable, "-m", "freezeframe", "train", "--experiment", str(experiment)]
     client = MlflowClient(store)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,8 +113,9 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
             saving = time.perf_counter()
             checkpoints.save(checkpoint_dir, state, model, optimizer, scheduler, scaler, loaders["train"].generator)
             checkpoint_s += time.perf_counter() - saving
-        if distributed.is_main():
+        if distributed.is_main():  # flushed: through a pipe (mlflow run, | tee) each epoch shows as it ends
             tqdm.write(_summary(row, cfg.epochs))
+            sys.stdout.flush()
         for listener in listeners:
             listener.on_epoch_end(epoch, row)
         if cfg.early_stopping_patience and epoch - state.best_epoch >= cfg.early_stopping_patience:
