@@ -266,7 +266,8 @@ def part_scaling(args, tmp: str) -> Row:
     rates = {n: run_on_devices(n, setting, Path(tmp))["images_per_s"] for n in counts}
     last = counts[-1]
     efficiency = rates[last] / (last * rates[1])
-    return Row("scaling", f"Lite0 unfrozen, global batch {sizes['batch']}, 1 → {last} devices", f"{rates[1]:.0f}",
+    return Row("scaling", f"{sizes['backbone']} unfrozen, global batch {sizes['batch']}, 1 → {last} devices "
+               "(bare: 1 device, freezeframe: N)", f"{rates[1]:.0f}",
                f"{rates[last]:.0f}", f"{efficiency:.2f}",
                notes="efficiency = img/s(N) / (N x img/s(1)); " + ", ".join(f"{n}: {r:.0f}" for n, r in rates.items()))
 
