@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from freezeframe.single_run import TrackedRun, prepare_run, run_tracked
 from pipelines.config import RunConfig, with_overrides
 from pipelines.training import distributed
-from pipelines.training.run import execute
 from pipelines.training.runtime import resolve_device
 from tracking import links
 from tracking.models.registry import register_run_model
 from tracking.runs.session import kill_launcher_run_left_running
 from tracking.store import ensure_reachable
+
+if TYPE_CHECKING:  # the training stack (timm, torchvision, sklearn) loads in train_here: a launcher of N
+    from freezeframe.single_run import TrackedRun  # processes (train.devices) needs only torch
 
 
 def train(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
@@ -70,6 +72,9 @@ def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
 def train_here(cfg: RunConfig, entry_point: str) -> TrackedRun | None:
     """This process's part: the whole tracked run on rank 0 (or alone), the same training without any
     tracking on the other ranks (None)."""
+    from freezeframe.single_run import prepare_run, run_tracked  # see TYPE_CHECKING above
+    from pipelines.training.run import execute
+
     if distributed.world_size() > 1:  # under torchrun: the params show the world size the run had
         cfg = with_overrides(cfg, {"train.devices": distributed.world_size()})
     try:

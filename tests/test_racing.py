@@ -58,7 +58,7 @@ def test_racing_stops_a_losing_arm_marks_it_and_keeps_it_out_of_the_statistics(t
     # after epoch 1, and racing stops it there, KILLED and tagged PRUNED, saying at which epoch
     stopped = arms[("timm/test_resnet", "unfrozen")]
     assert stopped.info.status == "KILLED" and stopped.data.tags["optuna.state"] == "PRUNED"
-    assert stopped.data.tags["error"].startswith("pruned: pruned at epoch 1 (val/acc")
+    assert stopped.data.tags["error"].startswith("pruned at epoch 1 (val/acc")
     history = mlflow.MlflowClient().get_metric_history(stopped.info.run_id, "val/acc")
     assert [m.step for m in history] == [1]
     # the first cheap arm is never judged against anything yet: it finishes
@@ -66,7 +66,7 @@ def test_racing_stops_a_losing_arm_marks_it_and_keeps_it_out_of_the_statistics(t
     pruned = [k for k, r in arms.items() if r.data.tags.get("optuna.state") == "PRUNED"]
     assert parent.data.tags["arms_pruned"] == str(len(pruned)) and parent.data.tags["arms_failed"] == "0"
     summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/summary/summary.md")
-    assert "| timm/test_resnet · unfrozen · seed 0 | PRUNED | pruned: pruned at epoch 1" in summary
+    assert "| timm/test_resnet · unfrozen · seed 0 | PRUNED | pruned at epoch 1" in summary
     table = summary.split("Arms that did not finish")[0]
     assert "| timm/test_resnet | unfrozen |" not in table  # not a group of the statistics
     study = optuna.load_study(study_name="raced", storage=f"sqlite:///{tmp_path / 'optuna.db'}")

@@ -128,7 +128,7 @@ def _ended_on_exit(run_id: str) -> Iterator[None]:
         raise
     except optuna.TrialPruned as exc:  # a pruned trial was stopped on purpose: KILLED, and tagged as such
         MlflowClient().set_tag(run_id, tag_names.OPTUNA_STATE, "PRUNED")
-        end_run(run_id, RunStatus.to_string(RunStatus.KILLED), f"pruned: {exc}")
+        end_run(run_id, RunStatus.to_string(RunStatus.KILLED), str(exc) or "pruned")  # "pruned at epoch N (...)"
         raise
     except BaseException as exc:
         try:
