@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else argv  # train.devices > 1 runs this command again, N times
         cfg, sections = config_from_args(args) if args.command not in ("predict", "reregister") else (None, {})
-        if cfg is not None and cfg.train.devices > 1 and args.command not in ("train", "pretrain"):
+        parallel = cfg is not None and (cfg.train.devices > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        if parallel and args.command not in ("train", "pretrain"):  # torchrun -m freezeframe compare, too
             raise ConfigError(f"train.devices > 1 is for train and pretrain; {args.command}'s workers train "
                               "each arm or trial in one process (run several workers to use several devices)")
         cfg = stable_state(args, cfg)

@@ -61,7 +61,11 @@ def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
     """This same command on train.devices processes, once the machine is known to have the devices."""
     distributed.check_devices(cfg.train.devices, resolve_device(cfg.train.device))
     print(f"freezeframe: training on {cfg.train.devices} processes (torch.distributed.run)", flush=True)
-    failed = distributed.launch(cfg.train.devices, args.argv)
+    try:
+        failed = distributed.launch(cfg.train.devices, args.argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C or `mlflow run` cancelled: the ranks are down already
+        kill_launcher_run_left_running(str(exc))
+        raise
     if failed is None:
         return 0
     print(f"freezeframe: {failed}", file=sys.stderr)

@@ -6,10 +6,12 @@ one-process run can be tight. (BatchNorm in training mode normalises each proces
 DDP does; pipelines/training/distributed.py says so.)
 """
 
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -53,6 +55,13 @@ def test_two_processes_through_mlflow_run_are_one_run_that_matches_one_process(t
         assert [step for step, _ in two] == [1, 2], key  # one value per epoch: no rank logged twice
         assert np.allclose([v for _, v in two], [v for _, v in one], atol=1e-4), (key, two, one)
     assert run.data.metrics["test/acc"] == pytest.approx(single.data.metrics["test/acc"], abs=1e-6)
+    # the confusion matrices count each image once (torchmetrics' own sync would add every rank's copy)
+    confusion = []
+    for found in (run, single):
+        (tmp_path / found.info.run_id).mkdir()
+        path = client.download_artifacts(found.info.run_id, "reports/history.json", str(tmp_path / found.info.run_id))
+        confusion.append(json.loads(Path(path).read_text())["confusion"])
+    assert confusion[0] == confusion[1]
 
     from pipelines.inference.classify import predict
     from tracking.models.model_store import load_for_inference

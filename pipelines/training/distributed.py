@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -46,7 +47,8 @@ def active() -> bool:
 
 def check_devices(devices: int, device: torch.device) -> None:
     """What the config cannot know: the machine has the devices asked for (batch and count: config.validate)."""
-    if devices > 1 and device.type == "cuda" and devices > torch.cuda.device_count():
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", devices))  # this machine's processes (torchrun: several nodes)
+    if devices > 1 and device.type == "cuda" and here > torch.cuda.device_count():
         raise ConfigError(f"train.devices is {devices} but this machine has {torch.cuda.device_count()} CUDA "
                           "device(s)")
     if devices > 1 and device.type == "mps":
@@ -140,9 +142,12 @@ def peers_watched() -> Iterator[None]:
         raise
 
 
-def barrier() -> None:
+def same_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank, after a training pass: each rank's
+    last forward updated its own, and every rank must evaluate the model rank 0 logs and saves."""
     if active():
-        dist.barrier()
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def stop() -> None:
@@ -155,16 +160,23 @@ def launch(devices: int, argv: list[str]) -> str | None:
     as `torchrun --standalone --nproc_per_node=<devices>` would. A rank that dies takes the others down
     (elastic's monitor sends them SIGTERM, which ends rank 0's run KILLED). Returns None when every
     process succeeded, else which ranks failed and how, in one line."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
                           start_method="spawn")
-    try:
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    try:  # elastic installs its own handlers, which raise SignalException after taking the ranks down
         elastic_launch(config, sys.executable)("-m", "freezeframe", *argv)
+    except SignalException as exc:
+        raise KeyboardInterrupt(f"the {devices} processes were stopped ({exc.sigval.name})") from None
     except ChildFailedError as exc:
         failures = [f"rank {r}: exit {f.exitcode}" + (f" ({f.signal_name()})" if f.exitcode < 0 else "")
                     for r, f in sorted(exc.failures.items())]
         return f"{devices} processes: {', '.join(failures)}"
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return None

@@ -90,6 +90,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         freezing.restart_batchnorm_statistics(model, momenta)  # evaluated with this epoch's statistics
         tick = time.perf_counter()
         train_metrics = step.run_epoch(loaders["train"], "train", desc=f"epoch {epoch}/{cfg.epochs} train").metrics
+        distributed.same_buffers(model)  # every rank evaluates the model rank 0 saves
         train_seconds = time.perf_counter() - tick
         val = step.run_epoch(loaders["val"], "val", desc=f"epoch {epoch} val")
         val_metrics, val_confusion = val.metrics, val.confusion
