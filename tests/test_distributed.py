@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from tests.conftest import runs_in, store_in, tiny_experiment
 from tests.test_e2e import mlflow_run
 
 pytestmark = pytest.mark.slow
-CONVNEXT = {"backbone": "timm/test_convnext", "epochs": "2", "lr": "0.01", "max_samples": "64"}
+# 49 = 3 x 16 + 1: the last step holds one image, on rank 0; rank 1 steps on a repeat that weighs nothing
+CONVNEXT = {"backbone": "timm/test_convnext", "epochs": "2", "lr": "0.01", "max_samples": "49"}
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -147,15 +149,22 @@ def test_devices_are_for_train_and_on_cuda_must_exist(tracking_store, tmp_path, 
             distributed.check_devices(2, torch.device("cuda"))
 
 
-def test_the_shards_deal_one_permutation_without_padding(monkeypatch):
+def test_the_shards_deal_one_permutation_and_pad_with_repeats_that_weigh_nothing(monkeypatch):
     generator = torch.Generator().manual_seed(0)
     one_process = list(torch.utils.data.RandomSampler(range(11), generator=generator))
-    dealt = []
+    dealt, loader = [], Namespace(batch_size=2, sampler=None)
+    monkeypatch.setattr(distributed, "active", lambda: True)
     for rank in (0, 1, 2):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "3")
-        dealt.append(list(distributed.ShardSampler(11, torch.Generator().manual_seed(0))))
-        assert len(distributed.ShardSampler(11, generator)) == len(dealt[-1])
+        loader.sampler = distributed.ShardSampler(11, torch.Generator().manual_seed(0))
+        indices = list(loader.sampler)
+        assert len(indices) == len(loader.sampler) == 4  # the same number of steps on every rank
+        dealt.append(indices[:loader.sampler.real()])
+        # batches of 2 (global 6): step 1 holds global images 6-10, two on ranks 0 and 1, one and a repeat on 2
+        real = [distributed.real_in_batch(loader, step, 2) for step in (0, 1)]
+        assert real == ([2, 2] if rank < 2 else [2, 1])
+        assert distributed.loss_weight(loader, 1, real[1]) == pytest.approx(real[1] * 3 / 5)  # DDP then divides by 3
     assert sorted(sum(dealt, [])) == list(range(11))  # every image once, none twice
     assert [dealt[i % 3][i // 3] for i in range(11)] == one_process  # global batches as one process's
     shards = []

@@ -5,10 +5,11 @@ runs `torchrun --nproc_per_node=N -m freezeframe train ...` directly; either way
 rank in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK). gloo on CPU, NCCL on CUDA.
 
 Each epoch's metrics equal one process's over the same examples: the training split is one seeded
-permutation per epoch (the same as the one-process loader draws) dealt out round-robin, without the
-padding DistributedSampler adds, so no image counts twice; ranks that run out of batches first wait
-in DDP's Join. Validation and test are cut into contiguous shards, and every pass's predictions are
-gathered in rank order, so the test predictions come back in the split's order.
+permutation per epoch (the same as the one-process loader draws) dealt out round-robin; a rank with
+fewer images repeats its first ones so that every rank takes the same number of steps (as
+DistributedSampler pads), and those repeats weigh nothing: not in the loss, not in the metrics
+(`real_in_batch`, `loss_weight`). Validation and test are cut into contiguous shards, and every pass's
+predictions are gathered in rank order, so the test predictions come back in the split's order.
 """
 
 from __future__ import annotations
@@ -79,15 +80,12 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def joined(model: nn.Module):
-    """DDP's Join: a rank with fewer training batches keeps answering the others' gradient all-reduces."""
-    return model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
-
-
 class ShardSampler(Sampler[int]):
-    """This rank's part of one seeded permutation per epoch: indices[rank::world], no padding. Every rank,
-    and a one-process run with the same seed, draws the same permutation from the same generator (which
-    a checkpoint restores), so global batch k holds the same images as the one-process run's batch k."""
+    """This rank's part of one seeded permutation per epoch: indices[rank::world], then its own first
+    indices again up to ceil(size / world), so that every rank takes the same number of steps (DDP needs
+    each to join every gradient all-reduce, and a rank that sat out a step would skip its optimizer's
+    update). Every rank, and a one-process run with the same seed, draws the same permutation from the same
+    generator (which a checkpoint restores), so global batch k holds the one-process run's batch k."""
 
     def __init__(self, size: int, generator: torch.Generator):
         self.size, self.generator = size, generator
@@ -96,10 +94,33 @@ class ShardSampler(Sampler[int]):
         # torch's RandomSampler itself draws the permutation: the same draws from the generator as the
         # one-process loader makes (it consumes one more randperm per epoch than the permutation needs)
         order = list(RandomSampler(range(self.size), generator=self.generator))
-        return iter(order[rank()::world_size()])
+        mine = order[rank()::world_size()]
+        return iter(mine + mine[:len(self) - len(mine)])
 
     def __len__(self) -> int:
+        return -(-self.size // world_size())
+
+    def real(self) -> int:
+        """How many of this rank's indices are its own, not repeats."""
         return len(range(rank(), self.size, world_size()))
+
+
+def real_in_batch(loader, step: int, size: int) -> int:
+    """How many leading images of this rank's training batch `step` are real, not ShardSampler's repeats."""
+    if not isinstance(loader.sampler, ShardSampler):
+        return size
+    return max(0, min(size, loader.sampler.real() - step * loader.batch_size))
+
+
+def loss_weight(loader, step: int, local: int) -> float:
+    """The factor on a rank's mean loss over its `local` real images at training step `step` that makes DDP's
+    gradient (its average over the N ranks) the mean over the step's global batch, as in one process: in
+    the last step the ranks hold unequal parts of the batch, or none, and DDP divides by N regardless."""
+    if not active() or not isinstance(loader.sampler, ShardSampler):
+        return 1.0
+    world = world_size()
+    full = loader.batch_size * world
+    return local * world / min(full, loader.sampler.size - step * full)
 
 
 def eval_shard(dataset: Dataset) -> Dataset:

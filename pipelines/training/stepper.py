@@ -7,7 +7,6 @@ so every rank reports the same numbers, those of one process over the whole spli
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
@@ -72,24 +71,27 @@ class Stepper:
         check_every = 1 if self.device.type == "cpu" else 16
         grad_mode = torch.enable_grad() if train else torch.inference_mode()
         forward = self.train_model if train else self.model
-        with grad_mode, distributed.joined(forward) if train else contextlib.nullcontext():
+        with grad_mode:
             for x, y in tqdm(loader, desc=desc, leave=False, disable=None if distributed.is_main() else True,
                              dynamic_ncols=True):
                 x, y = self._to_device(x, y)
+                # data-parallel: the batch's trailing repeats (a rank with fewer images) weigh nothing
+                real = distributed.real_in_batch(loader, batches, len(y)) if train else len(y)
                 with autocast_context(self.device, self.amp):
                     logits = forward(x)
-                    loss = self.criterion(logits, y)
-                loss_sum += loss.detach().float() * len(y)
+                    loss = self.criterion(logits[:real], y[:real]) if real else logits.sum() * 0.0
+                loss_sum += loss.detach().float() * real
                 batches += 1
                 if batches % check_every == 0:
                     self._check_finite(loss_sum, split, batches)
                 if train:
                     memory.check_limit(self.memory_limit_mb)
-                    optimizer_step(loss, self.optimizer, self.scaler)
+                    optimizer_step(loss * distributed.loss_weight(loader, batches - 1, real), self.optimizer,
+                                   self.scaler)
                 # the metrics take the epoch's predicted classes in one update at its end: per batch, their
                 # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
-                preds.append(logits.detach().argmax(1))
-                targets.append(y)
+                preds.append(logits.detach()[:real].argmax(1))
+                targets.append(y[:real])
                 if split == "test":  # per image: what the paired statistics and "which images does it miss?" read
                     p_true.append(logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1))
         if batches % check_every:  # the batches since the last check
