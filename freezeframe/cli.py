@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quiete
 from freezeframe import __version__
 from pipelines.config import RunConfig, load_experiment, with_overrides
 from pipelines.errors import ConfigError, FreezeframeError, first_line
+from pipelines.processes import rank, world_size
 from pipelines.ranking import SCORES
 from pipelines.state import state_dir
 from pipelines.values import coerce
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else argv  # train.devices > 1 runs this command again, N times
         cfg, sections = config_from_args(args) if args.command not in ("predict", "reregister") else (None, {})
-        parallel = cfg is not None and (cfg.train.devices > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        parallel = cfg is not None and (cfg.train.devices > 1 or world_size() > 1)
         if parallel and args.command not in ("train", "pretrain"):  # torchrun -m freezeframe compare, too
             raise ConfigError(f"train.devices > 1 is for train and pretrain; {args.command}'s workers train "
                               "each arm or trial in one process (run several workers to use several devices)")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return command(args.command)(args, cfg, sections)
     except FreezeframeError as exc:
         message = first_line(exc, limit=2000)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone owns the launcher's run
+        if rank() == 0:  # under torchrun, rank 0 alone owns the launcher's run
             _close_launcher_run(message)
         print(f"freezeframe: error: {message}", file=sys.stderr)
         return 2

@@ -1,10 +1,22 @@
 """Which process owns something (a running trial, a run's checkpoint folder), and whether that owner is
-known to be dead: the same record and the same check for the study worker and the tracker."""
+known to be dead: the same record and the same check for the study worker and the tracker. And this
+process's place in a data-parallel run, read from torchrun's environment without importing torch (the
+command line asks before it loads anything)."""
 
 from __future__ import annotations
 
 import os
 import socket
+
+
+def world_size() -> int:
+    """How many processes train this run together (torchrun's WORLD_SIZE); 1 alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank among them (torchrun's RANK); 0 alone."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def this_process() -> dict:

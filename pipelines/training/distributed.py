@@ -27,14 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset, RandomSampler, Sampler, Subset
 
 from pipelines.errors import ConfigError, PeerLost, first_line
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+from pipelines.processes import rank, world_size  # torch-free, for the command line; used here and by callers
 
 
 def is_main() -> bool:
