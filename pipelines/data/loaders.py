@@ -93,17 +93,13 @@ def make_transform(prep: Preprocessing, size: int, augment: bool) -> v2.Compose:
 def make_loaders(data: DataBundle, batch_size: int, num_workers: int, seed: int,
                  pin_memory: bool = False) -> dict[str, DataLoader]:
     """The three splits' loaders. `batch_size` is the global batch: under data-parallel training each
-    process takes batch_size / processes from its shard (pipelines/training/distributed.py)."""
+    process takes batch_size / processes from its shard (pipelines/training/distributed.py); alone, the
+    shard is the whole split, drawn in the order torch's RandomSampler draws it."""
     generator = torch.Generator().manual_seed(seed)  # the shuffle order is part of the experiment
-    world = distributed.world_size()
-    if world == 1:
-        return {split: DataLoader(data.datasets[split], batch_size=batch_size, shuffle=split == "train",
-                                  generator=generator if split == "train" else None, num_workers=num_workers,
-                                  pin_memory=pin_memory, persistent_workers=num_workers > 0)
-                for split in SPLITS}
     train = data.datasets["train"]
     return {split: DataLoader(
-        train if split == "train" else distributed.eval_shard(data.datasets[split]), batch_size=batch_size // world,
+        train if split == "train" else distributed.eval_shard(data.datasets[split]),
+        batch_size=batch_size // distributed.world_size(),
         sampler=distributed.ShardSampler(len(train), generator) if split == "train" else None,
         generator=generator if split == "train" else None, num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=num_workers > 0) for split in SPLITS}
