@@ -29,7 +29,7 @@ RUN_FLAGS = {
     "resume": "train.resume", "log_model": "tracking.log_model", "devices": "train.devices",
 }
 # The grid's own axes (backbone, weights, freeze, seed) come from its compare: section.
-COMPARE_FLAGS = ("dataset", "epochs", "batch_size", "lr", "image_size", "max_samples", "log_model")
+COMPARE_FLAGS = ("dataset", "epochs", "batch_size", "lr", "image_size", "max_samples", "log_model", "devices")
 RANK_FLAGS = ("dataset", "batch_size", "image_size", "max_samples", "log_model")  # a linear probe has no epochs or lr
 DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
 STUDY_FLAGS = {
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="one run: one backbone, one freeze policy")
     _add_run_flags(train)
+    train.add_argument("--arm", default="", help=argparse.SUPPRESS)  # a study's arm on N processes (single_run)
     pre = sub.add_parser("pretrain", help="train on a source dataset and register the model for transfer")
     _add_run_flags(pre)
     pre.add_argument("--registered_model", default="", help="registry name ('' = <backbone>-<dataset>)")
@@ -155,11 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else argv  # train.devices > 1 runs this command again, N times
+        if getattr(args, "arm", ""):  # one of the processes a compare or search worker started for an arm
+            from freezeframe.single_run import arm_rank
+
+            return arm_rank(args.arm)
         cfg, sections = config_from_args(args) if args.command not in ("predict", "reregister") else (None, {})
-        parallel = cfg is not None and (cfg.train.devices > 1 or world_size() > 1)
-        if parallel and args.command not in ("train", "pretrain"):  # torchrun -m freezeframe compare, too
-            raise ConfigError(f"train.devices > 1 is for train and pretrain; {args.command}'s workers train "
-                              "each arm or trial in one process (run several workers to use several devices)")
+        if world_size() > 1 and args.command not in ("train", "pretrain"):  # torchrun -m freezeframe compare
+            raise ConfigError(f"{args.command} under torchrun: a worker is one process, and it starts each arm's "
+                              "train.devices processes itself (-P devices=N); run several workers to use more")
+        if cfg is not None and cfg.train.devices > 1 and args.command == "rank":
+            raise ConfigError("rank fits linear probes on cached features, in one process: train.devices must be 1")
         cfg = stable_state(args, cfg)
         from freezeframe.commands import command  # after parsing: `--help` and config errors stay instant
 

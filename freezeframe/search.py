@@ -34,8 +34,8 @@ class TrialObjective:
     """suggest → the base config with the trial's choices → the same run function → report each epoch;
     params a finished trial already had → its result, without training."""
 
-    def __init__(self, spec: SearchSpec, base: RunConfig, parent_run_id: str):
-        self.spec, self.base, self.parent_run_id = spec, base, parent_run_id
+    def __init__(self, spec: SearchSpec, base: RunConfig, parent_run_id: str, storage_url: str):
+        self.spec, self.base, self.parent_run_id, self.storage_url = spec, base, parent_run_id, storage_url
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         choice = suggest(trial, self.spec)
@@ -52,8 +52,8 @@ class TrialObjective:
         folder = f"{self.base.train.checkpoint_dir}/{slug(self.spec.study_name)}/trial-{origin or trial.number}"
         cfg = with_overrides(trial_config(self.base, self.spec, choice), {
             "tracking.run_name": name, "train.checkpoint_dir": folder, "train.resume": origin is not None})
-        done = run_child(cfg, trial, self.parent_run_id, "search", {},
-                         (EpochReporter(trial, self.spec.metric),))
+        done = run_child(cfg, trial, self.parent_run_id, "search", {}, (EpochReporter(trial, self.spec.metric),),
+                         self.storage_url)
         return self._value(objective_values(self.spec, done.outcome.fit))
 
     def _value(self, values: list[float]) -> float | list[float]:
@@ -92,7 +92,7 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     def report(parent_run_id: str) -> str | None:
         return search_report.log_study(study, parent_run_id, spec.objectives, experiment_stem(args.experiment))
 
-    champion = work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id), report, propose=True,
+    champion = work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id, url), report, propose=True,
                     n_trials=spec.n_trials, timeout=spec.timeout, max_trials=spec.max_trials)
     print(f"study {spec.study_name}: {len(study.trials)} trials in {without_password(url)}; parent run {parent.run_id}")
     best = champion_trial(study)

@@ -75,26 +75,17 @@ def print_links(parent: ParentRun, run_ids: list[str], what: str, order_by: str,
 
 
 def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str,
-              child_tags: dict[str, str], listeners: tuple = ()) -> TrackedRun:
-    """One arm or trial: prepared, then trained as a child run; the trial records the run id as soon as
-    the run exists. A preparation that fails still leaves a FAILED child saying why."""
-    from freezeframe.single_run import prepare_run, record_failure, run_tracked  # see TYPE_CHECKING above
+              child_tags: dict[str, str], listeners: tuple = (), storage_url: str = "") -> TrackedRun:
+    """One arm or trial as a child run of the parent, in this process, or with train.devices > 1 on that
+    many processes that this worker starts (`storage_url`: where they find the trial)."""
+    from freezeframe import single_run  # see TYPE_CHECKING above
 
     run_tags = {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number), tags.CONFIG_DIGEST: digest(cfg),
                 **child_tags}
-
-    def record(run_id: str) -> None:
-        trial.set_user_attr(RUN_ATTR, run_id)
-
     parent_run.reopen(parent_run_id)  # another worker may have ended it, seeing this one's arm still queued
-    try:
-        prepared = prepare_run(cfg)
-    except BaseException as exc:  # a failed one fails alone (the worker goes on); Ctrl-C leaves it KILLED
-        axes = {tags.BACKBONE: cfg.model.backbone, tags.WEIGHTS: cfg.model.weights, tags.FREEZE: cfg.model.freeze,
-                tags.SEED: str(cfg.seed)}  # as a trained run has them: summaries and the UI name it the same way
-        record_failure(cfg, exc, parent_run_id, {**run_tags, **axes}, on_start=record)
-    return run_tracked(prepared, entry_point, parent_run_id=parent_run_id, attach=False, listeners=listeners,
-                       tags=run_tags, on_start=record)
+    if cfg.train.devices > 1:
+        return single_run.child_on_ranks(cfg, trial, storage_url, parent_run_id, entry_point, run_tags, listeners)
+    return single_run.child_here(cfg, trial, parent_run_id, entry_point, run_tags, listeners)
 
 
 def work(url: str, storage: optuna.storages.BaseStorage, study: optuna.Study, parent: ParentRun,
@@ -153,9 +144,10 @@ class ArmObjective:
     monitored metric's best epoch."""
 
     def __init__(self, arms: dict[str, tuple[Arm, RunConfig]], parent_run_id: str, name: str, kind: str,
-                 value: Callable[[RunOutcome], float], racing: bool = False, reuse: dict[str, str] | None = None):
+                 value: Callable[[RunOutcome], float], storage_url: str, racing: bool = False,
+                 reuse: dict[str, str] | None = None):
         self.arms, self.parent_run_id, self.name, self.kind, self.value = arms, parent_run_id, name, kind, value
-        self.racing, self.reuse = racing, reuse or {}
+        self.storage_url, self.racing, self.reuse = storage_url, racing, reuse or {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         key = trial.user_attrs.get(DIGEST_ATTR)
@@ -175,7 +167,7 @@ class ArmObjective:
         print(f"[trial {trial.number}] {arm.name}", flush=True)
         # racing (compare.racing): the study's pruner may stop the arm at a rung, never at its last epoch
         listeners = (EpochReporter(trial, cfg.train.monitor, prune=self.racing, last_epoch=cfg.train.epochs),)
-        done = run_child(cfg, trial, self.parent_run_id, self.kind, arm_tags, listeners)
+        done = run_child(cfg, trial, self.parent_run_id, self.kind, arm_tags, listeners, self.storage_url)
         return self.value(done.outcome)
 
 
@@ -208,7 +200,7 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
     link_study(study, parent)
 
     objective = ArmObjective(arms, parent.run_id, name, kind, value or (lambda outcome: outcome.fit.best_value),
-                             racing=spec.racing != "none", reuse=reuse)
+                             url, racing=spec.racing != "none", reuse=reuse)
     summary = work(url, storage, study, parent, objective,
                    lambda parent_run_id: summarise(parent_run_id, arm_runs(parent_run_id, spec)))
     if summary is not None:

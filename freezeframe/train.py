@@ -69,24 +69,23 @@ def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
     if failed is None:
         return 0
     print(f"freezeframe: {failed}", file=sys.stderr)
-    kill_launcher_run_left_running(failed)  # rank 0 ends its run itself, unless it was the one that died
+    kill_launcher_run_left_running(failed.line)  # rank 0 ends its run itself, unless it was the one that died
     return 1
 
 
 def train_here(cfg: RunConfig, entry_point: str) -> TrackedRun | None:
     """This process's part: the whole tracked run on rank 0 (or alone), the same training without any
     tracking on the other ranks (None)."""
-    from freezeframe.single_run import prepare_run, run_tracked  # see TYPE_CHECKING above
-    from pipelines.training.run import execute
+    from freezeframe.single_run import prepare_run, run_tracked, train_beside  # see TYPE_CHECKING above
 
     if distributed.world_size() > 1:  # under torchrun: the params show the world size the run had
         cfg = with_overrides(cfg, {"train.devices": distributed.world_size()})
     try:
         if not distributed.is_main():
-            with distributed.peers_watched():
-                execute(prepare_run(cfg))
+            train_beside(cfg)
             return None
         ensure_reachable()
         return run_tracked(prepare_run(cfg), entry_point=entry_point)
     finally:
         distributed.stop()
+

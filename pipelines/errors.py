@@ -30,6 +30,11 @@ class PeerLost(KeyboardInterrupt):
     resumable), not as a failure of its own."""
 
 
+class StoppedByRankZero(Exception):
+    """Rank 0 of a data-parallel run stopped it after an epoch (Optuna pruned the trial, its tracking
+    store went away): the other ranks end with it, quietly; rank 0 reports why."""
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line for a one-line message; its type when it says nothing (EOFError())."""
     lines = str(getattr(exc, "message", None) or exc).strip().splitlines()

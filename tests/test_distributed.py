@@ -23,9 +23,11 @@ from PIL import Image
 
 from freezeframe.cli import main
 from pipelines.errors import ConfigError
+from pipelines.studies.keys import ARM_ATTR, REASON_ATTR, RUN_ATTR
 from pipelines.training import distributed
 from tests.conftest import runs_in, store_in, tiny_experiment
 from tests.test_e2e import mlflow_run
+from tracking import tags
 
 pytestmark = pytest.mark.slow
 # 49 = 3 x 16 + 1: the last step holds one image, on rank 0; rank 1 steps on a repeat that weighs nothing
@@ -125,6 +127,39 @@ def test_kill_9_of_either_rank_ends_the_run_killed_and_the_rerun_resumes(tmp_pat
     assert [step for step, _ in history(client, third.info.run_id, "val/acc")] == [1, 2, 3, 4, 5]
 
 
+def test_kill_9_of_an_arms_rank_0_queues_the_arm_again_and_the_worker_resumes_it(tmp_path):
+    """The worker outlives its arm's processes: the arm's run ends KILLED (rank 0 died before it could end
+    it), its trial fails and is queued again as a dead worker's would be, and the same worker goes on
+    from rank 0's last checkpoint."""
+    experiment = tiny_experiment(tmp_path, "compare:\n  name: dp-kill\n  freeze: [unfrozen]\n",
+                                 **{"model.backbone": "timm/test_convnext", "train.epochs": 4,
+                                    "data.max_samples": 200, "train.devices": 2})
+    store = store_in(tmp_path)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    env.pop("PYTHONUNBUFFERED", None)
+    worker = subprocess.Popen([sys.executable, "-m", "freezeframe", "compare", "--experiment", str(experiment)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in worker.stdout:
+        output.append(line)
+        if line.startswith("epoch 2/4"):
+            break
+    (rank_0,) = [p for p in psutil.Process(worker.pid).children(recursive=True) if p.environ().get("RANK") == "0"]
+    rank_0.kill()
+    output.append(worker.stdout.read())
+    output = "".join(output)
+    assert worker.wait(timeout=120) == 0, output
+    assert output.count("epoch 1/4") == 1 and "epoch 4/4" in output  # the retry went on from epoch 2's checkpoint
+
+    lost, retried = trials_and_runs("sqlite:///" + str(tmp_path / "optuna.db"), "dp-kill", store)
+    assert lost[0].state.name == "FAIL" and "rank 0: exit -9 (SIGKILL)" in lost[0].user_attrs[REASON_ATTR]
+    assert lost[1].info.status == "KILLED" and "rank 0: exit -9 (SIGKILL)" in lost[1].data.tags["error"]
+    assert retried[0].state.name == "COMPLETE" and retried[1].info.status == "FINISHED"
+    assert [step for step, _ in history(MlflowClient(store), retried[1].info.run_id, "val/acc")] == [1, 2, 3, 4]
+    (parent,) = [r for r in runs_in(store) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED"
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--devices", "0"], "train.devices must be >= 1, got 0"),
     (["--devices", "3", "--batch_size", "16"], "train.batch_size 16 is the global batch: it must divide by "
@@ -140,13 +175,60 @@ def test_bad_device_counts_fail_in_one_line_before_any_process_starts(flags, mes
     assert not runs_in(tracking_store)
 
 
-def test_devices_are_for_train_and_on_cuda_must_exist(tracking_store, tmp_path, capsys):
-    experiment = tiny_experiment(tmp_path, "compare:\n  freeze: [frozen]\n", **{"train.devices": 2})
+def test_where_devices_do_not_apply_says_so_in_one_line(tracking_store, tmp_path, capsys, monkeypatch):
+    experiment = tiny_experiment(tmp_path, "search:\n  batch_size: {low: 48, high: 96}\n",
+                                 **{"train.devices": 3, "train.batch_size": 48})
+    assert main(["search", "--experiment", str(experiment)]) == 2
+    assert "train.devices 3 does not divide every batch size the search draws" in capsys.readouterr().err
+    assert main(["rank", "--experiment", str(experiment)]) == 2
+    assert "rank fits linear probes on cached features, in one process" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun -m freezeframe compare: a worker is one process
     assert main(["compare", "--experiment", str(experiment)]) == 2
-    assert "train.devices > 1 is for train and pretrain" in capsys.readouterr().err
+    assert "compare under torchrun" in capsys.readouterr().err
+    assert not runs_in(tracking_store)
     if torch.cuda.device_count() < 2:
         with pytest.raises(ConfigError, match=r"train.devices is 2 but this machine has \d CUDA device"):
             distributed.check_devices(2, torch.device("cuda"))
+
+
+def trials_and_runs(storage: str, study_name: str, store: str) -> list[tuple]:
+    """Each trial with its child run, by the run id the trial recorded."""
+    import optuna
+
+    runs = {r.info.run_id: r for r in runs_in(store)}
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    return [(t, runs[t.user_attrs[RUN_ATTR]]) for t in trials]
+
+
+def test_compare_and_search_train_each_arm_on_two_processes_and_prune_them_there(tracking_store, tmp_path):
+    """The worker stays one process and starts each arm's two; rank 0 reports each epoch to the worker's
+    trial and is pruned by the study's pruner; the worker tells the trial what rank 0 wrote back."""
+    experiment = tiny_experiment(
+        tmp_path, "compare:\n  name: dp\n  freeze: [frozen, linear_probe, unfrozen]\n  racing: successive_halving\n"
+                  "search:\n  study_name: dp-search\n  batch_size: {low: 16, high: 24}\n  n_trials: 1\n"
+                  "  sampler: grid\n",
+        **{"model.backbone": "timm/test_convnext", "train.epochs": 3, "data.max_samples": 100, "train.devices": 2})
+    assert main(["compare", "--experiment", str(experiment)]) == 0
+    found = {t.user_attrs[ARM_ATTR].split(" · ")[1]: (t, run) for t, run in trials_and_runs("sqlite:///optuna.db", "dp",
+                                                                                        tracking_store)}
+    assert {arm: t.state.name for arm, (t, _) in found.items()} == {
+        "frozen": "COMPLETE", "linear_probe": "COMPLETE", "unfrozen": "PRUNED"}  # behind at the first rung
+    for arm, (trial, run) in found.items():
+        # a linear probe is one L-BFGS fit: one process, whatever the comparison's devices
+        assert run.data.params["train.devices"] == ("1" if arm == "linear_probe" else "2")
+        if trial.state.name == "COMPLETE":
+            assert run.info.status == "FINISHED" and trial.value == run.data.metrics["best/val/acc"]
+        else:
+            assert run.info.status == "KILLED" and run.data.tags[tags.OPTUNA_STATE] == "PRUNED"
+            assert run.data.tags["error"].startswith("pruned at epoch 1")
+            assert trial.intermediate_values == {1: run.data.metrics["val/acc"]}  # rank 0 reported it
+    assert len(runs_in(tracking_store)) == 4  # the parent and one run per arm: rank 1 logged nothing
+
+    assert main(["search", "--experiment", str(experiment), "--n_trials", "1"]) == 0
+    ((trial, run),) = trials_and_runs("sqlite:///optuna.db", "dp-search", tracking_store)
+    assert trial.state.name == "COMPLETE" and run.info.status == "FINISHED"
+    assert run.data.params["train.devices"] == "2" and trial.value == run.data.metrics["best/val/acc"]
+    assert sorted(trial.intermediate_values) == [1, 2, 3]
 
 
 def test_the_shards_deal_one_permutation_and_pad_with_repeats_that_weigh_nothing(monkeypatch):

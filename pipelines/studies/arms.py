@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 
 from pipelines.config import RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError
+from pipelines.policy import Policy
 from pipelines.ranking import SCORES
 from pipelines.studies.keys import ARM_ATTR, BACKBONE_ATTR, DIGEST_ATTR, FREEZE_ATTR, RUN_ATTR, SEED_ATTR, WEIGHTS_ATTR
 from pipelines.studies.racing import RACES
@@ -149,9 +150,13 @@ def _explicit_arm(item: Any, base: RunConfig, source: str, index: int) -> Arm:
 
 
 def arm_config(base: RunConfig, arm: Arm) -> RunConfig:
-    """The base run config with the arm's axes; validated, so a bad schedule fails before any arm runs."""
+    """The base run config with the arm's axes; validated, so a bad schedule fails before any arm runs.
+    A linear_probe arm takes one process whatever train.devices says: its head is one L-BFGS fit on cached
+    features, with nothing to spread over devices."""
+    probe = Policy.parse(arm.freeze).kind == "linear_probe"
     return with_overrides(base, {"model.backbone": arm.backbone, "model.weights": arm.weights,
-                                 "model.freeze": arm.freeze, "seed": arm.seed, "tracking.run_name": ""})
+                                 "model.freeze": arm.freeze, "seed": arm.seed, "tracking.run_name": "",
+                                 "train.devices": 1 if probe else base.train.devices})
 
 
 def arm_configs(spec: Comparison) -> dict[str, tuple[Arm, RunConfig]]:

@@ -105,6 +105,9 @@ def parse_search(section: Any, base: RunConfig, overrides: dict[str, Any] | None
     if "max_trials" in raw and max_trials < 1:
         raise ConfigError(f"search.max_trials must be >= 1 (the study's total), got {max_trials}")
     timeout = coerce(raw.get("timeout", 0), float, "search.timeout", source)
+    if BATCH_STEP % base.train.devices:  # every candidate batch (a multiple of 8) must split over the devices
+        raise ConfigError(f"search: train.devices {base.train.devices} does not divide every batch size the search "
+                          f"draws (multiples of {BATCH_STEP}): use 1, 2, 4 or 8 devices")
     lr, lr_is_list = _lr(raw.get("lr"), source)
     if sampler == "grid" and lr is not None and not lr_is_list:
         raise ConfigError("the grid sampler needs discrete values: give search.lr as a list, not low/high")

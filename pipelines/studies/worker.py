@@ -31,6 +31,11 @@ MAX_RETRIES = 3  # an arm that kills its worker every time (the OOM killer, say)
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
+class TrialLost(Exception):
+    """A process of the trial's own died under a live worker (an arm on N processes, one of them killed):
+    the trial fails and is queued again, as a dead worker's is, to go on from its last checkpoint."""
+
+
 def trial_id(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> int:
     """The storage's id of a trial, from its number (Study offers no public handle on it)."""
     return storage.get_trial_id_from_study_id_trial_number(study_id(study, storage), number)
@@ -147,6 +152,8 @@ class StudyWorker:
         except Exception as exc:  # noqa: BLE001 - out of memory, NaN loss, bad weights: this trial fails alone
             trial.set_user_attr(REASON_ATTR, first_line(exc, limit=500))
             frozen = self.study.tell(trial, state=TrialState.FAIL)
+            if isinstance(exc, TrialLost):  # as a dead worker's trial: queued again, to resume from its checkpoint
+                requeue(self.study, frozen)
         else:
             frozen = self.study.tell(trial, value)
         finally:

@@ -12,6 +12,7 @@ candidates finds the edge in log2(n) + 1 steps, the largest candidate first (it 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -69,21 +70,27 @@ def probe_key(cfg: RunConfig) -> str:
     device = resolve_device(cfg.train.device)
     m, t = cfg.model, cfg.train
     parts = [m.backbone, m.freeze, m.bn, m.drop_rate, cfg.data.image_size, cfg.data.dataset, t.optimizer, t.amp,
-             t.channels_last, t.memory_limit_mb, device_name(device)]
+             t.channels_last, t.memory_limit_mb, device_name(device), t.devices]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
 def find_ceiling(cfg: RunConfig, batch_sizes: tuple[int, ...]) -> Ceiling:
-    """Binary search over `batch_sizes` (ascending) for the largest whose step fits."""
+    """Binary search over `batch_sizes` (ascending, global batches) for the largest whose step fits.
+
+    With train.devices N, each process steps on batch / N: the step is probed at that size, on one device.
+    A GPU holds one process, so the step must fit its memory, as must each process's train.memory_limit_mb
+    guard; without the guard, the N processes on the CPU share its available memory: each gets 1 / N."""
     started = time.perf_counter()
     device = resolve_device(cfg.train.device)
     step = _StepProbe(cfg, device)
-    limit = available_mb(device, cfg.train.memory_limit_mb)
+    devices = cfg.train.devices
+    shared = device.type == "cpu" and not cfg.train.memory_limit_mb
+    limit = available_mb(device, cfg.train.memory_limit_mb) / (devices if shared else 1)
     probes: dict[int, Probe] = {}
 
     def fits(index: int) -> bool:
         size = batch_sizes[index]
-        probes[size] = step.measure(size, limit)
+        probes[size] = dataclasses.replace(step.measure(size // devices, limit), batch_size=size)
         return probes[size].fits
 
     try:

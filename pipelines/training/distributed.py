@@ -20,13 +20,14 @@ import signal
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, RandomSampler, Sampler, Subset
 
-from pipelines.errors import ConfigError, PeerLost, first_line
+from pipelines.errors import ConfigError, PeerLost, StoppedByRankZero, first_line
 from pipelines.processes import rank, world_size  # torch-free, for the command line; used here and by callers
 
 
@@ -156,6 +157,19 @@ def peers_watched() -> Iterator[None]:
         raise
 
 
+def stop_together(error: Exception | None) -> None:
+    """After an epoch's listeners, which run on rank 0 alone: when one of them stopped the run (Optuna
+    pruned the trial, the tracker failed), every rank stops at the same point, rank 0 raising `error` and
+    the others StoppedByRankZero, instead of waiting in the next epoch's first collective."""
+    if active():
+        said = [first_line(error) if error is not None else None]
+        dist.broadcast_object_list(said, src=0)
+        if error is None and said[0] is not None:
+            raise StoppedByRankZero(f"rank 0 stopped the run: {said[0]}")
+    if error is not None:
+        raise error
+
+
 def same_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm's running statistics) on every rank, after a training pass: each rank's
     last forward updated its own, and every rank must evaluate the model rank 0 logs and saves."""
@@ -169,11 +183,21 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def launch(devices: int, argv: list[str]) -> str | None:
+@dataclass(frozen=True)
+class LaunchFailure:
+    line: str  # which ranks failed and how, in one line
+    killed: bool  # a process died of a signal (kill -9, the OOM killer), not of an error of its own
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def launch(devices: int, argv: list[str], env: dict[str, str | None] | None = None) -> LaunchFailure | None:
     """`python -m freezeframe <argv>` on `devices` processes of this machine under the elastic launcher,
-    as `torchrun --standalone --nproc_per_node=<devices>` would. A rank that dies takes the others down
+    as `torchrun --standalone --nproc_per_node=<devices>` would; `env` sets (None: removes) variables in
+    theirs. A rank that dies takes the others down
     (elastic's monitor sends them SIGTERM, which ends rank 0's run KILLED). Returns None when every
-    process succeeded, else which ranks failed and how, in one line."""
+    process succeeded, else which ranks failed and how."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -183,14 +207,34 @@ def launch(devices: int, argv: list[str]) -> str | None:
                           start_method="spawn")
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     try:  # elastic installs its own handlers, which raise SignalException after taking the ranks down
-        elastic_launch(config, sys.executable)("-m", "freezeframe", *argv)
+        with _environment(env or {}):  # elastic's processes start from a copy of this one's environment
+            elastic_launch(config, sys.executable)("-m", "freezeframe", *argv)
     except SignalException as exc:
         raise KeyboardInterrupt(f"the {devices} processes were stopped ({exc.sigval.name})") from None
     except ChildFailedError as exc:
         failures = [f"rank {r}: exit {f.exitcode}" + (f" ({f.signal_name()})" if f.exitcode < 0 else "")
                     for r, f in sorted(exc.failures.items())]
-        return f"{devices} processes: {', '.join(failures)}"
+        return LaunchFailure(f"{devices} processes: {', '.join(failures)}",
+                             killed=any(f.exitcode < 0 for f in exc.failures.values()))
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     return None
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str | None]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in changes}
+    _set_environment(changes)
+    try:
+        yield
+    finally:
+        _set_environment(saved)
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

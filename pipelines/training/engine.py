@@ -75,8 +75,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         state = checkpoints.restore(payload, model, optimizer, scheduler, scaler, loaders["train"].generator)
     resumed_from = state.epoch
     for past in state.history:  # a resumed run re-reports what it already did, so nothing is lost
-        for listener in listeners:
-            listener.on_epoch_end(int(past["epoch"]), past)
+        _tell(listeners, int(past["epoch"]), past)
 
     memory.reset_peak(device)  # this run's peak, not the worker's earlier ones (perf/peak_memory_mb, the guard)
     step = Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
@@ -117,8 +116,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         if distributed.is_main():  # flushed: through a pipe (mlflow run, | tee) each epoch shows as it ends
             tqdm.write(_summary(row, cfg.epochs))
             sys.stdout.flush()
-        for listener in listeners:
-            listener.on_epoch_end(epoch, row)
+        _tell(listeners, epoch, row)
         if cfg.early_stopping_patience and epoch - state.best_epoch >= cfg.early_stopping_patience:
             stopped_early = True
             break
@@ -134,6 +132,18 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         train_seconds=time.perf_counter() - started,
         extra={**final_perf(state.history, device), "perf/checkpoint_s": checkpoint_s},
     )
+
+
+def _tell(listeners: tuple[Listener, ...], epoch: int, row: dict[str, float]) -> None:
+    """The epoch's metrics to each listener (on rank 0 alone, under data-parallel training); a listener that
+    stops the run (a pruned trial, a lost tracking store) stops every rank at this same point."""
+    stopping = None
+    try:
+        for listener in listeners:
+            listener.on_epoch_end(epoch, row)
+    except Exception as exc:  # noqa: BLE001 - raised again here, on rank 0, after the others were told
+        stopping = exc
+    distributed.stop_together(stopping)
 
 
 def from_test_pass(test: EpochPass) -> dict:

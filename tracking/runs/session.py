@@ -166,12 +166,16 @@ def fail_launcher_run(error: str) -> None:
 def kill_launcher_run_left_running(error: str) -> None:
     """After a data-parallel run's processes ended in failure: the run `mlflow run` opened for them, if
     rank 0 (its owner) died before it could end it, ends KILLED rather than RUNNING with no owner."""
-    run_id = take_launcher_run()
+    kill_if_running(take_launcher_run(), error)
+
+
+def kill_if_running(run_id: str | None, error: str) -> None:
+    """A run whose owner (rank 0 of data-parallel processes) died before it could end it: KILLED, saying why."""
     try:
         if run_id and MlflowClient().get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
             end_run(run_id, RunStatus.to_string(RunStatus.KILLED), error)
     except MlflowException as exc:  # the store is unreachable: the processes' own failure is what to report
-        _log.warning("could not end the launcher's run %s: %s", run_id, first_line(exc))
+        _log.warning("could not end run %s: %s", run_id, first_line(exc))
 
 
 def one_line(exc: BaseException) -> str:
