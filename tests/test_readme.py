@@ -65,6 +65,10 @@ NOT_RUN = {
     r"torchrun --standalone --nproc_per_node=2 -m freezeframe train --experiment experiments/last_n\.yaml$":
         "two processes of Lite0 at 224 px, minutes; tests/test_distributed.py runs `-e train -P devices=2` "
         "through `mlflow run` (the launcher gives each rank torchrun's environment) and kills its ranks",
+    r"CUDA_VISIBLE_DEVICES=[0-7,]+ mlflow run \. -e (compare|search) --env-manager local "
+    r"-P devices=[24] -P storage=\$STORAGE$":
+        "needs GPUs; tests/test_distributed.py runs a comparison and a search whose arms take 2 CPU processes, "
+        "and kills an arm's rank 0",
     r"freezeframe train --experiment experiments/last_n\.yaml ":
         "checked only: the `freezeframe` command is run by the predict line; train in-process is most tests'",
     r"mlflow run \. -e search --env-manager local --experiment-name search -P experiment=":
