@@ -55,9 +55,12 @@ from pipelines.errors import first_line  # noqa: E402
 from pipelines.models import lite_wheels  # noqa: E402
 from pipelines.training import feature_cache  # noqa: E402
 from pipelines.training.engine import steady_images_per_s  # noqa: E402
-from pipelines.training.memory import in_use_mb  # noqa: E402
 from pipelines.training.run import execute, prepare  # noqa: E402
-from pipelines.training.runtime import free_memory, seed_everything  # noqa: E402
+from pipelines.training.runtime import (  # noqa: E402
+    free_memory,
+    in_use_mb,  # noqa: E402
+    seed_everything,
+)
 
 NO_CUDA = "bench_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False): nothing measured"
 GPU = dict(backbone="tf_efficientnet_lite0", weights="imagenet", image=224, samples=0, batch=128, epochs=8,

@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                               "train.devices processes itself (-P devices=N); run several workers to use more")
         if cfg is not None and cfg.train.devices > 1 and args.command == "rank":
             raise ConfigError("rank fits linear probes on cached features, in one process: train.devices must be 1")
+        if cfg is not None and cfg.train.devices > 1 and args.command in ("compare", "search"):
+            _check_devices(cfg)  # before any arm is queued: each arm would fail on its own
         cfg = stable_state(args, cfg)
         from freezeframe.commands import command  # after parsing: `--help` and config errors stay instant
 
@@ -179,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"freezeframe: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
+
+
+def _check_devices(cfg: RunConfig) -> None:
+    from pipelines.training.distributed import check_devices  # torch: the arms load it anyway
+    from pipelines.training.runtime import resolve_device
+
+    check_devices(cfg.train.devices, resolve_device(cfg.train.device))
 
 
 def _interrupt(signum, frame):

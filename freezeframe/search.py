@@ -10,6 +10,7 @@ import optuna
 from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, reuse_run, run_child, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.errors import without_password
+from pipelines.studies.arm_ranks import TrialPlace
 from pipelines.studies.keys import PARENT_RUN_ID_ATTR, RETRY_ATTR, RUN_ATTR, TWIN_ATTR
 from pipelines.studies.search_space import SearchSpec, parse_search, suggest, trial_config
 from pipelines.studies.search_study import (
@@ -35,7 +36,8 @@ class TrialObjective:
     params a finished trial already had → its result, without training."""
 
     def __init__(self, spec: SearchSpec, base: RunConfig, parent_run_id: str, storage_url: str):
-        self.spec, self.base, self.parent_run_id, self.storage_url = spec, base, parent_run_id, storage_url
+        self.spec, self.base, self.parent_run_id = spec, base, parent_run_id
+        self.place = TrialPlace(storage_url, f"search:{spec.pruner}", base.train.epochs)  # as open_search's
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         choice = suggest(trial, self.spec)
@@ -53,7 +55,7 @@ class TrialObjective:
         cfg = with_overrides(trial_config(self.base, self.spec, choice), {
             "tracking.run_name": name, "train.checkpoint_dir": folder, "train.resume": origin is not None})
         done = run_child(cfg, trial, self.parent_run_id, "search", {}, (EpochReporter(trial, self.spec.metric),),
-                         self.storage_url)
+                         self.place)
         return self._value(objective_values(self.spec, done.outcome.fit))
 
     def _value(self, values: list[float]) -> float | list[float]:

@@ -5,27 +5,30 @@ with train.devices > 1 is the same child run trained on N processes (pipelines/s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
+import numpy as np
 import optuna
 
 from freezeframe import __version__
 from pipelines.config import RunConfig
 from pipelines.errors import StoppedByRankZero
+from pipelines.processes import stop_when_orphaned
 from pipelines.studies import arm_ranks
 from pipelines.studies.keys import RUN_ATTR
 from pipelines.studies.worker import TrialLost
 from pipelines.training import distributed
+from pipelines.training.engine import FitResult
 from pipelines.training.run import PreparedRun, RunOutcome, execute, prepare
 from tracking import tags
 from tracking.models.model_store import resolve_state_dict
 from tracking.models.registry import is_registry_uri
 from tracking.runs import stale
 from tracking.runs.run_logger import MlflowTracker, run_name
-from tracking.runs.session import kill_if_running, one_line, tracked_run
+from tracking.runs.session import end_unfinished, one_line, tracked_run
+from tracking.studies.parent_run import FAILED, KILLED
 
 
 @dataclass
@@ -83,6 +86,12 @@ def train_beside(cfg: RunConfig) -> None:
         execute(prepare_run(cfg))
 
 
+def child_axes(cfg: RunConfig) -> dict[str, str]:
+    """A child run's axes, as a trained run logs them: summaries and the UI name a failed one the same way."""
+    return {tags.BACKBONE: cfg.model.backbone, tags.WEIGHTS: cfg.model.weights, tags.FREEZE: cfg.model.freeze,
+            tags.SEED: str(cfg.seed)}
+
+
 def child_here(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str, run_tags: dict[str, str],
                listeners: tuple) -> TrackedRun:
     """An arm or trial in this process: prepared, then trained as a child run; the trial records the run
@@ -93,79 +102,88 @@ def child_here(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_po
     try:
         prepared = prepare_run(cfg)
     except BaseException as exc:  # a failed one fails alone (the worker goes on); Ctrl-C leaves it KILLED
-        axes = {tags.BACKBONE: cfg.model.backbone, tags.WEIGHTS: cfg.model.weights, tags.FREEZE: cfg.model.freeze,
-                tags.SEED: str(cfg.seed)}  # as a trained run has them: summaries and the UI name it the same way
-        record_failure(cfg, exc, parent_run_id, {**run_tags, **axes}, on_start=record)
+        record_failure(cfg, exc, parent_run_id, {**run_tags, **child_axes(cfg)}, on_start=record)
     return run_tracked(prepared, entry_point, parent_run_id=parent_run_id, attach=False, listeners=listeners,
                        tags=run_tags, on_start=record)
 
 
-def child_on_ranks(cfg: RunConfig, trial: optuna.Trial, storage_url: str, parent_run_id: str, entry_point: str,
-                   run_tags: dict[str, str], listeners: tuple) -> TrackedRun:
-    """child_here's run on cfg.train.devices processes: rank 0 trains the child run, and its outcome
-    comes back here for the trial's value; a pruned arm raises TrialPruned here, a failed one its error, and
-    one whose process died TrialLost (the worker queues it again)."""
-    arm = arm_ranks.describe(cfg, trial, storage_url, parent_run_id, entry_point, run_tags, listeners)
+def child_on_ranks(cfg: RunConfig, trial: optuna.Trial, place: arm_ranks.TrialPlace, parent_run_id: str,
+                   entry_point: str, run_tags: dict[str, str], listeners: tuple) -> TrackedRun:
+    """child_here's run on cfg.train.devices processes (pipelines/studies/arm_ranks.py): rank 0 trains the
+    child run and its numbers come back for the trial's value. A pruned arm raises TrialPruned here; a
+    process's own error, RuntimeError; a process killed (kill -9, the OOM killer), TrialLost: the worker
+    queues the arm again, to go on from rank 0's last checkpoint, as it does a dead worker's."""
+    arm = arm_ranks.describe(trial, place, parent_run_id, entry_point, run_tags, listeners)
+    earlier = _child_run_id(trial)  # a retried trial carries its first attempt's run id
     print(f"[trial {trial.number}] on {cfg.train.devices} processes (torch.distributed.run)", flush=True)
     with arm_ranks.arm_folder() as folder:
         try:
-            result = arm_ranks.launch(arm, folder)
+            launched = arm_ranks.launch(cfg, arm, folder)
         except KeyboardInterrupt as exc:  # this worker stopped: rank 0 ended the run KILLED, unless it died first
-            kill_if_running(_child_run_id(trial), str(exc) or "interrupted")
+            if (run_id := _child_run_id(trial)) != earlier:
+                end_unfinished(run_id, KILLED, str(exc) or "interrupted")
             raise
-    if result.outcome is not None:
-        return result.outcome
-    if result.pruned:
-        raise optuna.TrialPruned(result.pruned)
-    failed = result.launcher_failure
-    if result.error and not result.interrupted:  # rank 0's own error (a NaN loss, say): its run says FAILED
-        raise RuntimeError(result.error)
-    # another rank's error (rank 0 was interrupted by it), or a process killed (kill -9, the OOM killer): the
-    # latter goes on from its checkpoint, as a dead worker's arm would (the worker queues it again)
-    error = (TrialLost if failed is not None and failed.killed else RuntimeError)(
-        str(failed or result.error or "rank 0 wrote no result"))
+    if launched.run is not None:
+        return tracked_from(launched.run)
+    if launched.pruned:
+        raise optuna.TrialPruned(launched.pruned)
+    failure = launched.failure
+    reason = launched.error or str(failure or "") or "rank 0 wrote no result"
+    error = (TrialLost if failure is not None and failure.killed and not launched.error else RuntimeError)(reason)
     run_id = _child_run_id(trial)
-    if run_id is None:  # no process got as far as the child run: it still shows, saying why
-        record_failure(cfg, error, parent_run_id, run_tags, on_start=lambda made: trial.set_user_attr(RUN_ATTR, made))
-    kill_if_running(run_id, str(error))  # rank 0 ended its run KILLED, unless it was the one killed
+    if run_id == earlier:  # no process got as far as the child run: it still shows, saying why
+        record_failure(cfg, error, parent_run_id, {**run_tags, **child_axes(cfg)},
+                       on_start=lambda made: trial.set_user_attr(RUN_ATTR, made))
+    # rank 0 may have died before ending its run, or been stopped (KILLED) by another process's error
+    end_unfinished(run_id, KILLED if isinstance(error, TrialLost) else FAILED, reason)
     raise error
 
 
 def _child_run_id(trial: optuna.Trial) -> str | None:
-    """The run id rank 0 recorded on the trial (in the storage: this process's Trial caches its attrs)."""
+    """The run id recorded on the trial, read from the storage (this process's Trial caches its attrs)."""
     (frozen,) = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
     return frozen.user_attrs.get(RUN_ATTR)
 
 
 def arm_rank(arm_path: str) -> int:
     """One of the processes of an arm that child_on_ranks launched (`freezeframe train --arm <file>`): rank
-    0 opens the worker's trial and trains the child run; it writes back the outcome, or why there is none."""
-    arm = arm_ranks.read_arm(arm_path)
+    0 opens the worker's trial and trains the child run, the others train beside it; each writes back its
+    own error, and rank 0 its run's numbers or why it was pruned."""
+    cfg, arm = arm_ranks.read_arm(arm_path)
+    rank = distributed.rank()
+    stop_when_orphaned()  # a worker killed -9 takes its arm's processes with it
     try:
-        if not distributed.is_main():
-            train_beside(arm.cfg)
+        if rank != 0:
+            train_beside(cfg)
             return 0
         trial = arm_ranks.open_trial(arm)
-        try:
-            done = child_here(arm.cfg, trial, arm.parent_run_id, arm.entry_point, arm.run_tags,
-                              arm_ranks.reporters(arm, trial))
-        except optuna.TrialPruned as exc:
-            arm_ranks.write_result(arm_path, arm_ranks.RanksResult(pruned=str(exc)))
-            return 0
-        except BaseException as exc:
-            arm_ranks.write_result(arm_path, arm_ranks.RanksResult(
-                error=str(exc) if isinstance(exc, KeyboardInterrupt) else one_line(exc),
-                interrupted=isinstance(exc, KeyboardInterrupt)))
-            raise
-        arm_ranks.write_result(arm_path, arm_ranks.RanksResult(outcome=_portable(done)))
+        done = child_here(cfg, trial, arm.parent_run_id, arm.entry_point, arm.run_tags, arm_ranks.reporters(arm, trial))
+        arm_ranks.write_report(arm_path, rank, arm_ranks.RankReport(run=portable_run(done)))
         return 0
+    except optuna.TrialPruned as exc:
+        arm_ranks.write_report(arm_path, rank, arm_ranks.RankReport(pruned=str(exc)))
+        return 0
+    except Exception as exc:  # its own error; an interruption (KeyboardInterrupt) follows another's failure
+        arm_ranks.write_report(arm_path, rank, arm_ranks.RankReport(error=one_line(exc)))
+        raise
     finally:
         distributed.stop()
 
 
-def _portable(done: TrackedRun) -> TrackedRun:
-    """What the worker's objective reads of a run (its FitResult, probe), light and on the CPU: not the
-    prepared model and data, no CUDA tensor that would start CUDA in the worker."""
-    fit = dataclasses.replace(done.outcome.fit, confusion={k: v if v is None else v.cpu()
-                                                                  for k, v in done.outcome.fit.confusion.items()})
-    return dataclasses.replace(done, outcome=dataclasses.replace(done.outcome, prepared=None, fit=fit))
+def portable_run(done: TrackedRun) -> dict:
+    """What a worker's objective reads of a child run (its fit's numbers), as JSON: the per-image arrays
+    and the model stay in the run's artifacts."""
+    fit = done.outcome.fit
+    numbers = {name: getattr(fit, name) for name in ("history", "best_epoch", "best_value", "test", "stopped_early",
+                                                       "resumed_from_epoch", "train_seconds", "extra")}
+    return {"run_id": done.run_id, "fit": numbers, "logging_seconds": done.logging_seconds,
+            "logging_breakdown": done.logging_breakdown, "background_breakdown": done.background_breakdown}
+
+
+def tracked_from(run: dict) -> TrackedRun:
+    """portable_run's dict back as the TrackedRun a one-process child returns (without arrays or model)."""
+    empty = np.empty(0)
+    fit = FitResult(**run["fit"], confusion={}, test_predictions=(empty, empty), test_p_true=empty)
+    outcome = RunOutcome(prepared=None, fit=fit, report_text="", report_dict={}, predictions_csv="")  # type: ignore[arg-type]
+    return TrackedRun(run["run_id"], outcome, run["logging_seconds"], run["logging_breakdown"],
+                      run["background_breakdown"])

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.config import MONITORS, RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError, without_password
+from pipelines.studies.arm_ranks import TrialPlace
 from pipelines.studies.arms import Arm, Comparison, arm_configs, queue_arms
 from pipelines.studies.keys import (
     ARM_ATTR,
@@ -74,17 +75,17 @@ def print_links(parent: ParentRun, run_ids: list[str], what: str, order_by: str,
     print(links.format_links(found), flush=True)
 
 
-def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str,
-              child_tags: dict[str, str], listeners: tuple = (), storage_url: str = "") -> TrackedRun:
+def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str, child_tags: dict[str, str],
+              listeners: tuple = (), place: TrialPlace | None = None) -> TrackedRun:
     """One arm or trial as a child run of the parent, in this process, or with train.devices > 1 on that
-    many processes that this worker starts (`storage_url`: where they find the trial)."""
+    many processes that this worker starts (`place`: where they find the trial, and its pruner)."""
     from freezeframe import single_run  # see TYPE_CHECKING above
 
     run_tags = {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number), tags.CONFIG_DIGEST: digest(cfg),
                 **child_tags}
     parent_run.reopen(parent_run_id)  # another worker may have ended it, seeing this one's arm still queued
-    if cfg.train.devices > 1:
-        return single_run.child_on_ranks(cfg, trial, storage_url, parent_run_id, entry_point, run_tags, listeners)
+    if cfg.train.devices > 1 and place is not None:
+        return single_run.child_on_ranks(cfg, trial, place, parent_run_id, entry_point, run_tags, listeners)
     return single_run.child_here(cfg, trial, parent_run_id, entry_point, run_tags, listeners)
 
 
@@ -144,10 +145,10 @@ class ArmObjective:
     monitored metric's best epoch."""
 
     def __init__(self, arms: dict[str, tuple[Arm, RunConfig]], parent_run_id: str, name: str, kind: str,
-                 value: Callable[[RunOutcome], float], storage_url: str, racing: bool = False,
+                 value: Callable[[RunOutcome], float], place: TrialPlace, racing: bool = False,
                  reuse: dict[str, str] | None = None):
         self.arms, self.parent_run_id, self.name, self.kind, self.value = arms, parent_run_id, name, kind, value
-        self.storage_url, self.racing, self.reuse = storage_url, racing, reuse or {}
+        self.place, self.racing, self.reuse = place, racing, reuse or {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         key = trial.user_attrs.get(DIGEST_ATTR)
@@ -167,7 +168,7 @@ class ArmObjective:
         print(f"[trial {trial.number}] {arm.name}", flush=True)
         # racing (compare.racing): the study's pruner may stop the arm at a rung, never at its last epoch
         listeners = (EpochReporter(trial, cfg.train.monitor, prune=self.racing, last_epoch=cfg.train.epochs),)
-        done = run_child(cfg, trial, self.parent_run_id, self.kind, arm_tags, listeners, self.storage_url)
+        done = run_child(cfg, trial, self.parent_run_id, self.kind, arm_tags, listeners, self.place)
         return self.value(done.outcome)
 
 
@@ -200,7 +201,7 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
     link_study(study, parent)
 
     objective = ArmObjective(arms, parent.run_id, name, kind, value or (lambda outcome: outcome.fit.best_value),
-                             url, racing=spec.racing != "none", reuse=reuse)
+                             TrialPlace(url, f"racing:{spec.racing}"), racing=spec.racing != "none", reuse=reuse)
     summary = work(url, storage, study, parent, objective,
                    lambda parent_run_id: summarise(parent_run_id, arm_runs(parent_run_id, spec)))
     if summary is not None:

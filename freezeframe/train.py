@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from pipelines.config import RunConfig, with_overrides
+from pipelines.processes import launch as launch_processes
 from pipelines.training import distributed
 from pipelines.training.runtime import resolve_device
 from tracking import links
@@ -62,7 +63,7 @@ def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
     distributed.check_devices(cfg.train.devices, resolve_device(cfg.train.device))
     print(f"freezeframe: training on {cfg.train.devices} processes (torch.distributed.run)", flush=True)
     try:
-        failed = distributed.launch(cfg.train.devices, args.argv)
+        failed = launch_processes(cfg.train.devices, args.argv)
     except KeyboardInterrupt as exc:  # Ctrl-C or `mlflow run` cancelled: the ranks are down already
         kill_launcher_run_left_running(str(exc))
         raise

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
 from pipelines.studies.search_study import probes_in
-from pipelines.training.memory import in_use_mb
+from pipelines.training.runtime import in_use_mb
 from tests.conftest import runs_in, tiny_experiment
 
 

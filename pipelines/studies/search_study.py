@@ -29,13 +29,18 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(spec: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
-    if spec.pruner == "successive_halving":
+    return pruner_named(spec.pruner, epochs)
+
+
+def pruner_named(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """search.pruner's pruner, for trials of `epochs` epochs (also rebuilt by an arm's rank 0: arm_ranks)."""
+    if name == "successive_halving":
         # ASHA: at epochs 1, 3, 9, ... a trial goes on only in the top third of those that got there
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if spec.pruner == "median":
+    if name == "median":
         # once two trials have finished, a trial below their median at the same epoch stops there
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if spec.pruner == "hyperband":
+    if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
 

@@ -26,10 +26,18 @@ from torch import nn
 from pipelines.config import RunConfig
 from pipelines.data.sources import load_dataset
 from pipelines.errors import first_line
-from pipelines.training.memory import available_mb, in_use_mb, peak_mb, reset_peak
 from pipelines.training.optimizer import make_optimizer, optimizer_step
 from pipelines.training.run import build_model
-from pipelines.training.runtime import autocast_context, free_memory, grad_scaler, resolve_device
+from pipelines.training.runtime import (
+    autocast_context,
+    available_mb,
+    free_memory,
+    grad_scaler,
+    in_use_mb,
+    peak_mb,
+    reset_peak,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 MARGIN = 0.1  # a step's memory counts 10% more: fragmentation, the loaders, the metrics
@@ -88,9 +96,12 @@ def find_ceiling(cfg: RunConfig, batch_sizes: tuple[int, ...]) -> Ceiling:
     limit = available_mb(device, cfg.train.memory_limit_mb) / (devices if shared else 1)
     probes: dict[int, Probe] = {}
 
+    # DDP keeps its own copy of the gradients it all-reduces (its buckets): one more trainable-parameter set
+    buckets_mb = step.trainable_mb() if devices > 1 else 0.0
+
     def fits(index: int) -> bool:
         size = batch_sizes[index]
-        probes[size] = dataclasses.replace(step.measure(size // devices, limit), batch_size=size)
+        probes[size] = dataclasses.replace(step.measure(size // devices, limit, buckets_mb), batch_size=size)
         return probes[size].fits
 
     try:
@@ -129,7 +140,10 @@ class _StepProbe:
         self.criterion = nn.CrossEntropyLoss()
         self.classes = classes
 
-    def measure(self, batch_size: int, limit_mb: float) -> Probe:
+    def trainable_mb(self) -> float:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad) / 2**20
+
+    def measure(self, batch_size: int, limit_mb: float, extra_mb: float = 0.0) -> Probe:
         free_memory()
         reset_peak(self.device)
         base = in_use_mb(self.device)
@@ -150,7 +164,7 @@ class _StepProbe:
             log.info("batch size %s does not run on %s: %s", batch_size, self.device, first_line(exc))
             peak = math.nan
         self.optimizer.zero_grad(set_to_none=True)
-        need = base + (peak - base) * (1 + MARGIN)
+        need = base + (peak - base) * (1 + MARGIN) + extra_mb
         return Probe(batch_size, round(peak, 1), round(need, 1), bool(need <= limit_mb))  # NaN <= x is False
 
     def close(self) -> None:

@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -181,60 +177,3 @@ def same_buffers(model: nn.Module) -> None:
 def stop() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-@dataclass(frozen=True)
-class LaunchFailure:
-    line: str  # which ranks failed and how, in one line
-    killed: bool  # a process died of a signal (kill -9, the OOM killer), not of an error of its own
-
-    def __str__(self) -> str:
-        return self.line
-
-
-def launch(devices: int, argv: list[str], env: dict[str, str | None] | None = None) -> LaunchFailure | None:
-    """`python -m freezeframe <argv>` on `devices` processes of this machine under the elastic launcher,
-    as `torchrun --standalone --nproc_per_node=<devices>` would; `env` sets (None: removes) variables in
-    theirs. A rank that dies takes the others down
-    (elastic's monitor sends them SIGTERM, which ends rank 0's run KILLED). Returns None when every
-    process succeeded, else which ranks failed and how."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
-                          start_method="spawn")
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
-    try:  # elastic installs its own handlers, which raise SignalException after taking the ranks down
-        with _environment(env or {}):  # elastic's processes start from a copy of this one's environment
-            elastic_launch(config, sys.executable)("-m", "freezeframe", *argv)
-    except SignalException as exc:
-        raise KeyboardInterrupt(f"the {devices} processes were stopped ({exc.sigval.name})") from None
-    except ChildFailedError as exc:
-        failures = [f"rank {r}: exit {f.exitcode}" + (f" ({f.signal_name()})" if f.exitcode < 0 else "")
-                    for r, f in sorted(exc.failures.items())]
-        return LaunchFailure(f"{devices} processes: {', '.join(failures)}",
-                             killed=any(f.exitcode < 0 for f in exc.failures.values()))
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    return None
-
-
-@contextlib.contextmanager
-def _environment(changes: dict[str, str | None]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in changes}
-    _set_environment(changes)
-    try:
-        yield
-    finally:
-        _set_environment(saved)
-
-
-def _set_environment(values: dict[str, str | None]) -> None:
-    for name, value in values.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value

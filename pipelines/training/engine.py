@@ -24,11 +24,10 @@ from tqdm.auto import tqdm
 
 from pipelines.config import MONITORS, TrainConfig
 from pipelines.models import freezing
-from pipelines.training import checkpoints, distributed, memory
-from pipelines.training.metrics import make_metrics
+from pipelines.training import checkpoints, distributed
 from pipelines.training.optimizer import make_optimizer
-from pipelines.training.runtime import grad_scaler
-from pipelines.training.stepper import EpochPass, Stepper
+from pipelines.training.runtime import grad_scaler, peak_mb, reset_peak
+from pipelines.training.stepper import EpochPass, Stepper, make_metrics
 
 
 class Listener(Protocol):
@@ -77,7 +76,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
     for past in state.history:  # a resumed run re-reports what it already did, so nothing is lost
         _tell(listeners, int(past["epoch"]), past)
 
-    memory.reset_peak(device)  # this run's peak, not the worker's earlier ones (perf/peak_memory_mb, the guard)
+    reset_peak(device)  # this run's peak, not the worker's earlier ones (perf/peak_memory_mb, the guard)
     step = Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
                    cfg.memory_limit_mb, train_model=distributed.wrap(model, device))
     stopped_early, started, checkpoint_s = False, time.perf_counter(), 0.0
@@ -100,7 +99,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         row = {"epoch": epoch, **train_metrics, **val_metrics, "lr": lr, "perf/epoch_s": epoch_s,
                "perf/images_per_s": len(loaders["train"].dataset) / max(train_seconds, 1e-9),
                "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-               "perf/peak_memory_mb": memory.peak_mb(device)}  # so far: a pruned or failed run has it too
+               "perf/peak_memory_mb": peak_mb(device)}  # so far: a pruned or failed run has it too
         row["perf/steady_images_per_s"] = steady_images_per_s([*state.history, row])
         value = row[cfg.monitor]
         if (value > state.best_value) if mode == "max" else (value < state.best_value):
@@ -167,7 +166,7 @@ def final_perf(history: list[dict[str, float]], device: torch.device) -> dict[st
     would also count the test pass); computed afresh for a history resumed from an older checkpoint."""
     last = history[-1] if history else {}
     return {"perf/steady_images_per_s": last.get("perf/steady_images_per_s", steady_images_per_s(history)),
-            "perf/peak_memory_mb": last.get("perf/peak_memory_mb", memory.peak_mb(device))}
+            "perf/peak_memory_mb": last.get("perf/peak_memory_mb", peak_mb(device))}
 
 
 def steady_images_per_s(history: list[dict[str, float]]) -> float:

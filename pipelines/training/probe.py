@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from pipelines.models.backbones import head_module
 from pipelines.ranking.scores import score_features
-from pipelines.training import feature_cache, memory
+from pipelines.training import feature_cache
 from pipelines.training.engine import FitResult, Listener, final_perf, from_test_pass
+from pipelines.training.runtime import peak_mb, reset_peak
 from pipelines.training.stepper import evaluate
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def run_probe(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> tu
     found, origin = (feature_cache.features(prepared, batch) if prepared.feature_cache.on
                      else (feature_cache.extract(prepared, batch), "computed"))
     extraction_s = time.perf_counter() - tick
-    memory.reset_peak(device)
+    reset_peak(device)
     head = head_module(prepared.backbone.model)
     probe = fit_probe(head, found, prepared.policy.probe_c, cfg.seed)
     passes = evaluate(head, feature_cache.head_loaders(found, batch, cfg.seed), len(prepared.data.class_names),
@@ -110,7 +111,7 @@ def run_probe(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> tu
     row = {"epoch": 1, **passes["train"].metrics, **passes["val"].metrics, "perf/epoch_s": probe.fit_seconds,
            "perf/images_per_s": images_per_s, "perf/steady_images_per_s": images_per_s,
            "model/params_trainable": sum(p.numel() for p in head.parameters()),
-           "perf/peak_memory_mb": memory.peak_mb(device)}
+           "perf/peak_memory_mb": peak_mb(device)}
     for listener in listeners:
         listener.on_epoch_end(1, row)
     fit = FitResult(history=[row], best_epoch=1, best_value=row[cfg.train.monitor],

@@ -1,4 +1,5 @@
-"""One pass over a split's loader, training or evaluating: the part of the loop that touches batches.
+"""One pass over a split's loader, training or evaluating: the part of the loop that touches batches, and
+the classification metrics it computes (torchmetrics collections, reported as `<split>/<name>`).
 
 Under data-parallel training (pipelines/training/distributed.py) each process passes over its shard and
 the pass's predictions, targets and loss are gathered from every rank before the metrics are computed,
@@ -12,13 +13,44 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 from tqdm.auto import tqdm
 
 from pipelines.errors import TrainingError
-from pipelines.training import distributed, memory
-from pipelines.training.metrics import compute, make_metrics
+from pipelines.training import distributed
 from pipelines.training.optimizer import optimizer_step
-from pipelines.training.runtime import autocast_context
+from pipelines.training.runtime import autocast_context, check_limit
+
+
+def make_metrics(num_classes: int, device: torch.device | str = "cpu") -> MetricCollection:
+    """acc (micro, i.e. plain accuracy), macro precision/recall/F1, and the confusion matrix.
+
+    sync_on_compute=False: under data-parallel training every rank updates them with the predictions
+    already gathered from all ranks (EpochPass, below); torchmetrics' own sync would count each image N times
+    (ratios survive that, the confusion matrix does not)."""
+    local = {"sync_on_compute": False}
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_classes, average="micro", **local),
+        "precision_macro": MulticlassPrecision(num_classes, average="macro", zero_division=0, **local),
+        "recall_macro": MulticlassRecall(num_classes, average="macro", zero_division=0, **local),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro", zero_division=0, **local),
+        "confusion": MulticlassConfusionMatrix(num_classes, **local),
+    }).to(device)
+
+
+def compute(metrics: MetricCollection, split: str) -> tuple[dict[str, float], torch.Tensor]:
+    """`{"val/acc": ...}` scalars and the confusion matrix (rows: true class), then reset."""
+    values = metrics.compute()
+    confusion = values.pop("confusion").cpu()
+    metrics.reset()
+    return {f"{split}/{k}": float(v) for k, v in values.items()}, confusion
 
 
 class EpochPass(NamedTuple):
@@ -85,7 +117,7 @@ class Stepper:
                 if batches % check_every == 0:
                     self._check_finite(loss_sum, split, batches)
                 if train:
-                    memory.check_limit(self.memory_limit_mb)
+                    check_limit(self.memory_limit_mb)
                     optimizer_step(loss * distributed.loss_weight(loader, batches - 1, real), self.optimizer,
                                    self.scaler)
                 # the metrics take the epoch's predicted classes in one update at its end: per batch, their

@@ -171,9 +171,17 @@ def kill_launcher_run_left_running(error: str) -> None:
 
 def kill_if_running(run_id: str | None, error: str) -> None:
     """A run whose owner (rank 0 of data-parallel processes) died before it could end it: KILLED, saying why."""
+    end_unfinished(run_id, RunStatus.to_string(RunStatus.KILLED), error, only_running=True)
+
+
+def end_unfinished(run_id: str | None, status: str, error: str, only_running: bool = False) -> None:
+    """A data-parallel run that its processes could not end truthfully: rank 0 was killed first (RUNNING), or
+    another process's error stopped it (KILLED as interrupted). Ended `status`, saying why, unless FINISHED."""
     try:
-        if run_id and MlflowClient().get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
-            end_run(run_id, RunStatus.to_string(RunStatus.KILLED), error)
+        found = MlflowClient().get_run(run_id).info.status if run_id else None
+        if found == RunStatus.to_string(RunStatus.RUNNING) or (
+                not only_running and found not in (None, RunStatus.to_string(RunStatus.FINISHED))):
+            end_run(run_id, status, error)
     except MlflowException as exc:  # the store is unreachable: the processes' own failure is what to report
         _log.warning("could not end run %s: %s", run_id, first_line(exc))
 
