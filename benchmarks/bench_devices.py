@@ -39,7 +39,9 @@ def run(devices: int, args: argparse.Namespace, folder: Path) -> dict:
            "--max_samples", str(args.max_samples), "--devices", str(devices), "--log_model", "false",
            "--set", f"train.checkpoint_dir={folder / f'checkpoints{devices}'}", "--set", "tracking.log_plots=false"]
     tick = time.perf_counter()
-    subprocess.run(cmd, cwd=folder, env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
+    if done.returncode:  # the run's own account, not only CalledProcessError's exit code
+        raise SystemExit(f"{devices} device(s): exit {done.returncode}\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - tick
     client = MlflowClient(store)
     (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
