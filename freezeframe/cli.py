@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                               "train.devices processes itself (-P devices=N); run several workers to use more")
         if cfg is not None and cfg.train.devices > 1 and args.command == "rank":
             raise ConfigError("rank fits linear probes on cached features, in one process: train.devices must be 1")
-        if cfg is not None and cfg.train.devices > 1 and args.command in ("compare", "search"):
-            _check_devices(cfg)  # before any arm is queued: each arm would fail on its own
+        if cfg is not None and cfg.train.devices > 1 and world_size() == 1:
+            _check_devices(cfg)  # before any process starts (train) or any arm is queued (compare, search)
         cfg = stable_state(args, cfg)
         from freezeframe.commands import command  # after parsing: `--help` and config errors stay instant
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_devices(cfg: RunConfig) -> None:
-    from pipelines.training.distributed import check_devices  # torch: the arms load it anyway
+    from pipelines.training.distributed import check_devices  # torch: the N processes load it anyway
     from pipelines.training.runtime import resolve_device
 
     check_devices(cfg.train.devices, resolve_device(cfg.train.device))

@@ -28,7 +28,6 @@ from pipelines.studies.keys import (
     RETRY_ATTR,
     RUN_ATTR,
 )
-from pipelines.studies.racing import racing_pruner
 from pipelines.studies.storage import DEFAULT_STORAGE, DIRECTIONS, make_storage, open_study, storage_id, study_lock
 from pipelines.studies.worker import EpochReporter, StudyWorker, reap_dead, requeue
 from tracking import links, tags
@@ -76,7 +75,7 @@ def print_links(parent: ParentRun, run_ids: list[str], what: str, order_by: str,
 
 
 def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_point: str, child_tags: dict[str, str],
-              listeners: tuple = (), place: TrialPlace | None = None) -> TrackedRun:
+              listeners: tuple, place: TrialPlace) -> TrackedRun:
     """One arm or trial as a child run of the parent, in this process, or with train.devices > 1 on that
     many processes that this worker starts (`place`: where they find the trial, and its pruner)."""
     from freezeframe import single_run  # see TYPE_CHECKING above
@@ -84,7 +83,7 @@ def run_child(cfg: RunConfig, trial: optuna.Trial, parent_run_id: str, entry_poi
     run_tags = {tags.STUDY: trial.study.study_name, tags.TRIAL: str(trial.number), tags.CONFIG_DIGEST: digest(cfg),
                 **child_tags}
     parent_run.reopen(parent_run_id)  # another worker may have ended it, seeing this one's arm still queued
-    if cfg.train.devices > 1 and place is not None:
+    if cfg.train.devices > 1:
         return single_run.child_on_ranks(cfg, trial, place, parent_run_id, entry_point, run_tags, listeners)
     return single_run.child_here(cfg, trial, parent_run_id, entry_point, run_tags, listeners)
 
@@ -187,7 +186,8 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
     # a trial's value: the monitored metric's best epoch, or the `value` asked for (a score: higher is better)
     direction, metric = ((DIRECTIONS[MONITORS[cfg.train.monitor]], cfg.train.monitor) if value is None
                          else ("maximize", kind))
-    study = open_study(name, url, storage, kind, (direction,), (metric,), pruner=racing_pruner(spec.racing))
+    place = TrialPlace(url, f"racing:{spec.racing}")  # the study's pruner, named: an arm's rank 0 rebuilds it
+    study = open_study(name, url, storage, kind, (direction,), (metric,), pruner=place.study_pruner())
     parent_run.check_held(kind, name, storage_id(url), cfg.tracking.experiment_name,
                           lambda: study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
     with study_lock(url, name):
@@ -201,7 +201,7 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: s
     link_study(study, parent)
 
     objective = ArmObjective(arms, parent.run_id, name, kind, value or (lambda outcome: outcome.fit.best_value),
-                             TrialPlace(url, f"racing:{spec.racing}"), racing=spec.racing != "none", reuse=reuse)
+                             place, racing=spec.racing != "none", reuse=reuse)
     summary = work(url, storage, study, parent, objective,
                    lambda parent_run_id: summarise(parent_run_id, arm_runs(parent_run_id, spec)))
     if summary is not None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from pipelines.config import RunConfig, with_overrides
 from pipelines.processes import launch as launch_processes
 from pipelines.training import distributed
-from pipelines.training.runtime import resolve_device
 from tracking import links
 from tracking.models.registry import register_run_model
 from tracking.runs.session import kill_launcher_run_left_running
@@ -59,8 +58,7 @@ def pretrain(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
 
 
 def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
-    """This same command on train.devices processes, once the machine is known to have the devices."""
-    distributed.check_devices(cfg.train.devices, resolve_device(cfg.train.device))
+    """This same command on train.devices processes (the command line checked that the machine has them)."""
     print(f"freezeframe: training on {cfg.train.devices} processes (torch.distributed.run)", flush=True)
     try:
         failed = launch_processes(cfg.train.devices, args.argv)

@@ -66,9 +66,8 @@ class LaunchFailure:
 def launch(devices: int, argv: list[str], env: dict[str, str | None] | None = None) -> LaunchFailure | None:
     """`python -m freezeframe <argv>` on `devices` processes of this machine under the elastic launcher,
     as `torchrun --standalone --nproc_per_node=<devices>` would; `env` sets (None: removes) variables in
-    theirs. A rank that dies takes the others down
-    (elastic's monitor sends them SIGTERM, which ends rank 0's run KILLED). Returns None when every
-    process succeeded, else which ranks failed and how."""
+    theirs. A rank that dies takes the others down (elastic's monitor sends them SIGTERM, which ends rank
+    0's run KILLED). Returns None when every process succeeded, else which ranks failed and how."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch

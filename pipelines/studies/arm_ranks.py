@@ -104,8 +104,8 @@ def launch(cfg: RunConfig, arm: ArmOnRanks, folder: Path) -> Launched:
     # MLFLOW_RUN_ID: a launcher's run is the parent's, never the child's that rank 0 creates
     failed = launch_processes(cfg.train.devices, ["train", "--arm", str(folder / ARM_FILE)],
                                 env={"MLFLOW_RUN_ID": None})
-    reports = {rank: RankReport(**json.loads((folder / RESULT_FILE.format(rank=rank)).read_text()))
-               for rank in range(cfg.train.devices) if (folder / RESULT_FILE.format(rank=rank)).exists()}
+    written = {rank: folder / RESULT_FILE.format(rank=rank) for rank in range(cfg.train.devices)}
+    reports = {rank: RankReport(**json.loads(path.read_text())) for rank, path in written.items() if path.exists()}
     first = reports.get(0, RankReport())
     errors = [f"rank {rank}: {report.error}" for rank, report in sorted(reports.items()) if report.error]
     return Launched(first.run, first.pruned, errors[0] if errors else "", failed)

@@ -103,7 +103,7 @@ class StudyWorker:
             trial = self.claim_waiting() or (self._ask() if self.propose else None)
             if trial is None:
                 break
-            if self._run_one(trial) == "queued again":  # its retry is claimed next, not counted twice
+            if self._run_one(trial):  # queued again (TrialLost): its retry is claimed next, not counted twice
                 continue
             self.trials_run += 1
             if self._grid_done():  # where Study.optimize would see the grid sampler's Study.stop()
@@ -137,10 +137,10 @@ class StudyWorker:
                     return trial
         return None
 
-    def _run_one(self, trial: optuna.Trial) -> str:
-        """Run the trial and tell its end; returns its state's name, or "queued again" (TrialLost)."""
+    def _run_one(self, trial: optuna.Trial) -> bool:
+        """Run the trial and tell its end; True when it was queued again (TrialLost)."""
         trial.set_user_attr(OWNER_ATTR, this_process())
-        ended = None
+        requeued = False
         try:
             with _heartbeat(self.storage, trial_id(self.study, self.storage, trial.number)):
                 value = self.objective(trial)
@@ -157,7 +157,7 @@ class StudyWorker:
             frozen = self.study.tell(trial, state=TrialState.FAIL)
             if isinstance(exc, TrialLost):  # as a dead worker's trial: queued again, to resume from its checkpoint
                 requeue(self.study, frozen)
-                ended = "queued again"
+                requeued = True
         else:
             frozen = self.study.tell(trial, value)
         finally:
@@ -165,7 +165,7 @@ class StudyWorker:
 
             free_memory()
         self.on_told(frozen)
-        return ended or frozen.state.name
+        return requeued
 
     def reap_dead(self) -> None:
         reap_dead(self.study, self.storage, self.on_dead)

@@ -166,12 +166,7 @@ def fail_launcher_run(error: str) -> None:
 def kill_launcher_run_left_running(error: str) -> None:
     """After a data-parallel run's processes ended in failure: the run `mlflow run` opened for them, if
     rank 0 (its owner) died before it could end it, ends KILLED rather than RUNNING with no owner."""
-    kill_if_running(take_launcher_run(), error)
-
-
-def kill_if_running(run_id: str | None, error: str) -> None:
-    """A run whose owner (rank 0 of data-parallel processes) died before it could end it: KILLED, saying why."""
-    end_unfinished(run_id, RunStatus.to_string(RunStatus.KILLED), error, only_running=True)
+    end_unfinished(take_launcher_run(), RunStatus.to_string(RunStatus.KILLED), error, only_running=True)
 
 
 def end_unfinished(run_id: str | None, status: str, error: str, only_running: bool = False) -> None:
