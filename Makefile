@@ -16,7 +16,7 @@ PORT_FREE = $(BIN)/python -c 'import socket, sys; s = socket.socket(); s.setsock
 # When this make started: `make run` reports its time, install included.
 START := $(shell date +%s)
 
-.PHONY: install run test lint ui dashboard lock clean
+.PHONY: install run test lint docs docs-serve ui dashboard lock clean
 
 # The stamp makes a second install a no-op; editing requirements, the lock or pyproject.toml reinstalls.
 # requirements.txt: the package's runtime dependencies; requirements-dev.txt: tests, lint, uv.
@@ -64,8 +64,21 @@ TEST_WORKERS ?= 2
 test: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1 --durations=15
 
+# ruff: style, and at most 6 arguments a function (pyproject.toml); lint-imports: the layers and no cycles
+# (pyproject.toml's [tool.importlinter] contracts: freezeframe → tracking → pipelines, pipelines' stages in
+# the order of the flow, mlflow in tracking/ alone).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+# The docs site (mkdocs.yml, docs/): --strict fails on a broken link or a page missing from the nav.
+DOCS_PORT ?= 8000
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	@$(PORT_FREE) $(DOCS_PORT) || { echo "make docs-serve: port $(DOCS_PORT) is in use: make docs-serve DOCS_PORT=$$(( $(DOCS_PORT) + 1 ))"; exit 1; }
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no GenAI job runners (half a dozen processes) for a training UI
 ui: install
@@ -81,4 +94,4 @@ lock: install
 	  $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

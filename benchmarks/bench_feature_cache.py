@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from pipelines.config import load_config  # noqa: E402
 from pipelines.training import feature_cache  # noqa: E402
-from pipelines.training.run import execute, prepare  # noqa: E402
+from pipelines.training.trainer import execute, prepare  # noqa: E402
 
 
 def config(args, cache: str, folder: str):

@@ -2,7 +2,7 @@
 
 1. train: Lite0 full fine-tune at 224 px with AMP (bf16 where supported, else fp16 and a GradScaler) and
    channels_last: steady train images/s (median epoch after the first) of a hand-written loop and of
-   pipelines.training.run.execute, on the same loaders; ratio = freezeframe / bare (1.00: no overhead).
+   pipelines.training.trainer.execute, on the same loaders; ratio = freezeframe / bare (1.00: no overhead).
 2. cache: Lite0 frozen with the feature cache: extraction images/s of a hand-written inference loop and of
    the product's frozen run (its perf/feature_extraction_s), alternated, best of two.
 3. search: 6 trials through `freezeframe search` in-process (tmp sqlite MLflow store and Optuna storage),
@@ -54,13 +54,13 @@ from pipelines.data.splits import SPLITS  # noqa: E402
 from pipelines.errors import first_line  # noqa: E402
 from pipelines.models import lite_wheels  # noqa: E402
 from pipelines.training import feature_cache  # noqa: E402
-from pipelines.training.engine import steady_images_per_s  # noqa: E402
-from pipelines.training.run import execute, prepare  # noqa: E402
-from pipelines.training.runtime import (  # noqa: E402
+from pipelines.training.device import (  # noqa: E402
     free_memory,
     in_use_mb,  # noqa: E402
     seed_everything,
 )
+from pipelines.training.engine import steady_images_per_s  # noqa: E402
+from pipelines.training.trainer import execute, prepare  # noqa: E402
 
 NO_CUDA = "bench_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False): nothing measured"
 GPU = dict(backbone="tf_efficientnet_lite0", weights="imagenet", image=224, samples=0, batch=128, epochs=8,
@@ -83,7 +83,7 @@ class Row:
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The product's rule (pipelines/training/runtime.py): AMP on CUDA only, bf16 where the GPU has it."""
+    """The product's rule (pipelines/training/device.py): AMP on CUDA only, bf16 where the GPU has it."""
     return None if device.type != "cuda" else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -228,7 +228,7 @@ def part_search(args, tmp: str) -> Row:
 
     from freezeframe.cli import main
     from pipelines.studies.keys import REASON_ATTR, TWIN_ATTR
-    from pipelines.studies.search_study import probes_in
+    from pipelines.studies.search_study import ceilings_in
     from pipelines.studies.storage import make_storage
 
     s, (path, samples) = args.sizes, search_experiment(args, tmp)
@@ -246,10 +246,10 @@ def part_search(args, tmp: str) -> Row:
     reused = sum(TWIN_ATTR in t.user_attrs for t in study.trials)  # a finished trial's params drawn again
     row.notes = (", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no trials") + \
         f" ({reused} reused)" * bool(reused)
-    for c in probes_in(study, store).values():  # one probe: one backbone and policy
+    for c in ceilings_in(study, store).values():  # one probe: one backbone and policy
         fit_all = "" if c["ceiling"] < s["search_high"] else " (all of the space fits: raise search_high)"
         row.bare, row.ours = f"ceiling {c['ceiling']}{fit_all}", f"probe {c['seconds']:.1f} s"
-        row.notes += f"; {len(c['probes'])} probe steps, limit {c['limit_mb']:.0f} MB on {c['device']}"
+        row.notes += f"; {len(c['probes'])} measured steps, limit {c['limit_mb']:.0f} MB on {c['device']}"
     if code or reasons:
         row.failed = True
         row.notes = f"freezeframe search exited {code}: {reasons[0] if reasons else 'its error is above'}; {row.notes}"

@@ -40,7 +40,7 @@ from pipelines.data.loaders import (  # noqa: E402
 )
 from pipelines.data.sources import load_dataset  # noqa: E402
 from pipelines.models import lite_wheels  # noqa: E402
-from pipelines.training.runtime import seed_everything  # noqa: E402
+from pipelines.training.device import seed_everything  # noqa: E402
 
 OTHER = "other (run start and end, test pass, classification report)"
 

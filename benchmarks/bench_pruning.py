@@ -38,7 +38,7 @@ from pipelines.config import load_config  # noqa: E402
 from pipelines.studies.search_space import parse_search, suggest, trial_config  # noqa: E402
 from pipelines.studies.search_study import finished_twin, make_pruner, make_sampler  # noqa: E402
 from pipelines.studies.worker import EpochReporter  # noqa: E402
-from pipelines.training.run import execute, prepare  # noqa: E402
+from pipelines.training.trainer import execute, prepare  # noqa: E402
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 GOAL_REGRET_PP, GOAL_COMPUTE = 0.5, 0.35

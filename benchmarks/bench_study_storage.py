@@ -71,7 +71,7 @@ def freezeframe_worker(args) -> None:
     def objective(trial: optuna.Trial) -> float:
         value = trivial(trial)
         parent_run.reopen(parent.run_id)
-        with session.tracked_run(f"trial {trial.number} · bs {trial.params['batch_size']}", args.experiment,
+        with session.open_run(f"trial {trial.number} · bs {trial.params['batch_size']}", args.experiment,
                                  tags={tags.STUDY: args.study, tags.TRIAL: str(trial.number)},
                                  parent_run_id=parent.run_id, attach=False) as run:
             trial.set_user_attr(RUN_ATTR, run.info.run_id)

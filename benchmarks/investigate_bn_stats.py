@@ -24,8 +24,8 @@ from torch.optim.swa_utils import update_bn  # noqa: E402
 
 from pipelines.config import load_config  # noqa: E402
 from pipelines.data.loaders import make_loaders  # noqa: E402
-from pipelines.training.run import execute, prepare  # noqa: E402
 from pipelines.training.stepper import evaluate  # noqa: E402
+from pipelines.training.trainer import execute, prepare  # noqa: E402
 
 
 def val_acc(model, loader, batch_statistics: bool = False) -> float:

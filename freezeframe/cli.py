@@ -16,7 +16,7 @@ import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quiete
 from freezeframe import __version__
 from pipelines.config import RunConfig, load_experiment, with_overrides
 from pipelines.errors import ConfigError, FreezeframeError, first_line
-from pipelines.processes import rank, world_size
+from pipelines.processes import process_rank, world_size
 from pipelines.ranking import SCORES
 from pipelines.state import state_dir
 from pipelines.values import coerce
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return command(args.command)(args, cfg, sections)
     except FreezeframeError as exc:
         message = first_line(exc, limit=2000)
-        if rank() == 0:  # under torchrun, rank 0 alone owns the launcher's run
+        if process_rank() == 0:  # under torchrun, process 0 alone owns the launcher's run
             _close_launcher_run(message)
         print(f"freezeframe: error: {message}", file=sys.stderr)
         return 2
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_devices(cfg: RunConfig) -> None:
+    from pipelines.training.device import resolve_device
     from pipelines.training.distributed import check_devices  # torch: the N processes load it anyway
-    from pipelines.training.runtime import resolve_device
 
     check_devices(cfg.train.devices, resolve_device(cfg.train.device))
 

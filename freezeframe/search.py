@@ -10,6 +10,7 @@ import optuna
 from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, reuse_run, run_child, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.errors import without_password
+from pipelines.state import slug
 from pipelines.studies.arm_ranks import TrialPlace
 from pipelines.studies.keys import PARENT_RUN_ID_ATTR, RETRY_ATTR, RUN_ATTR, TWIN_ATTR
 from pipelines.studies.search_space import SearchSpec, parse_search, suggest, trial_config
@@ -23,7 +24,6 @@ from pipelines.studies.search_study import (
 )
 from pipelines.studies.storage import storage_id
 from pipelines.studies.worker import EpochReporter
-from pipelines.training.run import slug
 from tracking import tags
 from tracking.store import ensure_reachable
 from tracking.studies import parent_run, search_report

@@ -20,39 +20,39 @@ from pipelines.studies import arm_ranks
 from pipelines.studies.keys import RUN_ATTR
 from pipelines.studies.worker import TrialLost
 from pipelines.training import distributed
-from pipelines.training.engine import FitResult
-from pipelines.training.run import PreparedRun, RunOutcome, execute, prepare
+from pipelines.training.results import FitResult, PreparedTraining, TrainingOutcome
+from pipelines.training.trainer import execute, prepare
 from tracking import tags
 from tracking.models.model_store import resolve_state_dict
 from tracking.models.registry import is_registry_uri
 from tracking.runs import stale
 from tracking.runs.run_logger import MlflowTracker, run_name
-from tracking.runs.session import end_unfinished, one_line, tracked_run
+from tracking.runs.session import end_unfinished, one_line, open_run
 from tracking.studies.parent_run import FAILED, KILLED
 
 
 @dataclass
 class TrackedRun:
     run_id: str
-    outcome: RunOutcome
+    outcome: TrainingOutcome
     logging_seconds: float  # time the run waited on MLflow (model export excluded), for the benchmark
     logging_breakdown: dict[str, float]  # the same by kind: setup, epochs, final metrics, weights, waiting, ...
     background_breakdown: dict[str, float]  # the background writer's working time by kind: epochs, plots, reports
 
 
-def prepare_run(cfg: RunConfig) -> PreparedRun:
+def prepare_run(cfg: RunConfig) -> PreparedTraining:
     """Validate and build everything (registry weights included) before any MLflow run is opened."""
     state = resolve_state_dict(cfg.model.weights) if is_registry_uri(cfg.model.weights) else None
     return prepare(cfg, state_dict=state)
 
 
-def run_tracked(prepared: PreparedRun, entry_point: str, parent_run_id: str | None = None,
+def run_tracked(prepared: PreparedTraining, entry_point: str, parent_run_id: str | None = None,
                 attach: bool = True, listeners: tuple = (), tags: dict[str, str] | None = None,
                 on_start: Callable[[str], None] | None = None) -> TrackedRun:
     """Train inside an MLflow run that ends FINISHED, or FAILED/KILLED with the reason. `on_start` gets the
     run id as soon as the run exists (an Optuna trial records it before anything can fail)."""
     cfg = prepared.cfg
-    with tracked_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
+    with open_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id,
                      attach=attach, tags=tags, system_metrics=cfg.tracking.system_metrics) as run:
         if on_start is not None:
             on_start(run.info.run_id)
@@ -73,7 +73,7 @@ def record_failure(cfg: RunConfig, error: BaseException, parent_run_id: str, tag
                    on_start: Callable[[str], None]) -> NoReturn:
     """A child whose preparation failed (weights that do not load, say) is still a child run, FAILED with
     the reason (KILLED when interrupted), so a comparison shows every arm it was asked for; raises `error`."""
-    with tracked_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id, attach=False,
+    with open_run(run_name(cfg), cfg.tracking.experiment_name, parent_run_id=parent_run_id, attach=False,
                      tags=tags, system_metrics=cfg.tracking.system_metrics) as run:
         on_start(run.info.run_id)
         raise error
@@ -184,6 +184,6 @@ def tracked_from(run: dict) -> TrackedRun:
     """portable_run's dict back as the TrackedRun a one-process child returns (without arrays or model)."""
     empty = np.empty(0)
     fit = FitResult(**run["fit"], confusion={}, test_predictions=(empty, empty), test_p_true=empty)
-    outcome = RunOutcome(prepared=None, fit=fit, report_text="", report_dict={}, predictions_csv="")  # type: ignore[arg-type]
+    outcome = TrainingOutcome(prepared=None, fit=fit, report_text="", report_dict={}, predictions_csv="")  # type: ignore[arg-type]
     return TrackedRun(run["run_id"], outcome, run["logging_seconds"], run["logging_breakdown"],
                       run["background_breakdown"])

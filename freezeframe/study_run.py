@@ -39,7 +39,7 @@ from tracking.studies.parent_run import FAILED, FINISHED, KILLED, ParentRun
 if TYPE_CHECKING:  # the training stack (torch, timm, sklearn) loads when an arm trains (run_child), not before:
     # a rerun with nothing left to train, or a worker that finds no arm, answers without it
     from freezeframe.single_run import TrackedRun
-    from pipelines.training.run import RunOutcome
+    from pipelines.training.results import TrainingOutcome
 
 T = TypeVar("T")
 
@@ -144,7 +144,7 @@ class ArmObjective:
     monitored metric's best epoch."""
 
     def __init__(self, arms: dict[str, tuple[Arm, RunConfig]], parent_run_id: str, name: str, kind: str,
-                 value: Callable[[RunOutcome], float], place: TrialPlace, racing: bool = False,
+                 value: Callable[[TrainingOutcome], float], place: TrialPlace, racing: bool = False,
                  reuse: dict[str, str] | None = None):
         self.arms, self.parent_run_id, self.name, self.kind, self.value = arms, parent_run_id, name, kind, value
         self.place, self.racing, self.reuse = place, racing, reuse or {}
@@ -173,7 +173,7 @@ class ArmObjective:
 
 def run_arms(args: argparse.Namespace, cfg: RunConfig, spec: Comparison, name: str,
              summarise: Callable[[str, list], str], kind: str = "compare", order_by: str = "test/acc",
-             value: Callable[[RunOutcome], float] | None = None, adopt_launcher: bool = True,
+             value: Callable[[TrainingOutcome], float] | None = None, adopt_launcher: bool = True,
              reuse: dict[str, str] | None = None) -> tuple[str, str, optuna.Study, BaseStorage]:
     """A grid of arms as a study under one parent run, this process one of its workers; the last worker
     writes `summarise(parent run id, arm runs)` on the parent and prints it. Compare and rank run this.

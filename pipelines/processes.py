@@ -22,8 +22,8 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def rank() -> int:
-    """This process's rank among them (torchrun's RANK); 0 alone."""
+def process_rank() -> int:
+    """This process's index among them (torchrun's RANK); 0 alone. ("rank" alone is the command.)"""
     return int(os.environ.get("RANK", "0"))
 
 

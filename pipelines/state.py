@@ -35,3 +35,9 @@ def is_temporary(folder: Path) -> bool:
 def state_dir() -> Path | None:
     """The stable folder for state when the working folder is a temporary one, else None."""
     return user_state_dir() if is_temporary(Path.cwd()) else None
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a name (a checkpoint folder's): no separators, no '..', nothing that can
+    leave its folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "run"

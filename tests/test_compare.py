@@ -9,7 +9,7 @@ from pipelines.config import load_config
 from pipelines.errors import ConfigError
 from pipelines.studies.arms import Arm, arm_config, parse_comparison
 from pipelines.training.feature_cache import CachePlan
-from pipelines.training.run import execute, prepare
+from pipelines.training.trainer import execute, prepare
 from tests.conftest import runs_in, tiny_experiment, tiny_overrides
 
 

@@ -5,7 +5,7 @@ import torch
 
 from pipelines.config import load_config
 from pipelines.errors import TrainingError
-from pipelines.training.run import execute, prepare
+from pipelines.training.trainer import execute, prepare
 from tests.conftest import tiny_overrides
 
 

@@ -114,7 +114,7 @@ def test_thawed_batchnorm_trains_again_and_export_drops_the_hook():
 
 def test_gradual_thaws_the_last_stages_first_at_the_given_epochs(tmp_path):
     from pipelines.config import load_config
-    from pipelines.training.run import execute, prepare
+    from pipelines.training.trainer import execute, prepare
     from tests.conftest import tiny_overrides
 
     class Watch:
@@ -231,7 +231,7 @@ def test_layer_decay_factor_is_validated(text, message):
 
 def test_layer_decay_run_trains_every_layer_and_logs_the_heads_lr(tmp_path):
     from pipelines.config import load_config
-    from pipelines.training.run import execute, prepare
+    from pipelines.training.trainer import execute, prepare
     from tests.conftest import tiny_overrides
 
     class Watch:

@@ -17,7 +17,7 @@ from pipelines.config import load_config
 from pipelines.models.backbones import head_module
 from pipelines.policy import PROBE_C
 from pipelines.training import feature_cache
-from pipelines.training.run import execute, prepare
+from pipelines.training.trainer import execute, prepare
 from tests.conftest import runs_in, tiny_overrides
 from tests.test_compare import write_experiment
 

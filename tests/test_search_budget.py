@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
-from pipelines.studies.search_study import probes_in
-from pipelines.training.runtime import in_use_mb
+from pipelines.studies.search_study import ceilings_in
+from pipelines.training.device import in_use_mb
 from tests.conftest import runs_in, tiny_experiment
 
 
@@ -33,7 +33,7 @@ def test_the_memory_ceiling_cuts_the_space_and_every_trial_fits(tracking_store, 
     out = capsys.readouterr().out
     assert "search: batch-size ceiling of timm/test_resnet · unfrozen on cpu:" in out
     study = optuna.load_study(study_name="ceiling", storage=storage)
-    (probe,) = probes_in(study, study._storage).values()
+    (probe,) = ceilings_in(study, study._storage).values()
     assert not [k for k in study.user_attrs if "ceiling" in k]  # optuna-dashboard's attribute list stays the links
     ceiling = probe["ceiling"]
     assert 8 <= ceiling < 256 and ceiling % 8 == 0
@@ -55,7 +55,7 @@ def test_the_memory_ceiling_cuts_the_space_and_every_trial_fits(tracking_store, 
     # a rerun reads the probe from the study: the same ceiling, no second probe
     assert main(["search", "--experiment", str(path), "--storage", storage, "--n_trials", "1"]) == 0
     again = optuna.load_study(study_name="ceiling", storage=storage)
-    assert list(probes_in(again, again._storage).values()) == [probe]
+    assert list(ceilings_in(again, again._storage).values()) == [probe]
     assert "batch-size ceiling of" not in capsys.readouterr().out
 
 

@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
+from pipelines.state import slug
 from pipelines.studies.storage import StorageError, make_storage, storage_id
-from pipelines.training.run import slug
 from tests.conftest import ROOT, runs_in, tiny_overrides
 from tests.test_search import search_experiment
 from tracking.store import TrackingError, ensure_reachable

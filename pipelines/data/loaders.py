@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 from pipelines.config import DataConfig
+from pipelines.data.shards import ShardSampler, eval_shard
 from pipelines.data.sources import RawDataset
 from pipelines.data.splits import SPLITS, split_digest, split_indices
-from pipelines.training import distributed
+from pipelines.processes import world_size
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,14 @@ def make_transform(prep: Preprocessing, size: int, augment: bool) -> v2.Compose:
 def make_loaders(data: DataBundle, batch_size: int, num_workers: int, seed: int,
                  pin_memory: bool = False) -> dict[str, DataLoader]:
     """The three splits' loaders. `batch_size` is the global batch: under data-parallel training each
-    process takes batch_size / processes from its shard (pipelines/training/distributed.py); alone, the
+    process takes batch_size / processes from its shard (pipelines/data/shards.py); alone, the
     shard is the whole split, drawn in the order torch's RandomSampler draws it."""
     generator = torch.Generator().manual_seed(seed)  # the shuffle order is part of the experiment
     train = data.datasets["train"]
     return {split: DataLoader(
-        train if split == "train" else distributed.eval_shard(data.datasets[split]),
-        batch_size=batch_size // distributed.world_size(),
-        sampler=distributed.ShardSampler(len(train), generator) if split == "train" else None,
+        train if split == "train" else eval_shard(data.datasets[split]),
+        batch_size=batch_size // world_size(),
+        sampler=ShardSampler(len(train), generator) if split == "train" else None,
         generator=generator if split == "train" else None, num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=num_workers > 0) for split in SPLITS}
 

@@ -11,18 +11,18 @@ import numpy as np
 
 if TYPE_CHECKING:
     from pipelines.data.loaders import DataBundle
-    from pipelines.training.engine import FitResult
 
 
-def predictions_csv(fit: FitResult, data: DataBundle) -> str:
+def predictions_csv(test_predictions: tuple[np.ndarray, np.ndarray], p_true: np.ndarray, data: DataBundle) -> str:
     """One row per test image, in the test split's order: its position there, its row in the dataset, the
-    true and predicted class (number and name) and the probability the model gave the true class."""
-    (y_true, y_pred), names = fit.test_predictions, data.class_names
+    true and predicted class (number and name) and the probability the model gave the true class
+    (a FitResult's test_predictions and test_p_true)."""
+    (y_true, y_pred), names = test_predictions, data.class_names
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["index", "row", "true", "predicted", "true_class", "predicted_class", "p_true"])
     for i, (row, true, predicted, p) in enumerate(zip(data.indices["test"].tolist(), y_true.tolist(),
-                                                        y_pred.tolist(), fit.test_p_true.tolist(), strict=True)):
+                                                        y_pred.tolist(), p_true.tolist(), strict=True)):
         writer.writerow([i, row, true, predicted, names[true], names[predicted], f"{p:.6g}"])
     return out.getvalue()
 

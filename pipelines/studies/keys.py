@@ -19,6 +19,6 @@ KIND_ATTR = "freezeframe.kind"  # compare | rank | search: a study name means on
 EXPERIMENT_ID_ATTR, PARENT_RUN_ID_ATTR = "mlflow_experiment_id", "mlflow_parent_run_id"
 EXPERIMENT_URL_ATTR, PARENT_RUN_URL_ATTR = "mlflow_experiment_url", "mlflow_parent_run_url"
 
-# A study's system attributes: not for people. + probe_key: a batch-size ceiling probe's result, kept for
+# A study's system attributes: not for people. + ceiling_key: a batch-size ceiling's measurement, kept for
 # reruns and other workers (as a user attribute it pushed the MLflow links off the dashboard's first page).
 CEILING_ATTR = "freezeframe.ceiling:"

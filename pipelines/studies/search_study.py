@@ -14,8 +14,8 @@ from pipelines.studies.keys import CEILING_ATTR
 from pipelines.studies.search_space import SearchSpec, grid_space, trial_config
 from pipelines.studies.storage import open_study, study_id, study_lock
 from pipelines.studies.worker import WorkerGridSampler
-from pipelines.training.ceiling import Ceiling, find_ceiling, probe_key
-from pipelines.training.engine import FitResult
+from pipelines.training.ceiling import Ceiling, ceiling_key, find_ceiling
+from pipelines.training.results import FitResult
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -54,27 +54,27 @@ def batch_size_ceiling(study: optuna.Study, storage: optuna.storages.BaseStorage
                        base: RunConfig) -> tuple[SearchSpec, list[Ceiling]]:
     """The space cut to the largest batch size that fits every (backbone, freeze) combination it holds.
 
-    Each combination is probed once per study and kind of device (under the study's lock, so workers
-    starting together wait for one probe); later workers and reruns read it from the study."""
+    Each combination is measured once per study and kind of device (under the study's lock, so workers
+    starting together wait for one measurement); later workers and reruns read it from the study."""
     if not spec.probe_memory:
         return spec, []
     found = []
     for backbone, freeze in itertools.product(spec.backbone or (base.model.backbone,),
                                               spec.freeze or (base.model.freeze,)):
         cfg = trial_config(base, spec, {"batch_size": spec.batch_sizes[0], "backbone": backbone, "freeze": freeze})
-        attr = CEILING_ATTR + probe_key(cfg)
+        attr = CEILING_ATTR + ceiling_key(cfg)
         with study_lock(url, study.study_name):
-            cached = probes_in(study, storage).get(attr)  # read from the storage: another worker's probe counts
+            cached = ceilings_in(study, storage).get(attr)  # read from the storage: another worker's ceiling counts
             if cached is None:
                 ceiling = find_ceiling(cfg, spec.batch_sizes)
                 storage.set_study_system_attr(study_id(study, storage), attr, ceiling.to_dict())
                 print(f"search: batch-size ceiling of {backbone} · {freeze} on {ceiling.device}: {ceiling.ceiling} "
-                      f"({len(ceiling.probes)} probe step{'s' * (len(ceiling.probes) > 1)}, {ceiling.seconds:.1f} s)",
+                      f"({len(ceiling.steps)} measured step{'s' * (len(ceiling.steps) > 1)}, {ceiling.seconds:.1f} s)",
                       flush=True)
             else:
                 ceiling = Ceiling.from_dict(cached)
         if ceiling.ceiling < spec.batch_sizes[0]:
-            first = ceiling.probes[0]
+            first = ceiling.steps[0]
             raise ConfigError(
                 f"search.batch_size.low {spec.batch_sizes[0]} does not fit: a training step of {backbone} ({freeze}) "
                 f"at {cfg.data.image_size} px needs {first.need_mb:.0f} MB with the margin, over the "
@@ -83,8 +83,8 @@ def batch_size_ceiling(study: optuna.Study, storage: optuna.storages.BaseStorage
     return spec.cut_to(min(c.ceiling for c in found)), found
 
 
-def probes_in(study: optuna.Study, storage: optuna.storages.BaseStorage) -> dict[str, dict]:
-    """The ceiling probes a study holds, by key."""
+def ceilings_in(study: optuna.Study, storage: optuna.storages.BaseStorage) -> dict[str, dict]:
+    """The batch-size ceilings a study holds (Ceiling.to_dict), by key."""
     found = storage.get_study_system_attrs(study_id(study, storage))
     return {k: v for k, v in found.items() if k.startswith(CEILING_ATTR)}
 

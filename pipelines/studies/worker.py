@@ -161,7 +161,7 @@ class StudyWorker:
         else:
             frozen = self.study.tell(trial, value)
         finally:
-            from pipelines.training.runtime import free_memory  # torch: loaded by the trial that just ran
+            from pipelines.training.device import free_memory  # torch: loaded by the trial that just ran
 
             free_memory()
         self.on_told(frozen)

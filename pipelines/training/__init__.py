@@ -1,3 +1,4 @@
-"""One run: its preparation and execution, the engine, optimizer, checkpoints, metrics, memory,
-runtime, frozen-feature cache and batch-size ceiling.
+"""One training: its preparation and execution (trainer), the values it produces (results), the engine,
+optimizer, checkpoints, metrics (stepper), the device and its memory, the frozen-feature cache, the linear
+probe, the batch-size ceiling and data-parallel training.
 """

@@ -26,9 +26,8 @@ from torch import nn
 from pipelines.config import RunConfig
 from pipelines.data.sources import load_dataset
 from pipelines.errors import first_line
-from pipelines.training.optimizer import make_optimizer, optimizer_step
-from pipelines.training.run import build_model
-from pipelines.training.runtime import (
+from pipelines.models.build import build_model
+from pipelines.training.device import (
     autocast_context,
     available_mb,
     free_memory,
@@ -38,13 +37,15 @@ from pipelines.training.runtime import (
     reset_peak,
     resolve_device,
 )
+from pipelines.training.optimizer import make_optimizer, optimizer_step
 
 log = logging.getLogger(__name__)
 MARGIN = 0.1  # a step's memory counts 10% more: fragmentation, the loaders, the metrics
 
 
 @dataclass(frozen=True)
-class Probe:
+class StepMeasurement:
+    """One training step measured at one batch size ("probe" is the linear probe's word)."""
     batch_size: int
     peak_mb: float  # the step's peak (NaN: out of memory before it could be read)
     need_mb: float  # what the run would hold with the margin
@@ -58,22 +59,27 @@ class Ceiling:
     device: str  # "cpu", or "cuda:<GPU name>": a ceiling holds for one kind of device
     limit_mb: float
     ceiling: int  # the largest candidate that fits; 0 when none does
-    probes: tuple[Probe, ...]
+    steps: tuple[StepMeasurement, ...]  # every batch size tried, ascending
     seconds: float
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As stored in a study: the steps under "probes", the key studies have always held (the storage's
+        readers, optuna-dashboard's users and older freezeframes read it)."""
+        found = asdict(self)
+        found["probes"] = found.pop("steps")
+        return found
 
     @classmethod
     def from_dict(cls, found: dict) -> Ceiling:
-        return cls(**{**found, "probes": tuple(Probe(**p) for p in found["probes"])})
+        rest = {k: v for k, v in found.items() if k != "probes"}
+        return cls(**rest, steps=tuple(StepMeasurement(**step) for step in found["probes"]))
 
 
 def device_name(device: torch.device) -> str:
     return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
-def probe_key(cfg: RunConfig) -> str:
+def ceiling_key(cfg: RunConfig) -> str:
     """What a step's memory depends on (not the weights' values, the lr or the data's content)."""
     device = resolve_device(cfg.train.device)
     m, t = cfg.model, cfg.train
@@ -85,24 +91,24 @@ def probe_key(cfg: RunConfig) -> str:
 def find_ceiling(cfg: RunConfig, batch_sizes: tuple[int, ...]) -> Ceiling:
     """Binary search over `batch_sizes` (ascending, global batches) for the largest whose step fits.
 
-    With train.devices N, each process steps on batch / N: the step is probed at that size, on one device.
+    With train.devices N, each process steps on batch / N: the step is measured at that size, on one device.
     A GPU holds one process, so the step must fit its memory, as must each process's train.memory_limit_mb
     guard; without the guard, the N processes on the CPU share its available memory: each gets 1 / N."""
     started = time.perf_counter()
     device = resolve_device(cfg.train.device)
-    step = _StepProbe(cfg, device)
+    step = _StepMeter(cfg, device)
     devices = cfg.train.devices
     shared = device.type == "cpu" and not cfg.train.memory_limit_mb
     limit = available_mb(device, cfg.train.memory_limit_mb) / (devices if shared else 1)
-    probes: dict[int, Probe] = {}
+    measured: dict[int, StepMeasurement] = {}
 
     # DDP keeps its own copy of the gradients it all-reduces (its buckets): one more trainable-parameter set
     buckets_mb = step.trainable_mb() if devices > 1 else 0.0
 
     def fits(index: int) -> bool:
         size = batch_sizes[index]
-        probes[size] = dataclasses.replace(step.measure(size // devices, limit, buckets_mb), batch_size=size)
-        return probes[size].fits
+        measured[size] = dataclasses.replace(step.measure(size // devices, limit, buckets_mb), batch_size=size)
+        return measured[size].fits
 
     try:
         low, high = 0, len(batch_sizes) - 1
@@ -119,11 +125,11 @@ def find_ceiling(cfg: RunConfig, batch_sizes: tuple[int, ...]) -> Ceiling:
     finally:
         step.close()
     return Ceiling(cfg.model.backbone, cfg.model.freeze, device_name(device), round(limit, 1),
-                   batch_sizes[best] if best >= 0 else 0, tuple(probes[b] for b in sorted(probes)),
+                   batch_sizes[best] if best >= 0 else 0, tuple(measured[b] for b in sorted(measured)),
                    round(time.perf_counter() - started, 2))
 
 
-class _StepProbe:
+class _StepMeter:
     """The run's model, policy and optimizer, built once; measure() times one step at a batch size."""
 
     def __init__(self, cfg: RunConfig, device: torch.device):
@@ -143,7 +149,7 @@ class _StepProbe:
     def trainable_mb(self) -> float:
         return sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad) / 2**20
 
-    def measure(self, batch_size: int, limit_mb: float, extra_mb: float = 0.0) -> Probe:
+    def measure(self, batch_size: int, limit_mb: float, extra_mb: float = 0.0) -> StepMeasurement:
         free_memory()
         reset_peak(self.device)
         base = in_use_mb(self.device)
@@ -165,7 +171,7 @@ class _StepProbe:
             peak = math.nan
         self.optimizer.zero_grad(set_to_none=True)
         need = base + (peak - base) * (1 + MARGIN) + extra_mb
-        return Probe(batch_size, round(peak, 1), round(need, 1), bool(need <= limit_mb))  # NaN <= x is False
+        return StepMeasurement(batch_size, round(peak, 1), round(need, 1), bool(need <= limit_mb))  # NaN <= x is False
 
     def close(self) -> None:
         del self.model, self.optimizer

@@ -21,15 +21,15 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, RandomSampler, Sampler, Subset
 
+from pipelines.data.shards import ShardSampler
 from pipelines.errors import ConfigError, PeerLost, StoppedByRankZero, first_line
-from pipelines.processes import rank, world_size  # torch-free, for the command line; used here and by callers
+from pipelines.processes import process_rank, world_size  # torch-free, for the command line; used here and by callers
 
 
 def is_main() -> bool:
     """Rank 0 (or the only process): the one that logs, checkpoints and prints."""
-    return rank() == 0
+    return process_rank() == 0
 
 
 def active() -> bool:
@@ -70,38 +70,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-class ShardSampler(Sampler[int]):
-    """This rank's part of one seeded permutation per epoch: indices[rank::world], then its own first
-    indices again up to ceil(size / world), so that every rank takes the same number of steps (DDP needs
-    each to join every gradient all-reduce, and a rank that sat out a step would skip its optimizer's
-    update). Every rank, and a one-process run with the same seed, draws the same permutation from the same
-    generator (which a checkpoint restores), so global batch k holds the one-process run's batch k."""
-
-    def __init__(self, size: int, generator: torch.Generator):
-        self.size, self.generator = size, generator
-
-    def __iter__(self) -> Iterator[int]:
-        # torch's RandomSampler itself draws the permutation: the same draws from the generator as the
-        # one-process loader makes (it consumes one more randperm per epoch than the permutation needs)
-        order = list(RandomSampler(range(self.size), generator=self.generator))
-        mine = order[rank()::world_size()]
-        return iter(mine + mine[:len(self) - len(mine)])
-
-    def __len__(self) -> int:
-        return -(-self.size // world_size())
-
-    def real(self) -> int:
-        """How many of this rank's indices are its own, not repeats."""
-        return len(range(rank(), self.size, world_size()))
-
-
-def real_in_batch(loader, step: int, size: int) -> int:
-    """How many leading images of this rank's training batch `step` are real, not ShardSampler's repeats."""
-    if not isinstance(loader.sampler, ShardSampler):
-        return size
-    return max(0, min(size, loader.sampler.real() - step * loader.batch_size))
-
-
 def loss_weight(loader, step: int, local: int) -> float:
     """The factor on a rank's mean loss over its `local` real images at training step `step` that makes DDP's
     gradient (its average over the N ranks) the mean over the step's global batch, as in one process: in
@@ -111,14 +79,6 @@ def loss_weight(loader, step: int, local: int) -> float:
     world = world_size()
     full = loader.batch_size * world
     return local * world / min(full, loader.sampler.size - step * full)
-
-
-def eval_shard(dataset: Dataset) -> Dataset:
-    """This rank's contiguous part of an evaluation split (gathered back in rank order)."""
-    if world_size() <= 1:
-        return dataset
-    size, world, r = len(dataset), world_size(), rank()
-    return Subset(dataset, range(r * size // world, (r + 1) * size // world))
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,9 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -25,28 +23,14 @@ from tqdm.auto import tqdm
 from pipelines.config import MONITORS, TrainConfig
 from pipelines.models import freezing
 from pipelines.training import checkpoints, distributed
+from pipelines.training.device import grad_scaler, peak_mb, reset_peak
 from pipelines.training.optimizer import make_optimizer
-from pipelines.training.runtime import grad_scaler, peak_mb, reset_peak
+from pipelines.training.results import FitResult
 from pipelines.training.stepper import EpochPass, Stepper, make_metrics
 
 
 class Listener(Protocol):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
-
-
-@dataclass
-class FitResult:
-    history: list[dict[str, float]]  # one dict per epoch, "epoch" included
-    best_epoch: int
-    best_value: float
-    test: dict[str, float]
-    confusion: dict[str, torch.Tensor]  # "val" (best epoch) and "test"
-    test_predictions: tuple[np.ndarray, np.ndarray]  # (y_true, y_pred), in the test split's order
-    test_p_true: np.ndarray  # each test example's probability of its true class (softmax), same order
-    stopped_early: bool = False
-    resumed_from_epoch: int = 0
-    train_seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_classes: int,

@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from pipelines.data.splits import SPLITS
 from pipelines.models.backbones import head_prefix
-from pipelines.training.runtime import autocast_context
+from pipelines.training.device import autocast_context
 
 log = logging.getLogger(__name__)
 _MEMORY: OrderedDict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()

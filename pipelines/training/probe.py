@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,24 +24,12 @@ from tqdm.auto import tqdm
 from pipelines.models.backbones import head_module
 from pipelines.ranking.scores import score_features
 from pipelines.training import feature_cache
-from pipelines.training.engine import FitResult, Listener, final_perf, from_test_pass
-from pipelines.training.runtime import peak_mb, reset_peak
+from pipelines.training.device import peak_mb, reset_peak
+from pipelines.training.engine import Listener, final_perf, from_test_pass
+from pipelines.training.results import FitResult, PreparedTraining, ProbeResult
 from pipelines.training.stepper import evaluate
 
-if TYPE_CHECKING:
-    from pipelines.training.run import PreparedRun
-
 MAX_ITER = 1000  # L-BFGS iterations per C: the warm start makes most fits converge in far fewer
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    c: float  # the chosen C: the best validation accuracy (the smallest C, the strongest penalty, on a tie)
-    grid: tuple[tuple[float, float, int], ...]  # (C, validation accuracy, L-BFGS iterations) per C tried
-    fit_seconds: float  # the fits and the choice, the feature extraction excepted
-
-    def csv(self) -> str:
-        return "c,val_acc,iterations\n" + "".join(f"{c:g},{acc:.6f},{it}\n" for c, acc, it in self.grid)
 
 
 def fit_probe(head: nn.Linear, found: dict[str, tuple[torch.Tensor, torch.Tensor]], grid: tuple[float, ...],
@@ -90,7 +76,7 @@ def _load_head(head: nn.Linear, coef: np.ndarray, intercept: np.ndarray, scaler:
         head.bias.copy_(torch.from_numpy(full_bias))
 
 
-def run_probe(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> tuple[FitResult, ProbeResult]:
+def run_probe(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) -> tuple[FitResult, ProbeResult]:
     """The whole linear_probe run: one extraction pass (or the cache's), the fits, then every split
     evaluated by the engine's own pass, reported to the listeners as the run's one "epoch"."""
     cfg, device = prepared.cfg, prepared.device

@@ -23,10 +23,11 @@ from torchmetrics.classification import (
 )
 from tqdm.auto import tqdm
 
+from pipelines.data.shards import real_in_batch
 from pipelines.errors import TrainingError
 from pipelines.training import distributed
+from pipelines.training.device import autocast_context, check_limit
 from pipelines.training.optimizer import optimizer_step
-from pipelines.training.runtime import autocast_context, check_limit
 
 
 def make_metrics(num_classes: int, device: torch.device | str = "cpu") -> MetricCollection:
@@ -108,7 +109,7 @@ class Stepper:
                              dynamic_ncols=True):
                 x, y = self._to_device(x, y)
                 # data-parallel: the batch's trailing repeats (a rank with fewer images) weigh nothing
-                real = distributed.real_in_batch(loader, batches, len(y)) if train else len(y)
+                real = real_in_batch(loader, batches, len(y)) if train else len(y)
                 with autocast_context(self.device, self.amp):
                     logits = forward(x)
                     loss = self.criterion(logits[:real], y[:real]) if real else logits.sum() * 0.0

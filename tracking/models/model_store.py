@@ -31,7 +31,7 @@ from tracking.models.registry import MODELS_URI
 from tracking.store import TrackingError
 
 if TYPE_CHECKING:  # annotations only: reading weights back (links, the registry) needs no training code
-    from pipelines.training.run import PreparedRun
+    from pipelines.training.results import PreparedTraining
 
 WEIGHTS_DIR = "weights"
 _MODEL_URI_PREFIXES = ("models:/", "runs:/", "file:", "/")
@@ -44,7 +44,7 @@ def log_weights(model_id: str, model: torch.nn.Module, description: dict) -> Non
         MlflowClient().log_model_artifacts(model_id, tmp, WEIGHTS_DIR)
 
 
-def model_metadata(prepared: PreparedRun) -> dict:
+def model_metadata(prepared: PreparedTraining) -> dict:
     """What rebuilds the network and what predict needs to preprocess an image exactly as in training,
     stored with the model (weights/freezeframe.json, and the MLflow model's metadata)."""
     prep = prepared.backbone.preprocessing
@@ -53,7 +53,7 @@ def model_metadata(prepared: PreparedRun) -> dict:
                              prepared.cfg.model.freeze)
 
 
-def log_model(run_id: str, prepared: PreparedRun) -> None:
+def log_model(run_id: str, prepared: PreparedTraining) -> None:
     """MLflow's PyTorch model (pickled: for `mlflow models serve` and pyfunc users, who load only models
     they trust) plus weights/ as safetensors + JSON, the only part freezeframe itself ever loads back."""
     model = portable.export_copy(prepared.backbone.model)
@@ -84,7 +84,7 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-def log_run_weights(run_id: str, prepared: PreparedRun, artifact_path: str = "checkpoint") -> None:
+def log_run_weights(run_id: str, prepared: PreparedTraining, artifact_path: str = "checkpoint") -> None:
     """Without an MLflow model, the weights still go to the run: checkpoint/ as safetensors + JSON. The live
     model's tensors are copied to the CPU as they are written, so no whole-module copy is needed first."""
     with tempfile.TemporaryDirectory() as tmp:

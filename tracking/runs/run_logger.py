@@ -22,7 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from pipelines import config as config_mod
 from pipelines.config import RunConfig
 from pipelines.reports import figures
-from pipelines.training.run import PreparedRun, RunOutcome
+from pipelines.training.results import PreparedTraining, TrainingOutcome
 from tracking import tags as t
 from tracking.models import model_store
 from tracking.runs import background
@@ -35,7 +35,7 @@ def run_name(cfg: RunConfig) -> str:
     return cfg.tracking.run_name or f"{cfg.model.backbone} · {cfg.model.freeze} · seed {cfg.seed}"
 
 
-def run_tags(prepared: PreparedRun, entry_point: str, code_version: str) -> dict[str, str]:
+def run_tags(prepared: PreparedTraining, entry_point: str, code_version: str) -> dict[str, str]:
     """The comparison axes and the provenance: `code_version` is freezeframe's own (its entry points know it,
     installed or run from a checkout that never was)."""
     cfg = prepared.cfg
@@ -103,7 +103,7 @@ class MlflowTracker:
         with self._timed("waiting for background writes"):
             self.jobs.wait_all(raise_errors=raise_errors)
 
-    def log_setup(self, prepared: PreparedRun, entry_point: str) -> None:
+    def log_setup(self, prepared: PreparedTraining, entry_point: str) -> None:
         """Before training: the config, tags, dataset lineage and model size, so a dying run still says
         what it was; the inputs plot is drawn here and rendered while the first epoch trains."""
         with self._timed("setup"):
@@ -121,7 +121,7 @@ class MlflowTracker:
 
         self.jobs.submit("plots", job)
 
-    def _log_setup(self, prepared: PreparedRun, entry_point: str) -> None:
+    def _log_setup(self, prepared: PreparedTraining, entry_point: str) -> None:
         cfg = prepared.cfg
         # Top-level keys get a "run." prefix: `mlflow run` already logged its -P values under bare names
         # (`seed`), and MLflow refuses to change a param's value.
@@ -142,7 +142,7 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
-    def log_outcome(self, outcome: RunOutcome) -> None:
+    def log_outcome(self, outcome: TrainingOutcome) -> None:
         """The end of the run: figures and reports go to the background thread, the final metrics and
         the weights are written meanwhile, then everything is awaited (the run ends after this)."""
         with self._timed("epochs"):
@@ -189,7 +189,7 @@ class MlflowTracker:
         self.client.log_dict(self.run_id, history, "reports/history.json")
 
 
-def _figures(outcome: RunOutcome, title: str) -> dict:
+def _figures(outcome: TrainingOutcome, title: str) -> dict:
     fit, names = outcome.fit, outcome.prepared.data.class_names
     found = {
         "plots/training_curves.png": figures.curves_figure(fit.history, title),
@@ -201,7 +201,7 @@ def _figures(outcome: RunOutcome, title: str) -> dict:
     return found
 
 
-def _log_dataset(client: MlflowClient, run_id: str, prepared: PreparedRun) -> None:
+def _log_dataset(client: MlflowClient, run_id: str, prepared: PreparedTraining) -> None:
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 

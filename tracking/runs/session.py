@@ -39,7 +39,7 @@ def launcher_run_id() -> str | None:
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str, experiment_name: str, tags: dict[str, str] | None = None,
+def open_run(run_name: str, experiment_name: str, tags: dict[str, str] | None = None,
                 parent_run_id: str | None = None, attach: bool = True,
                 system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
     """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child;

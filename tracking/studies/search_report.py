@@ -63,10 +63,10 @@ def log_study(study: optuna.Study, parent_run_id: str, metrics: tuple[str, ...],
 
 
 def log_ceilings(parent_run_id: str, ceilings: list[Ceiling]) -> None:
-    """The probe behind `search.batch_size_ceiling`: every batch size it tried, its peak, and the verdict."""
+    """The measurement behind `search.batch_size_ceiling`: every batch size it tried, its peak, and the verdict."""
     header = ["backbone", "freeze", "device", "limit_mb", "batch_size", "peak_mb", "need_mb", "fits", "ceiling"]
     rows = [[c.backbone, c.freeze, c.device, c.limit_mb, p.batch_size, p.peak_mb, p.need_mb, p.fits, c.ceiling]
-            for c in ceilings for p in c.probes]
+            for c in ceilings for p in c.steps]
     client = MlflowClient()
     client.log_text(parent_run_id, _csv(header, rows), "search/batch_size_ceiling.csv")
     client.log_text(parent_run_id, _markdown(header, rows), "search/batch_size_ceiling.md")

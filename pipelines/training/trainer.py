@@ -1,16 +1,13 @@
-"""The single-run function that train, compare and search all call: prepare (validate), then execute.
+"""The one training that train, compare and search all call: prepare (validate), then execute.
 
 `prepare` builds the data, model and freeze policy and fails fast on bad input, before any
-tracking run is touched; `execute` trains and returns everything a tracker may want to log.
+MLflow run is touched; `execute` trains and returns everything a tracker may want to log.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from sklearn.metrics import classification_report
@@ -18,63 +15,22 @@ from torch import nn
 
 from pipelines import config as config_mod
 from pipelines.config import RunConfig
-from pipelines.data.loaders import DataBundle, build_data, denormalize, make_loaders
+from pipelines.data.loaders import build_data, make_loaders
 from pipelines.data.sources import load_dataset
 from pipelines.errors import ConfigError, first_line
-from pipelines.models.backbones import Backbone, build_backbone, head_module
-from pipelines.models.freezing import FreezeReport, apply_policy, thaw_schedule
+from pipelines.models.backbones import Backbone, head_module
+from pipelines.models.build import build_model
+from pipelines.models.freezing import thaw_schedule
 from pipelines.models.weight_sources import check_source
-from pipelines.policy import Policy
 from pipelines.reports.predictions import predictions_csv
 from pipelines.training import distributed, feature_cache
-from pipelines.training.engine import FitResult, Listener, fit
-from pipelines.training.probe import ProbeResult, run_probe
-from pipelines.training.runtime import resolve_device, seed_everything
+from pipelines.training.device import resolve_device, seed_everything
+from pipelines.training.engine import Listener, fit
+from pipelines.training.probe import run_probe
+from pipelines.training.results import FitResult, PreparedTraining, ProbeResult, TrainingOutcome
 
 
-@dataclass
-class PreparedRun:
-    cfg: RunConfig
-    backbone: Backbone
-    data: DataBundle
-    freeze: FreezeReport
-    device: torch.device
-    config_digest: str
-    feature_cache: feature_cache.CachePlan = feature_cache.CachePlan("off", "not planned yet")
-
-    @property
-    def policy(self) -> Policy:
-        return self.cfg.model.policy
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        name = slug(f"{self.backbone.full_name}-{self.cfg.model.freeze}-seed{self.cfg.seed}-{self.config_digest}")
-        return Path(self.cfg.train.checkpoint_dir) / name
-
-    def input_samples(self, count: int = 32) -> tuple[torch.Tensor, list[int]]:
-        """The first train batch as the model sees it (denormalised to [0, 1]) and its labels, for the
-        inputs plot. Drawn with torch's RNG forked, so plotting changes nothing about training."""
-        with torch.random.fork_rng(devices=[]):
-            x, y = next(iter(make_loaders(self.data, count, 0, self.cfg.seed)["train"]))
-        return denormalize(x, self.backbone.preprocessing), y.tolist()
-
-
-@dataclass
-class RunOutcome:
-    prepared: PreparedRun
-    fit: FitResult
-    report_text: str
-    report_dict: dict
-    predictions_csv: str  # one row per test image: reports/test_predictions.csv
-    probe: ProbeResult | None = None  # linear_probe: the C chosen and every C tried
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a name: no separators, no '..', nothing that can leave its folder."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "run"
-
-
-def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -> PreparedRun:
+def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -> PreparedTraining:
     """Everything that can reject the input, in the order a user would fix it."""
     device = resolve_device(cfg.train.device)
     distributed.check_devices(cfg.train.devices, device)
@@ -88,19 +44,9 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
     if cfg.model.policy.kind == "linear_probe":
         _check_linear_head(backbone)
     data = build_data(cfg.data, raw, backbone.preprocessing)
-    prepared = PreparedRun(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
+    prepared = PreparedTraining(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
     prepared.feature_cache = feature_cache.plan(prepared)
     return prepared
-
-
-def build_model(cfg: RunConfig, num_classes: int, weights: str | None = None,
-                state_dict: dict[str, torch.Tensor] | None = None,
-                policy: Policy | None = None) -> tuple[Backbone, FreezeReport]:
-    """The network a run trains: the backbone from its weights source (the config's, unless `weights` says
-    otherwise), a fresh head, and the freeze policy (the config's, unless `policy` says otherwise)."""
-    backbone = build_backbone(cfg.model.backbone, num_classes, cfg.model.weights if weights is None else weights,
-                              cfg.model.drop_rate, state_dict=state_dict)
-    return backbone, apply_policy(backbone.model, policy or cfg.model.policy)
 
 
 def _check_linear_head(backbone: Backbone) -> None:
@@ -133,7 +79,7 @@ def _check_image_size(backbone: Backbone, size: int) -> None:
         model.train(was_training)
 
 
-def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunOutcome:
+def execute(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) -> TrainingOutcome:
     cfg = prepared.cfg
     seed_everything(cfg.seed)
     if prepared.policy.kind == "linear_probe":  # no epochs: the head is fitted to convergence (probe.py)
@@ -158,13 +104,13 @@ def execute(prepared: PreparedRun, listeners: tuple[Listener, ...] = ()) -> RunO
     return _outcome(prepared, result)
 
 
-def _outcome(prepared: PreparedRun, result: FitResult, probe: ProbeResult | None = None) -> RunOutcome:
+def _outcome(prepared: PreparedTraining, result: FitResult, probe: ProbeResult | None = None) -> TrainingOutcome:
     y_true, y_pred = result.test_predictions
     names = prepared.data.class_names
     kwargs = dict(labels=list(range(len(names))), target_names=names, zero_division=0)
-    return RunOutcome(
+    return TrainingOutcome(
         prepared=prepared, fit=result,
         report_text=classification_report(y_true, y_pred, digits=4, **kwargs),
         report_dict=classification_report(y_true, y_pred, output_dict=True, **kwargs),
-        predictions_csv=predictions_csv(result, prepared.data), probe=probe,
+        predictions_csv=predictions_csv(result.test_predictions, result.test_p_true, prepared.data), probe=probe,
     )

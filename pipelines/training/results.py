@@ -1,0 +1,81 @@
+"""What a training produces, as plain values shared by the trainer, the engine, the linear probe and the
+tracker: the prepared training (before any MLflow run), the fit's result, the probe's, and the outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.config import RunConfig
+from pipelines.data.loaders import DataBundle, denormalize, make_loaders
+from pipelines.models.backbones import Backbone
+from pipelines.models.freezing import FreezeReport
+from pipelines.policy import Policy
+from pipelines.state import slug
+from pipelines.training.feature_cache import CachePlan
+
+
+@dataclass
+class PreparedTraining:
+    """Everything a training needs, built and checked before its MLflow run opens."""
+    cfg: RunConfig
+    backbone: Backbone
+    data: DataBundle
+    freeze: FreezeReport
+    device: torch.device
+    config_digest: str
+    feature_cache: CachePlan = CachePlan("off", "not planned yet")
+
+    @property
+    def policy(self) -> Policy:
+        return self.cfg.model.policy
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        name = slug(f"{self.backbone.full_name}-{self.cfg.model.freeze}-seed{self.cfg.seed}-{self.config_digest}")
+        return Path(self.cfg.train.checkpoint_dir) / name
+
+    def input_samples(self, count: int = 32) -> tuple[torch.Tensor, list[int]]:
+        """The first train batch as the model sees it (denormalised to [0, 1]) and its labels, for the
+        inputs plot. Drawn with torch's RNG forked, so plotting changes nothing about training."""
+        with torch.random.fork_rng(devices=[]):
+            x, y = next(iter(make_loaders(self.data, count, 0, self.cfg.seed)["train"]))
+        return denormalize(x, self.backbone.preprocessing), y.tolist()
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one dict per epoch, "epoch" included
+    best_epoch: int
+    best_value: float
+    test: dict[str, float]
+    confusion: dict[str, torch.Tensor]  # "val" (best epoch) and "test"
+    test_predictions: tuple[np.ndarray, np.ndarray]  # (y_true, y_pred), in the test split's order
+    test_p_true: np.ndarray  # each test example's probability of its true class (softmax), same order
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+    train_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    c: float  # the chosen C: the best validation accuracy (the smallest C, the strongest penalty, on a tie)
+    grid: tuple[tuple[float, float, int], ...]  # (C, validation accuracy, L-BFGS iterations) per C tried
+    fit_seconds: float  # the fits and the choice, the feature extraction excepted
+
+    def csv(self) -> str:
+        return "c,val_acc,iterations\n" + "".join(f"{c:g},{acc:.6f},{it}\n" for c, acc, it in self.grid)
+
+
+@dataclass
+class TrainingOutcome:
+    prepared: PreparedTraining | None  # None for an arm trained on N processes: its numbers came back as JSON
+    fit: FitResult
+    report_text: str
+    report_dict: dict
+    predictions_csv: str  # one row per test image: reports/test_predictions.csv
+    probe: ProbeResult | None = None  # linear_probe: the C chosen and every C tried
