@@ -1,10 +1,12 @@
-"""The README's commands work as written, in a fresh shell after `make install`.
+"""The commands of the README and of the docs pages work as written, in a fresh shell after `make install`.
 
-Every line of the README's ```bash blocks is a set-up line (run before each command), a line this test
-runs (with tiny overrides, so it takes seconds), or a line it deliberately does not run, with the reason.
-A new README command without such a decision fails the test: that keeps the README and the code together.
-Every `mlflow run` and `freezeframe` line, run or not, is also checked against MLproject and the command
-line's parser (entry point, parameter and flag names, experiment files), which costs milliseconds.
+It reads the ```bash blocks of README.md and of every docs/*.md page (the mkdocs site). Every line of them is
+a set-up line (run before each command), a line this test runs (with tiny overrides, so it takes seconds),
+or a line it deliberately does not run, with the reason. A new command on any of those pages without such a
+decision fails the test, naming the page: that keeps the pages and the code together. Every `mlflow run`
+and `freezeframe` line, run or not, is also checked against MLproject and the command line's parser (entry
+point, parameter and flag names, experiment files), and every entry-point table (README, docs/index.md,
+docs/quickstart.md) against MLproject's entry points, parameters, types and defaults: milliseconds.
 
 The shell is bash with PATH=/usr/local/bin:/usr/bin:/bin and HOME in tmp: nothing of the test's own
 interpreter leaks in, so a command that only works with `.venv/bin` on PATH fails here as it would for a
@@ -38,7 +40,7 @@ SETUP = {
 PRETRAINED = "models:/resnet18-fashion@pretrained"
 TINY = {"epochs": "1", "image_size": "32", "max_samples": "24"}
 
-# README line (regex, matched from the line's start) → parameters the test sets, replacing the line's own
+# Line of a page (regex, matched from the line's start) → parameters the test sets, replacing the line's own
 # value or added: `-P key=value` for `mlflow run`, `--key value` for `freezeframe`. Run in this order
 # (pretrain first: its model is the one predict loads). Each command costs 15-25 s of CPU (torch, timm
 # and mlflow imports, twice under `mlflow run`) and the suite has little room, so two: `mlflow run
@@ -50,7 +52,7 @@ RUN = {
         {"model": PRETRAINED},
 }
 
-# README line (regex) → why this test does not run it. "Checked only" lines are still checked against
+# Line of a page (regex) → why this test does not run it. "Checked only" lines are still checked against
 # MLproject and the parser (test_readme_commands_name_real_entry_points_parameters_and_files).
 NOT_RUN = {
     r"mlflow run \. -e predict --env-manager local -P input=path/to/image\.png":
@@ -79,7 +81,11 @@ NOT_RUN = {
         "point through `mlflow run` on two tiny timm models",
     r"make run$": "the quickstart itself, minutes; tests/test_e2e.py runs its `mlflow run -e main` tiny",
     r"make test$": "the whole suite, this test included",
-    r"make lint\b": "ruff over the checkout, seconds; .ci/run runs it before make test",
+    r"make lint\b": "ruff and lint-imports over the checkout, seconds; .ci/run runs it before make test",
+    r"make docs(?!-)": "mkdocs build --strict, about a second; .ci/run runs it before make test",
+    r"make docs-serve\b": "a server that runs until stopped (mkdocs serve)",
+    r"\.venv/bin/python benchmarks/bench_(overhead|feature_cache)\.py ":
+        "benchmarks of repeated ~40-s runs, minutes each (docs/performance.md's figures, measured by hand)",
     r"pip install \. -c constraints\.txt":
         "tests/test_package.py builds the wheel, installs it into a new venv with the lock as constraints and "
         "runs freezeframe --version, --help and train outside the checkout",
@@ -112,20 +118,27 @@ NOT_RUN = {
 }
 
 
-def readme_lines() -> list[str]:
-    """The shell lines of the README's ```bash blocks, continuation lines joined, comments-only lines left out."""
+def pages() -> list[Path]:
+    """README.md, then every page of the docs site (docs/*.md), sorted."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def page_lines() -> list[tuple[str, str]]:
+    """(page, line) for each shell line of the pages' ```bash blocks, continuation lines joined,
+    comments-only lines left out; the page is its path in the repository (README.md, docs/search.md)."""
     lines = []
-    for block in re.findall(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M):
-        for line in re.sub(r"\\\n\s*", "", block).splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                lines.append(line.strip())
+    for page in pages():
+        for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(), re.S | re.M):
+            for line in re.sub(r"\\\n\s*", "", block).splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    lines.append((page.relative_to(ROOT).as_posix(), line.strip()))
     return lines
 
 
-def decision(line: str) -> tuple[str, str]:
+def decision(page: str, line: str) -> tuple[str, str]:
     found = [(table, pattern) for table, patterns in (("setup", SETUP), ("run", RUN), ("not run", NOT_RUN))
              for pattern in patterns if re.match(pattern, line)]
-    assert len(found) == 1, (f"README line {line!r} needs exactly one decision in tests/test_readme.py "
+    assert len(found) == 1, (f"{page}: line {line!r} needs exactly one decision in tests/test_readme.py "
                              f"(SETUP, RUN or NOT_RUN), has {found or 'none'}")
     return found[0]
 
@@ -148,19 +161,78 @@ def with_overrides(line: str, overrides: dict[str, str]) -> str:
 
 
 def test_every_readme_command_has_a_decision():
-    lines = readme_lines()
-    decided = {decision(line) for line in lines}
+    lines = page_lines()
+    assert any(page == "README.md" for page, _ in lines) and any(page != "README.md" for page, _ in lines)
+    decided = {decision(page, line) for page, line in lines}
     unused = [p for table, patterns in (("setup", SETUP), ("run", RUN), ("not run", NOT_RUN))
               for p in patterns if (table, p) not in decided]
-    assert not unused, f"no README line matches these entries any more: {unused}"
+    assert not unused, f"no line of the README or of docs/*.md matches these entries any more: {unused}"
 
 
 MLFLOW_RUN_OPTIONS = {"-e", "--entry-point", "--env-manager", "--experiment-name", "--run-name", "-P"}
 
 
 def test_readme_commands_name_real_entry_points_parameters_and_files():
-    checked = [line for line in readme_lines() if check_command(line)]
+    checked = []
+    for page, line in page_lines():
+        try:
+            if check_command(line):
+                checked.append(line)
+        except (AssertionError, pytest.fail.Exception) as exc:  # check_command's asserts and pytest.fail
+            raise AssertionError(f"{page}: {exc}") from exc
     assert len(checked) >= len(RUN)
+
+
+def entry_point_tables() -> dict[str, dict[str, str]]:
+    """page → {entry point: its parameters cell} for every table of the pages headed `| entry point |`."""
+    tables = {}
+    for page in pages():
+        for table in re.findall(r"^\| entry point \|.*\n\|[-| ]+\|\n((?:\|.*\n?)+)", page.read_text(), re.M):
+            rows = [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in table.splitlines()]
+            tables[page.relative_to(ROOT).as_posix()] = {row[0].strip("`"): row[-1] for row in rows}
+    return tables
+
+
+def documented_parameters(cell: str) -> dict[str, tuple[str, str | None]]:
+    """`a`, `b` (string, `x`), `c` (float) → {a: (string, x), b: (string, x), c: (float, None)}: a type and
+    default in parentheses hold for every name since the previous parentheses."""
+    params, names = {}, []
+    for name, kind, default in re.findall(r"`(\w+)`|\((\w+)(?:, ([^)]*))?\)", cell):
+        if name:
+            names.append(name)
+            continue
+        given = re.match(r"`([^`]*)`|(\S+)", default.strip()) if default else None  # its first word
+        value = None if given is None else given.group(1) if given.group(1) is not None else given.group(2)
+        params.update({n: (kind, "" if value == '""' else value) for n in names})
+        names = []
+    assert not names, f"no type given for {names} in {cell!r}"
+    return params
+
+
+def test_entry_point_tables_match_mlproject():
+    """The entry-point tables name every entry point of MLproject, each with every parameter, its type and,
+    where the table gives one, its default (`main`: "as `compare`", whose parameters it has)."""
+    import yaml
+
+    entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    tables = entry_point_tables()
+    assert "README.md" in tables, "README.md has no entry-point table"
+    for page, rows in tables.items():
+        assert set(rows) == set(entry_points), f"{page}: entry points {sorted(rows)} != MLproject's"
+        for entry, cell in rows.items():
+            declared = entry_points[entry]["parameters"]
+            alias = re.fullmatch(r"as `(\w+)`", cell)
+            if alias:
+                assert declared == entry_points[alias.group(1)]["parameters"], f"{page}: {entry} is not as {cell}"
+                continue
+            documented = documented_parameters(cell)
+            assert set(documented) == set(declared), \
+                f"{page}: {entry} documents {sorted(documented)}, MLproject declares {sorted(declared)}"
+            for name, (kind, default) in documented.items():
+                assert kind == declared[name]["type"], \
+                    f"{page}: {entry}'s {name} is {declared[name]['type']} in MLproject, not {kind}"
+                assert default is None or default == str(declared[name]["default"]), \
+                    f"{page}: {entry}'s {name} defaults to {declared[name]['default']!r}, not {default!r}"
 
 
 def test_make_run_hints_are_the_readme_way():
@@ -250,26 +322,26 @@ def test_readme_commands_run_in_a_fresh_shell(tmp_path):
     watched = ("mlflow.db", "optuna.db", "mlruns", "mlartifacts", "checkpoints", "predictions.csv")
     before = {name: _stamp(ROOT / name) for name in watched}
 
-    lines = readme_lines()
-    setup = [line for line in lines if decision(line)[0] == "setup"]
+    lines = page_lines()
+    setup = list(dict.fromkeys(line for page, line in lines if decision(page, line)[0] == "setup"))
     for pattern, overrides in RUN.items():
-        line = next(line for line in lines if re.match(pattern, line))
+        page, line = next((page, line) for page, line in lines if re.match(pattern, line))
         command = with_overrides(line, overrides)
         started, cpu = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(["bash", "--noprofile", "--norc", "-c", "\n".join(["set -e", *setup, command])],
                               cwd=copy, env=env, capture_output=True, text=True, timeout=300)
         output = (done.stdout + done.stderr)[-3000:]
-        assert done.returncode == 0, f"README line failed: {line}\nran: {command}\n{output}"
+        assert done.returncode == 0, f"{page}: line failed: {line}\nran: {command}\n{output}"
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
-        print(f"{time.monotonic() - started:5.1f} s ({cpu_s:5.1f} s CPU) {command}")  # shown with -s or on failure
+        print(f"{time.monotonic() - started:5.1f} s ({cpu_s:5.1f} s CPU) {page}: {command}")  # with -s or on failure
 
     runs = runs_in(store)
     # pretrain's run, ended FINISHED (never a FAILED run left behind)
     assert len(runs) == 1 and {r.info.status for r in runs} == {"FINISHED"}, \
         [(r.info.run_name, r.info.status, r.data.tags.get("error")) for r in runs]
     assert (copy / "predictions.csv").is_file()  # the folder's predictions, in the copy
-    assert {name: _stamp(ROOT / name) for name in watched} == before, "the README test wrote into the checkout"
+    assert {name: _stamp(ROOT / name) for name in watched} == before, "the pages' commands wrote into the checkout"
 
 
 def _stamp(path: Path):
