@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import tracking  # noqa: E402,F401 - MLflow environment defaults
-from freezeframe.single_run import prepare_run, run_tracked  # noqa: E402
+from freezeframe.training_run import prepare_training, train_in_run  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.data.loaders import (  # noqa: E402
     Preprocessing,  # noqa: E402
@@ -109,9 +109,9 @@ def freezeframe_run(args, workdir: Path, repeat: int | str, system_metrics: bool
     cfg = load_config(None, {**_overrides(args), "train.checkpoint_dir": str(workdir / f"ckpt{repeat}"),
                              "tracking.system_metrics": system_metrics})
     start, cpu = time.perf_counter(), time.process_time()
-    prepared = prepare_run(cfg)
+    prepared = prepare_training(cfg)
     prepared_s = time.perf_counter() - start
-    done = run_tracked(prepared, entry_point="benchmark", attach=False)
+    done = train_in_run(prepared, entry_point="benchmark", attach=False)
     wall = time.perf_counter() - start
     costs_cpu = time.process_time() - cpu
     fit = done.outcome.fit

@@ -35,8 +35,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import optuna  # noqa: E402
 
 from pipelines.config import load_config  # noqa: E402
+from pipelines.studies.plan import pruner_named  # noqa: E402
 from pipelines.studies.search_space import parse_search, suggest, trial_config  # noqa: E402
-from pipelines.studies.search_study import finished_twin, make_pruner, make_sampler  # noqa: E402
+from pipelines.studies.search_study import finished_twin, make_sampler  # noqa: E402
 from pipelines.studies.worker import EpochReporter  # noqa: E402
 from pipelines.training.trainer import execute, prepare  # noqa: E402
 
@@ -64,7 +65,7 @@ def run_variant(name: str, sampler: str, pruner: str, seed: int, n_trials: int, 
         section["lr"] = {"low": args.lr_low, "high": args.lr_high}
     spec = parse_search(section, base)
     study = optuna.create_study(direction=spec.directions[0], sampler=make_sampler(spec),
-                                pruner=make_pruner(spec, args.epochs))
+                                pruner=pruner_named(spec.pruner, args.epochs))
     epochs, reused = [0], [0]
 
     class Counter:

@@ -55,27 +55,26 @@ def mlflow_worker(args) -> None:
 
 def freezeframe_worker(args) -> None:
     """freezeframe's study engine end to end, the child run opened as run_child does, minus the training."""
-    from freezeframe.study_run import link_study, open_storage, work
+    from freezeframe.study_run import open_study_run, work
     from pipelines.studies.keys import RUN_ATTR
-    from pipelines.studies.storage import open_study, storage_id
+    from pipelines.studies.plan import PrunerSpec, StudyPlan
+    from pipelines.studies.worker import TrialBudget
     from tracking import tags
     from tracking.runs import session
     from tracking.studies import parent_run
 
-    url, storage = open_storage(args.storage)
-    study = open_study(args.study, url, storage, "search", ("maximize",), (METRIC,))
-    parent = parent_run.open_parent("search", args.study, storage_id(url), args.experiment,
-                                    {"optuna.direction": "maximize"}, {"search.storage": storage_id(url)})
-    link_study(study, parent)
+    run = open_study_run(StudyPlan("search", args.study, args.storage, args.experiment, ("maximize",), (METRIC,),
+                                   PrunerSpec("search", "none"), parent_tags={"optuna.direction": "maximize"}))
+    study, parent = run.study, run.parent
 
     def objective(trial: optuna.Trial) -> float:
         value = trivial(trial)
         parent_run.reopen(parent.run_id)
         with session.open_run(f"trial {trial.number} · bs {trial.params['batch_size']}", args.experiment,
                                  tags={tags.STUDY: args.study, tags.TRIAL: str(trial.number)},
-                                 parent_run_id=parent.run_id, attach=False) as run:
-            trial.set_user_attr(RUN_ATTR, run.info.run_id)
-            MlflowClient().log_batch(run.info.run_id, metrics=[Metric(METRIC, value, int(time.time() * 1000), 0)],
+                                 parent_run_id=parent.run_id, attach=False) as child:
+            trial.set_user_attr(RUN_ATTR, child.info.run_id)
+            MlflowClient().log_batch(child.info.run_id, metrics=[Metric(METRIC, value, int(time.time() * 1000), 0)],
                                      params=[Param("batch_size", str(trial.params["batch_size"]))])
         return value
 
@@ -83,7 +82,7 @@ def freezeframe_worker(args) -> None:
         parent_run.log_values(parent_run_id, {f"best/{METRIC}": study.best_value}, {})
 
     print(f"READY {time.time() - args.t0:.2f}", flush=True)  # and the parent elected
-    work(url, storage, study, parent, objective, report, propose=True, n_trials=args.trials)
+    work(run, objective, report, TrialBudget(propose=True, n_trials=args.trials))
 
 
 def run_workers(server: str, args, worker_args: list[str]) -> tuple[float, float, int]:
@@ -161,14 +160,14 @@ def bench_mlflow_storage(server: str, args) -> str:
 
 
 def bench_freezeframe(server: str, args, url: str, label: str) -> str:
-    from freezeframe.study_run import open_storage
     from pipelines.studies.keys import RUN_ATTR
+    from pipelines.studies.storage import make_storage
 
     study_name = f"bench-{uuid.uuid4().hex[:8]}"
     experiment = f"freezeframe-{study_name}"
     # Optuna's tables made once first, as MlflowStorage's study is: workers starting together on an empty
     # PostgreSQL database race in RDBStorage's CREATE TABLEs (UniqueViolation on pg_type) and one fails
-    _, storage = open_storage(url)
+    storage = make_storage(url)
     timing = run_workers(server, args, ["--worker", "freezeframe", "--study", study_name, "--experiment", experiment,
                                         "--storage", url])
     return row(f"freezeframe ({label})", timing, MlflowClient().get_experiment_by_name(experiment).experiment_id,

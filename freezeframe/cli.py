@@ -55,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="one run: one backbone, one freeze policy")
     _add_run_flags(train)
-    train.add_argument("--arm", default="", help=argparse.SUPPRESS)  # a study's arm on N processes (single_run)
     pre = sub.add_parser("pretrain", help="train on a source dataset and register the model for transfer")
     _add_run_flags(pre)
     pre.add_argument("--registered_model", default="", help="registry name ('' = <backbone>-<dataset>)")
@@ -156,10 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else argv  # train.devices > 1 runs this command again, N times
-        if getattr(args, "arm", ""):  # one of the processes a compare or search worker started for an arm
-            from freezeframe.single_run import arm_rank
-
-            return arm_rank(args.arm)
         cfg, sections = config_from_args(args) if args.command not in ("predict", "reregister") else (None, {})
         if world_size() > 1 and args.command not in ("train", "pretrain"):  # torchrun -m freezeframe compare
             raise ConfigError(f"{args.command} under torchrun: a worker is one process, and it starts each arm's "

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from freezeframe.grid import Grid, run_arms
 from freezeframe.rank import screen
-from freezeframe.study_run import experiment_stem, run_arms
+from freezeframe.study_run import experiment_stem
 from pipelines.config import RunConfig
 from pipelines.studies.arms import parse_comparison
 from tracking.studies import comparison_report
@@ -30,5 +31,5 @@ def compare(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
                                                        screened_out)
         return comparison_report.markdown(rows, []) + (f"\nbest arm registered as {champion}" if champion else "")
 
-    run_arms(args, cfg, spec, name, summarise, reuse=reuse)
+    run_arms(args, cfg, Grid(spec, name, summarise, reuse=reuse))
     return 0

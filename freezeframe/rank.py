@@ -15,7 +15,8 @@ import time
 
 from optuna.trial import TrialState
 
-from freezeframe.study_run import arm_runs, on_dead_trial, run_arms
+from freezeframe.grid import Grid, arm_runs, run_arms
+from freezeframe.study_run import on_dead_trial
 from pipelines.config import RunConfig, with_overrides
 from pipelines.ranking import SCORES
 from pipelines.reports.ranking import ranking_markdown, ranking_rows
@@ -41,31 +42,31 @@ def ranking_grid(spec: Comparison, cfg: RunConfig, name: str, source: str) -> Co
     return parse_comparison({"name": name, "arms": arms}, base, source)
 
 
-def run_ranking(args: argparse.Namespace, grid: Comparison, by: str, wait: bool = False) -> list[dict]:
+def run_ranking(args: argparse.Namespace, spec: Comparison, by: str, wait: bool = False) -> list[dict]:
     """Run the ranking's arms as one of its workers; with `wait` (a screened comparison's first step),
     until every worker's arm has ended (a dead worker's arm, queued again, is run here), and the
     `mlflow run` launcher's run left for the comparison. Returns the ranking's rows, best first, each
     with its run's config digest."""
-    name = grid.name
+    name = spec.name
 
     def summarise(parent_run_id: str, runs: list) -> str:
         return ranking_markdown(ranking_report.log_ranking(parent_run_id, name, runs, by), by)
 
     def go():  # each backbone's value in the study (and optuna-dashboard) is the score it is ranked by
-        return run_arms(args, grid.configs[0], grid, name, summarise, kind="rank", order_by=SCORES[by],
-                        value=lambda outcome: outcome.fit.extra[SCORES[by]], adopt_launcher=not wait)
+        return run_arms(args, spec.configs[0], Grid(spec, name, summarise, kind="rank", order_by=SCORES[by],
+                                                    value=lambda fit: fit.extra[SCORES[by]], adopt_launcher=not wait))
 
-    parent_run_id, url, study, storage = go()
+    run = go()
     while wait:
-        with study_lock(url, name):  # as run_arms does before queueing
-            reap_dead(study, storage, on_dead_trial)
-        states = {t.state for t in study.get_trials(deepcopy=False)}
+        with study_lock(run.url, name):  # as run_arms does before queueing
+            reap_dead(run.study, run.storage, on_dead_trial)
+        states = {t.state for t in run.study.get_trials(deepcopy=False)}
         if TrialState.WAITING in states:
-            parent_run_id, url, study, storage = go()
+            run = go()
         elif TrialState.RUNNING not in states:
             break
         time.sleep(POLL_S)
-    runs = arm_runs(parent_run_id, grid)
+    runs = arm_runs(run.parent.run_id, spec)
     return ranking_rows([{**ranking_report.ranking_record(r), "digest": r.data.tags[tags.CONFIG_DIGEST]}
                          for r in runs], by)
 

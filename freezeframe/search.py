@@ -4,15 +4,19 @@ the study's parent. Several workers on one storage add their trials to one study
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 
-from freezeframe.study_run import experiment_stem, link_study, open_storage, print_links, reuse_run, run_child, work
+from freezeframe.child_run import run_child
+from freezeframe.study_run import StudyRun, experiment_stem, open_study_run, print_links, reuse_run, work
 from pipelines.config import RunConfig, with_overrides
 from pipelines.errors import without_password
 from pipelines.state import slug
-from pipelines.studies.arm_ranks import TrialPlace
-from pipelines.studies.keys import PARENT_RUN_ID_ATTR, RETRY_ATTR, RUN_ATTR, TWIN_ATTR
+from pipelines.studies.child import Reporting
+from pipelines.studies.keys import RETRY_ATTR, RUN_ATTR, TWIN_ATTR
+from pipelines.studies.plan import PrunerSpec, StudyPlan
 from pipelines.studies.search_space import SearchSpec, parse_search, suggest, trial_config
 from pipelines.studies.search_study import (
     batch_size_ceiling,
@@ -20,31 +24,27 @@ from pipelines.studies.search_study import (
     finished_twin,
     make_sampler,
     objective_values,
-    open_search,
 )
-from pipelines.studies.storage import storage_id
-from pipelines.studies.worker import EpochReporter
+from pipelines.studies.worker import TrialBudget
 from tracking import tags
-from tracking.store import ensure_reachable
-from tracking.studies import parent_run, search_report
+from tracking.studies import search_report
 
 COMPARED_TRIALS = 10
 
 
 class TrialObjective:
-    """suggest → the base config with the trial's choices → the same run function → report each epoch;
-    params a finished trial already had → its result, without training."""
+    """suggest → the base config with the trial's choices → the same child run as an arm → report each
+    epoch; params a finished trial already had → its result, without training."""
 
-    def __init__(self, spec: SearchSpec, base: RunConfig, parent_run_id: str, storage_url: str):
-        self.spec, self.base, self.parent_run_id = spec, base, parent_run_id
-        self.place = TrialPlace(storage_url, f"search:{spec.pruner}", base.train.epochs)  # as open_search's
+    def __init__(self, run: StudyRun, spec: SearchSpec, base: RunConfig):
+        self.run, self.spec, self.base = run, spec, base
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         choice = suggest(trial, self.spec)
         name = f"trial {trial.number} · bs {choice['batch_size']}"
         twin = finished_twin(trial.study, trial)
         if twin is not None and twin.user_attrs.get(RUN_ATTR):
-            run_id = reuse_run(trial, self.parent_run_id, twin.user_attrs[RUN_ATTR], name)
+            run_id = reuse_run(trial, self.run.parent.run_id, twin.user_attrs[RUN_ATTR], name)
             trial.set_user_attr(TWIN_ATTR, twin.number)
             print(f"trial {trial.number} {trial.params}: as trial {twin.number}, reused (run {run_id})", flush=True)
             return self._value(twin.values)
@@ -54,9 +54,8 @@ class TrialObjective:
         folder = f"{self.base.train.checkpoint_dir}/{slug(self.spec.study_name)}/trial-{origin or trial.number}"
         cfg = with_overrides(trial_config(self.base, self.spec, choice), {
             "tracking.run_name": name, "train.checkpoint_dir": folder, "train.resume": origin is not None})
-        done = run_child(cfg, trial, self.parent_run_id, "search", {}, (EpochReporter(trial, self.spec.metric),),
-                         self.place)
-        return self._value(objective_values(self.spec, done.outcome.fit))
+        fit = run_child(self.run.child(trial, cfg, Reporting(self.spec.metric)), trial)
+        return self._value(objective_values(self.spec, fit))
 
     def _value(self, values: list[float]) -> float | list[float]:
         return list(values) if self.spec.multi_objective else values[0]
@@ -66,42 +65,45 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
     overrides = {k: getattr(args, k) for k in ("n_trials", "max_trials", "timeout", "study_name", "sampler",
                                                 "pruner", "seed")}
     spec = parse_search(sections.get("search"), cfg, overrides, source=args.experiment)
-    ensure_reachable()
-    url, storage = open_storage(args.storage)
-    study = open_search(spec, url, storage, cfg.train.epochs)
-    parent_run.check_held("search", spec.study_name, storage_id(url), cfg.tracking.experiment_name,
-                          lambda: study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
-    declared = spec.batch_sizes
-    spec, ceilings = batch_size_ceiling(study, storage, url, spec, cfg)  # a smallest batch too big: refused here
-    study.sampler = make_sampler(spec)  # the grid sampler's grid is the space as cut
+    declared, cut = spec.batch_sizes, {}
+    plan = StudyPlan("search", spec.study_name, args.storage, cfg.tracking.experiment_name, spec.directions,
+                     spec.objectives, PrunerSpec("search", spec.pruner, cfg.train.epochs), sampler=make_sampler(spec),
+                     parent_tags={tags.OPTUNA_DIRECTION: ",".join(spec.directions)},
+                     parent_params={"search.sampler": spec.sampler,
+                                    "search.pruner": f"none ({spec.pruner_note})" if spec.pruner_note else spec.pruner,
+                                    "search.metric": spec.metric, "search.objectives": ",".join(spec.objectives),
+                                    "search.max_trials": spec.max_trials or "none",
+                                    "search.batch_sizes": f"{declared[0]}..{declared[-1]} step 8"})
+
+    def fit_memory(study: optuna.Study, storage: BaseStorage, url: str) -> dict[str, Any]:
+        """The space cut to the memory ceiling (a smallest batch that does not fit is refused here)."""
+        cut["spec"], cut["ceilings"] = batch_size_ceiling(study, storage, url, spec, cfg)
+        study.sampler = make_sampler(cut["spec"])  # the grid sampler's grid is the space as cut
+        return {"search.batch_size_ceiling": cut["spec"].batch_sizes[-1] if cut["ceilings"] else "not probed"}
+
+    run = open_study_run(plan, before_parent=fit_memory)
+    spec, ceilings = cut["spec"], cut["ceilings"]
     if spec.batch_sizes != declared:
         print(f"search: batch sizes cut to {spec.batch_sizes[0]}..{spec.batch_sizes[-1]} (the memory ceiling on "
               f"{ceilings[0].device}); {', '.join(map(str, declared[len(spec.batch_sizes):]))} do not fit", flush=True)
     if spec.pruner_note:
         print(f"search: pruner {spec.pruner_note}", flush=True)
-    params = {"search.storage": storage_id(url), "search.sampler": spec.sampler,
-              "search.pruner": f"none ({spec.pruner_note})" if spec.pruner_note else spec.pruner,
-              "search.metric": spec.metric, "search.objectives": ",".join(spec.objectives),
-              "search.max_trials": spec.max_trials or "none",
-              "search.batch_sizes": f"{declared[0]}..{declared[-1]} step 8",
-              "search.batch_size_ceiling": spec.batch_sizes[-1] if ceilings else "not probed"}
-    parent = parent_run.open_parent("search", spec.study_name, storage_id(url), cfg.tracking.experiment_name,
-                                    {tags.OPTUNA_DIRECTION: ",".join(spec.directions)}, params)
-    link_study(study, parent)
     if ceilings:
-        search_report.log_ceilings(parent.run_id, ceilings)
+        search_report.log_ceilings(run.parent.run_id, ceilings)
 
     def report(parent_run_id: str) -> str | None:
-        return search_report.log_study(study, parent_run_id, spec.objectives, experiment_stem(args.experiment))
+        return search_report.log_study(run.study, parent_run_id, spec.objectives, experiment_stem(args.experiment))
 
-    champion = work(url, storage, study, parent, TrialObjective(spec, cfg, parent.run_id, url), report, propose=True,
-                    n_trials=spec.n_trials, timeout=spec.timeout, max_trials=spec.max_trials)
-    print(f"study {spec.study_name}: {len(study.trials)} trials in {without_password(url)}; parent run {parent.run_id}")
+    champion = work(run, TrialObjective(run, spec, cfg), report,
+                    TrialBudget(propose=True, n_trials=spec.n_trials, timeout=spec.timeout, max_trials=spec.max_trials))
+    study = run.study
+    print(f"study {spec.study_name}: {len(study.trials)} trials in {without_password(run.url)}; "
+          f"parent run {run.parent.run_id}")
     best = champion_trial(study)
     if best is not None:
         values = ", ".join(f"{m} {v:.4f}" for m, v in zip(spec.objectives, best.values, strict=True))
         print(f"best: trial {best.number} {best.params} → {values}; champion {champion}")
-    print_links(parent, best_run_ids(study), "trials", spec.metric,
+    print_links(run.parent, best_run_ids(study), "trials", spec.metric,
                 ascending=study.directions[0] == optuna.study.StudyDirection.MINIMIZE)
     return 0
 

@@ -20,7 +20,7 @@ from tracking.runs.session import kill_launcher_run_left_running
 from tracking.store import ensure_reachable
 
 if TYPE_CHECKING:  # the training stack (timm, torchvision, sklearn) loads in train_here: a launcher of N
-    from freezeframe.single_run import TrackedRun  # processes (train.devices) needs only torch
+    from freezeframe.training_run import TrainedRun  # processes (train.devices) needs only torch
 
 
 def train(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
@@ -61,7 +61,7 @@ def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
     """This same command on train.devices processes (the command line checked that the machine has them)."""
     print(f"freezeframe: training on {cfg.train.devices} processes (torch.distributed.run)", flush=True)
     try:
-        failed = launch_processes(cfg.train.devices, args.argv)
+        failed = launch_processes(cfg.train.devices, ["-m", "freezeframe", *args.argv])
     except KeyboardInterrupt as exc:  # Ctrl-C or `mlflow run` cancelled: the ranks are down already
         kill_launcher_run_left_running(str(exc))
         raise
@@ -72,19 +72,16 @@ def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
     return 1
 
 
-def train_here(cfg: RunConfig, entry_point: str) -> TrackedRun | None:
-    """This process's part: the whole tracked run on rank 0 (or alone), the same training without any
-    tracking on the other ranks (None)."""
-    from freezeframe.single_run import prepare_run, run_tracked, train_beside  # see TYPE_CHECKING above
+def train_here(cfg: RunConfig, entry_point: str) -> TrainedRun | None:
+    """This process's part: the whole tracked run alone or as process 0, the same training without any
+    tracking on the other processes (None)."""
+    from freezeframe.training_run import prepare_training, train_in_run, train_process  # see TYPE_CHECKING above
 
     if distributed.world_size() > 1:  # under torchrun: the params show the world size the run had
         cfg = with_overrides(cfg, {"train.devices": distributed.world_size()})
-    try:
-        if not distributed.is_main():
-            train_beside(cfg)
-            return None
-        ensure_reachable()
-        return run_tracked(prepare_run(cfg), entry_point=entry_point)
-    finally:
-        distributed.stop()
 
+    def in_run() -> TrainedRun:
+        ensure_reachable()
+        return train_in_run(prepare_training(cfg), entry_point)
+
+    return train_process(cfg, in_run)

@@ -130,9 +130,14 @@ def load_experiment(path: str | Path | None = None,
     sections = {name: raw.pop(name) for name in ENTRY_SECTIONS if name in raw}
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
+    return from_dict(raw, source), sections
+
+
+def from_dict(raw: dict[str, Any], source: str) -> RunConfig:
+    """A config from its nested dict (to_dict's form), typed and validated as a loaded file is."""
     cfg = build_tree(RunConfig, raw, prefix="", source=source)
     validate(cfg)
-    return cfg, sections
+    return cfg
 
 
 def with_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "override") -> RunConfig:
@@ -141,9 +146,7 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "ove
     raw = to_dict(cfg)
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
-    changed = build_tree(RunConfig, raw, prefix="", source=source)
-    validate(changed)
-    return changed
+    return from_dict(raw, source)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

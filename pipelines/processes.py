@@ -64,10 +64,11 @@ class LaunchFailure:
 
 
 def launch(devices: int, argv: list[str], env: dict[str, str | None] | None = None) -> LaunchFailure | None:
-    """`python -m freezeframe <argv>` on `devices` processes of this machine under the elastic launcher,
-    as `torchrun --standalone --nproc_per_node=<devices>` would; `env` sets (None: removes) variables in
-    theirs. A rank that dies takes the others down (elastic's monitor sends them SIGTERM, which ends rank
-    0's run KILLED). Returns None when every process succeeded, else which ranks failed and how."""
+    """`python <argv>` (`-m freezeframe train ...`, `-m freezeframe.child_run <file>`) on `devices` processes
+    of this machine under the elastic launcher, as `torchrun --standalone --nproc_per_node=<devices>` would;
+    `env` sets (None: removes) variables in theirs. A process that dies takes the others down (elastic's
+    monitor sends them SIGTERM, which ends process 0's run KILLED). Returns None when every process
+    succeeded, else which ranks failed and how (elastic's word, "rank N", in the line)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -78,7 +79,7 @@ def launch(devices: int, argv: list[str], env: dict[str, str | None] | None = No
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     try:  # elastic installs its own handlers, which raise SignalException after taking the ranks down
         with _environment(env or {}):  # elastic's processes start from a copy of this one's environment
-            elastic_launch(config, sys.executable)("-m", "freezeframe", *argv)
+            elastic_launch(config, sys.executable)(*argv)
     except SignalException as exc:
         raise KeyboardInterrupt(f"the {devices} processes were stopped ({exc.sigval.name})") from None
     except ChildFailedError as exc:

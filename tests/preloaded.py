@@ -135,12 +135,13 @@ def stop() -> None:
 
 def _serve(address: str, exits: Path) -> None:
     # everything a worker imports: the commands, and the training stack their arms and trials load
+    import freezeframe.child_run  # noqa: F401
     import freezeframe.compare  # noqa: F401
     import freezeframe.predict  # noqa: F401
     import freezeframe.rank  # noqa: F401
     import freezeframe.search  # noqa: F401
-    import freezeframe.single_run  # noqa: F401
     import freezeframe.train  # noqa: F401
+    import freezeframe.training_run  # noqa: F401
 
     for name in [name for name in sys.modules if name.split(".")[0] in OURS]:
         del sys.modules[name]  # each child imports the project afresh, reading its own environment

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from freezeframe.cli import main
+from pipelines.data.shards import ShardSampler, eval_shard, real_in_batch
 from pipelines.errors import ConfigError
 from pipelines.studies.keys import ARM_ATTR, REASON_ATTR, RUN_ATTR
 from pipelines.training import distributed
@@ -239,12 +240,12 @@ def test_the_shards_deal_one_permutation_and_pad_with_repeats_that_weigh_nothing
     for rank in (0, 1, 2):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "3")
-        loader.sampler = distributed.ShardSampler(11, torch.Generator().manual_seed(0))
+        loader.sampler = ShardSampler(11, torch.Generator().manual_seed(0))
         indices = list(loader.sampler)
         assert len(indices) == len(loader.sampler) == 4  # the same number of steps on every rank
         dealt.append(indices[:loader.sampler.real()])
         # batches of 2 (global 6): step 1 holds global images 6-10, two on ranks 0 and 1, one and a repeat on 2
-        real = [distributed.real_in_batch(loader, step, 2) for step in (0, 1)]
+        real = [real_in_batch(loader, step, 2) for step in (0, 1)]
         assert real == ([2, 2] if rank < 2 else [2, 1])
         assert distributed.loss_weight(loader, 1, real[1]) == pytest.approx(real[1] * 3 / 5)  # DDP then divides by 3
     assert sorted(sum(dealt, [])) == list(range(11))  # every image once, none twice
@@ -252,5 +253,5 @@ def test_the_shards_deal_one_permutation_and_pad_with_repeats_that_weigh_nothing
     shards = []
     for rank in (0, 1, 2):
         monkeypatch.setenv("RANK", str(rank))
-        shards.append(list(distributed.eval_shard(list(range(11)))))
+        shards.append(list(eval_shard(list(range(11)))))
     assert sum(shards, []) == list(range(11))  # contiguous: gathered in rank order, the split's order

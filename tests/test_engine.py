@@ -110,12 +110,13 @@ def test_a_checkpoint_keeps_the_best_epoch_without_a_second_copy_of_the_network(
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     best = {k: v.clone() for k, v in model.state_dict().items()}
     state = checkpoints.TrainState(epoch=1, best_epoch=1, best_value=0.5, best_state=best)
-    size_best_now = checkpoints.save(tmp_path / "a", state, model, optimizer, None, scaler, None).stat().st_size
+    objects = checkpoints.TrainingObjects(model, optimizer, None, scaler, None)
+    size_best_now = checkpoints.save(tmp_path / "a", state, objects).stat().st_size
     with torch.no_grad():
         model[2].weight.add_(1.0)  # a later, worse epoch moved the head
     state.epoch = 2
-    checkpoints.save(tmp_path / "b", state, model, optimizer, None, scaler, None)
-    restored = checkpoints.restore(checkpoints.read(tmp_path / "b"), model, optimizer, None, scaler, None)
+    checkpoints.save(tmp_path / "b", state, objects)
+    restored = checkpoints.restore(checkpoints.read(tmp_path / "b"), objects)
     assert restored.best_state.keys() == best.keys()
     assert all(torch.equal(restored.best_state[k], v) for k, v in best.items())
     assert not torch.equal(restored.best_state["2.weight"], model.state_dict()["2.weight"])

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 
 from freezeframe.cli import main
+from pipelines.data.loaders import Preprocessing
 from pipelines.errors import FreezeframeError
 from pipelines.models import portable
 from pipelines.models.backbones import build_backbone
@@ -71,8 +72,8 @@ def test_tied_tensors_are_saved_apart_and_load_strictly(tmp_path):
 
 
 def describe(**changes) -> dict:
-    return {**portable.describe("timm/test_resnet", "none", ["a", "b", "c"], 32, [0.5] * 3, [0.5] * 3, "bilinear",
-                                "frozen"), **changes}
+    return {**portable.describe("timm/test_resnet", "none", "frozen", ["a", "b", "c"], 32,
+                                Preprocessing((0.5,) * 3, (0.5,) * 3, "bilinear")), **changes}
 
 
 @pytest.mark.parametrize("changes, message", [

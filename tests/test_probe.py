@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from freezeframe.cli import main
-from freezeframe.single_run import prepare_run, run_tracked
+from freezeframe.training_run import prepare_training, train_in_run
 from pipelines.config import load_config
 from pipelines.models.backbones import head_module
 from pipelines.policy import PROBE_C
@@ -53,7 +53,7 @@ def test_a_probe_run_logs_its_grid_and_its_model_predicts_like_the_run(tracking_
     from tracking.models.model_store import load_for_inference
 
     cfg = load_config(None, tiny_overrides(tmp_path, **{"model.freeze": "linear_probe", "tracking.log_model": True}))
-    done = run_tracked(prepare_run(cfg), entry_point="train")
+    done = train_in_run(prepare_training(cfg), entry_point="train")
     run = MlflowClient().get_run(done.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["freeze"] == "linear_probe"
     assert run.data.metrics["probe/c"] in PROBE_C and run.data.metrics["train/epochs_completed"] == 1

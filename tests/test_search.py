@@ -115,9 +115,9 @@ def test_search_mirrors_every_trial_in_mlflow_and_continues_the_study(tracking_s
 
 
 def test_pruned_trials_end_killed_and_tagged(tracking_store, tmp_path, monkeypatch):
-    import pipelines.studies.search_study as search_mod
+    import pipelines.studies.plan as plan_mod
 
-    monkeypatch.setattr(search_mod, "make_pruner", lambda spec, epochs: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(plan_mod, "pruner_named", lambda name, epochs: optuna.pruners.ThresholdPruner(lower=2.0))
     storage = f"sqlite:///{tmp_path}/optuna.db"
     assert main(["search", "--experiment", search_experiment(tmp_path, SPACE), "--storage", storage,
                  "--n_trials", "2"]) == 0
@@ -201,7 +201,7 @@ def test_the_worker_loop_runs_a_grid_once_without_optunas_study_stop():
     StudyWorker replaces that loop, so it runs WorkerGridSampler (the same grid, no stop) and asks
     is_exhausted() after each trial itself. The first half fails loudly if Optuna's own sampler stops doing
     that: then the adapter in pipelines/studies/worker.py can go."""
-    from pipelines.studies.worker import StudyWorker, WorkerGridSampler
+    from pipelines.studies.worker import StudyWorker, TrialBudget, WorkerGridSampler
 
     space = {"x": [1, 2, 3]}
     plain = optuna.create_study(sampler=optuna.samplers.GridSampler(space, seed=0))
@@ -214,7 +214,7 @@ def test_the_worker_loop_runs_a_grid_once_without_optunas_study_stop():
     study = optuna.create_study(storage=storage, sampler=WorkerGridSampler(space, seed=0))
     told = []
     worker = StudyWorker(study, storage, lambda t: t.suggest_categorical("x", space["x"]),
-                         on_told=told.append, on_dead=lambda s, t: None, propose=True)
+                         on_told=told.append, on_dead=lambda s, t: None, budget=TrialBudget(propose=True))
     assert worker.run() == 3
     assert sorted(t.params["x"] for t in told) == [1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in told)

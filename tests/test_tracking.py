@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import freezeframe
-from freezeframe.single_run import prepare_run, run_tracked
+from freezeframe.training_run import prepare_training, train_in_run
 from pipelines.config import load_config
 from tests.conftest import runs_in, tiny_experiment, tiny_overrides
 from tracking.store import TrackingError, ensure_reachable
@@ -26,7 +26,7 @@ def artifact_paths(client, run_id, path=None):
 
 def test_a_run_logs_params_tags_metrics_artifacts(tracking_store, tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, **{"tracking.log_model": True}))
-    done = run_tracked(prepare_run(cfg), entry_point="train")
+    done = train_in_run(prepare_training(cfg), entry_point="train")
     run_id, outcome = done.run_id, done.outcome
     assert 0 < done.logging_seconds < outcome.fit.train_seconds + 5
     client = MlflowClient()
@@ -77,7 +77,7 @@ def test_a_failing_run_ends_failed_with_its_reason(tracking_store, tmp_path):
 
     cfg = load_config(None, tiny_overrides(tmp_path))
     with pytest.raises(RuntimeError):
-        run_tracked(prepare_run(cfg), entry_point="train", listeners=(Boom(),))
+        train_in_run(prepare_training(cfg), entry_point="train", listeners=(Boom(),))
     (run,) = runs_in(tracking_store)
     assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: disk full"
 
@@ -92,7 +92,7 @@ def test_a_background_write_that_fails_fails_the_run(tracking_store, tmp_path, m
 
     monkeypatch.setattr(figures, "curves_figure", broken)
     with pytest.raises(ValueError, match="cannot render"):
-        run_tracked(prepare_run(load_config(None, tiny_overrides(tmp_path))), entry_point="train")
+        train_in_run(prepare_training(load_config(None, tiny_overrides(tmp_path))), entry_point="train")
     (run,) = runs_in(tracking_store)
     assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: cannot render"
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val/acc")] == [1, 2]
@@ -120,7 +120,7 @@ def test_interrupted_run_ends_killed(tracking_store, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_tracked(prepare_run(load_config(None, tiny_overrides(tmp_path))), "train", listeners=(CtrlC(),))
+        train_in_run(prepare_training(load_config(None, tiny_overrides(tmp_path))), "train", listeners=(CtrlC(),))
     (run,) = runs_in(tracking_store)
     assert run.info.status == "KILLED"
 
@@ -148,7 +148,7 @@ def test_a_run_logs_system_metrics_unless_switched_off(tracking_store, tmp_path,
 
 def test_registry_model_is_a_weights_source(tracking_store, tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, **{"tracking.log_model": True}))
-    done = run_tracked(prepare_run(cfg), entry_point="train")
+    done = train_in_run(prepare_training(cfg), entry_point="train")
     run_id, outcome = done.run_id, done.outcome
     (logged,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
     version = mlflow.register_model(logged.model_uri, "tiny-digits")
@@ -156,7 +156,7 @@ def test_registry_model_is_a_weights_source(tracking_store, tmp_path):
     source = outcome.prepared.backbone.model.state_dict()
     for uri in ("models:/tiny-digits/1", "models:/tiny-digits@champion"):
         transfer = load_config(None, tiny_overrides(tmp_path, **{"model.weights": uri}))
-        prepared = prepare_run(transfer)
+        prepared = prepare_training(transfer)
         target = prepared.backbone.model.state_dict()
         assert all(source[k].equal(target[k]) for k in target if k.startswith("layer4") and "num_batches" not in k)
 
@@ -164,7 +164,7 @@ def test_registry_model_is_a_weights_source(tracking_store, tmp_path):
 def test_missing_registry_model_is_a_clear_error(tracking_store, tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, **{"model.weights": "models:/no-such-model@champion"}))
     with pytest.raises(TrackingError, match="cannot load models:/no-such-model@champion"):
-        prepare_run(cfg)
+        prepare_training(cfg)
     assert runs_in(tracking_store) == []
 
 

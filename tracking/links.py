@@ -84,15 +84,15 @@ def run_links(run_id: str, uri: str | None = None) -> dict[str, str]:
 
 
 def study_links(experiment_id: str, parent_run_id: str, run_ids: list[str], what: str, order_by: str,
-                ascending: bool = False, uri: str | None = None) -> dict[str, str]:
+                ascending: bool = False) -> dict[str, str]:
     """A comparison's or study's links: its Training runs, the compare page and the charts of
     `run_ids` (its arms, or its best finished trials), and the champion once registered."""
-    links = {"training runs": runs_page(experiment_id, uri)}
+    links = {"training runs": runs_page(experiment_id)}
     if run_ids:
-        links[f"compare {what}"] = compare_page(experiment_id, run_ids, uri)
-        links[f"{what[:-1]} charts"] = charts_page(experiment_id, run_ids, order_by, ascending, uri)
-    champion = MlflowClient(uri).get_run(parent_run_id).data.tags.get(tags.CHAMPION, "")
-    page = registered_model_page(champion, uri)
+        links[f"compare {what}"] = compare_page(experiment_id, run_ids)
+        links[f"{what[:-1]} charts"] = charts_page(experiment_id, run_ids, order_by, ascending)
+    champion = MlflowClient().get_run(parent_run_id).data.tags.get(tags.CHAMPION, "")
+    page = registered_model_page(champion)
     if page:
         links["champion"] = page
     return links

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
+from pipelines.data.loaders import Preprocessing
 from pipelines.errors import WeightsError, first_line
 from pipelines.models.backbones import build_backbone
 from pipelines.models.freezing import without_policy_hooks
@@ -29,13 +30,14 @@ FILES = (TENSORS, DESCRIPTION)
 _INTERPOLATIONS = {mode.value for mode in InterpolationMode}
 
 
-def describe(backbone: str, weights: str, class_names: Sequence[str], image_size: int, mean: Sequence[float],
-             std: Sequence[float], interpolation: str, freeze: str) -> dict:
+def describe(backbone: str, weights: str, freeze: str, class_names: Sequence[str], image_size: int,
+             preprocessing: Preprocessing) -> dict:
     """What rebuilds the network (backbone, number of classes) and what predict needs to preprocess an
     image as in training; `weights` (where training started) and `freeze` are lineage only."""
     return {"format": FORMAT, "backbone": backbone, "weights": weights, "num_classes": len(class_names),
-            "class_names": list(class_names), "image_size": int(image_size), "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std], "interpolation": interpolation, "freeze": freeze}
+            "class_names": list(class_names), "image_size": int(image_size),
+            "mean": [float(v) for v in preprocessing.mean], "std": [float(v) for v in preprocessing.std],
+            "interpolation": preprocessing.interpolation, "freeze": freeze}
 
 
 def tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:

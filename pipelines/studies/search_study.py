@@ -1,4 +1,4 @@
-"""Optuna's side of a search: sampler, pruner, the study, the space cut to the batch-size ceiling, what a
+"""Optuna's side of a search: sampler, the space cut to the batch-size ceiling, what a
 trial's run is worth on each objective, a finished twin to reuse, and the champion trial."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pipelines.config import RunConfig
 from pipelines.errors import ConfigError
 from pipelines.studies.keys import CEILING_ATTR
 from pipelines.studies.search_space import SearchSpec, grid_space, trial_config
-from pipelines.studies.storage import open_study, study_id, study_lock
+from pipelines.studies.storage import study_id, study_lock
 from pipelines.studies.worker import WorkerGridSampler
 from pipelines.training.ceiling import Ceiling, ceiling_key, find_ceiling
 from pipelines.training.results import FitResult
@@ -26,28 +26,6 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed)
     return optuna.samplers.TPESampler(seed=spec.seed)  # multi-objective too (Optuna's MOTPE)
-
-
-def make_pruner(spec: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
-    return pruner_named(spec.pruner, epochs)
-
-
-def pruner_named(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """search.pruner's pruner, for trials of `epochs` epochs (also rebuilt by an arm's rank 0: arm_ranks)."""
-    if name == "successive_halving":
-        # ASHA: at epochs 1, 3, 9, ... a trial goes on only in the top third of those that got there
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "median":
-        # once two trials have finished, a trial below their median at the same epoch stops there
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
-def open_search(spec: SearchSpec, url: str, storage: optuna.storages.BaseStorage, epochs: int) -> optuna.Study:
-    return open_study(spec.study_name, url, storage, "search", spec.directions, spec.objectives,
-                      sampler=make_sampler(spec), pruner=make_pruner(spec, epochs))
 
 
 def batch_size_ceiling(study: optuna.Study, storage: optuna.storages.BaseStorage, url: str, spec: SearchSpec,

@@ -20,6 +20,7 @@ import optuna
 
 from pipelines.errors import ConfigError, FreezeframeError, first_line, without_password
 from pipelines.studies.keys import KIND_ATTR
+from pipelines.studies.plan import StudyPlan
 
 # A live trial touches the storage this often, and one silent for the grace period belongs to a dead
 # process: the next worker fails it. The environment may shorten both (the fault tests do).
@@ -83,13 +84,13 @@ def _sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///")).expanduser()
 
 
-def open_study(name: str, url: str, storage: optuna.storages.BaseStorage, kind: str, directions: tuple[str, ...],
-               metrics: tuple[str, ...], sampler: optuna.samplers.BaseSampler | None = None,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create the study, or continue it. One of another kind or direction(s) is refused before any trial.
+def open_study(plan: StudyPlan, url: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the study, or continue it, with the plan's sampler and pruner. One of another kind or
+    direction(s) is refused before any trial.
 
     Under the study's set-up lock: between a worker's create_study and its kind attribute, another
     worker starting at the same moment would find an untagged study and take it for a search."""
+    name, kind, directions, metrics = plan.name, plan.kind, plan.directions, plan.metrics
     with study_lock(url, name):
         try:
             existing = optuna.load_study(study_name=name, storage=storage)
@@ -104,8 +105,8 @@ def open_study(name: str, url: str, storage: optuna.storages.BaseStorage, kind: 
             if have != tuple(directions):
                 raise ConfigError(f"study '{name}' exists and {' and '.join(d + 's' for d in have)}; this {kind} "
                                   f"would {' and '.join(directions)} {' and '.join(metrics)}: pick another study_name")
-        study = optuna.create_study(study_name=name, storage=storage, directions=list(directions), sampler=sampler,
-                                    pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, directions=list(directions),
+                                    sampler=plan.sampler, pruner=plan.pruner.build(), load_if_exists=True)
         if existing is None:
             study.set_user_attr(KIND_ATTR, kind)
             with experimental_api():

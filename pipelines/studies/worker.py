@@ -74,12 +74,22 @@ class WorkerGridSampler(GridSampler):
         pass
 
 
+@dataclass(frozen=True)
+class TrialBudget:
+    """How many trials a worker runs: every queued one, then, with `propose`, new ones from the sampler."""
+    propose: bool = False  # a search asks its sampler; a comparison runs its queued arms only
+    n_trials: int | None = None  # trials this worker runs (None: until the queue is empty)
+    timeout: float = 0.0  # seconds this worker may start trials for (0: no limit)
+    max_trials: int = 0  # the study's total over every worker and rerun (0: none); counted under the study's lock
+
+
 @dataclass
 class StudyWorker:
-    """Run trials until the queue is empty (and, with `propose`, `n_trials` new ones are done).
+    """Run trials until the queue is empty (and, with `budget.propose`, `budget.n_trials` new ones are done).
 
     `objective(trial)` returns the trial's value or raises (optuna.TrialPruned included); `on_told`
-    sees each trial as it ends; `on_dead(study, trial)` sees each trial of a dead worker.
+    sees each trial as it ends; `on_dead(study, trial)` sees each trial of a dead worker. `url` names the
+    storage for the study's lock.
     """
 
     study: optuna.Study
@@ -87,23 +97,34 @@ class StudyWorker:
     objective: Callable[[optuna.Trial], float]
     on_told: Callable[[FrozenTrial], None]
     on_dead: Callable[[optuna.Study, FrozenTrial], None]
-    propose: bool = False
-    n_trials: int | None = None
-    timeout: float = 0.0
-    max_trials: int = 0  # the study's total over every worker and rerun (0: none); needs `url` for its lock
+    budget: TrialBudget = TrialBudget()
     url: str = ""
     trials_run: int = 0
 
     def run(self) -> int:
-        start = time.monotonic()
-        while self.n_trials is None or self.trials_run < self.n_trials:
-            if self.timeout and time.monotonic() - start > self.timeout:
+        """Claim or ask a trial, run the objective on it under a heartbeat, tell its end; again."""
+        start, budget = time.monotonic(), self.budget
+        while budget.n_trials is None or self.trials_run < budget.n_trials:
+            if budget.timeout and time.monotonic() - start > budget.timeout:
                 break
             self.reap_dead()
-            trial = self.claim_waiting() or (self._ask() if self.propose else None)
+            trial = self.claim_waiting() or (self._ask() if budget.propose else None)
             if trial is None:
                 break
-            if self._run_one(trial):  # queued again (TrialLost): its retry is claimed next, not counted twice
+            trial.set_user_attr(OWNER_ATTR, this_process())
+            try:
+                with _heartbeat(self.storage, trial_id(self.study, self.storage, trial.number)):
+                    ended: float | Exception = self.objective(trial)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is queued again for a rerun or another worker
+                self._tell(trial, KeyboardInterrupt())
+                raise
+            except Exception as exc:  # noqa: BLE001 - out of memory, NaN loss, bad weights: this trial fails alone
+                ended = exc
+            finally:
+                from pipelines.training.device import free_memory  # torch: loaded by the trial that just ran
+
+                free_memory()
+            if self._tell(trial, ended):  # queued again (TrialLost): its retry is claimed next, not counted twice
                 continue
             self.trials_run += 1
             if self._grid_done():  # where Study.optimize would see the grid sampler's Study.stop()
@@ -118,9 +139,10 @@ class StudyWorker:
         """A new trial from the sampler, unless the study has its `max_trials` already: counted and
         asked under the study's lock, so two workers cannot both take the last place (Optuna's
         MaxTrialsCallback counts after a trial, letting each worker's running trial overshoot)."""
-        with study_lock(self.url, self.study.study_name) if self.max_trials else contextlib.nullcontext():
-            if self.max_trials and len(self.study.get_trials(deepcopy=False, states=COUNTED)) >= self.max_trials:
-                print(f"study {self.study.study_name} has its max_trials {self.max_trials}: no new trial", flush=True)
+        most = self.budget.max_trials
+        with study_lock(self.url, self.study.study_name) if most else contextlib.nullcontext():
+            if most and len(self.study.get_trials(deepcopy=False, states=COUNTED)) >= most:
+                print(f"study {self.study.study_name} has its max_trials {most}: no new trial", flush=True)
                 return None
             with warnings.catch_warnings():  # Optuna's advice to heartbeat through Study.optimize: _run_one beats
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
@@ -137,33 +159,20 @@ class StudyWorker:
                     return trial
         return None
 
-    def _run_one(self, trial: optuna.Trial) -> bool:
-        """Run the trial and tell its end; True when it was queued again (TrialLost)."""
-        trial.set_user_attr(OWNER_ATTR, this_process())
-        requeued = False
-        try:
-            with _heartbeat(self.storage, trial_id(self.study, self.storage, trial.number)):
-                value = self.objective(trial)
-        except optuna.TrialPruned:
+    def _tell(self, trial: optuna.Trial, ended: float | BaseException) -> bool:
+        """Tell the trial's end: its value, pruned, or failed saying why; True when it was queued again
+        (interrupted, or TrialLost: one of its own processes died)."""
+        requeued = isinstance(ended, KeyboardInterrupt | TrialLost)
+        if isinstance(ended, optuna.TrialPruned):
             frozen = self.study.tell(trial, state=TrialState.PRUNED)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is queued again for a rerun or another worker
-            trial.set_user_attr(REASON_ATTR, "interrupted")
+        elif isinstance(ended, BaseException):
+            trial.set_user_attr(REASON_ATTR, "interrupted" if isinstance(ended, KeyboardInterrupt)
+                                else first_line(ended, limit=500))
             frozen = self.study.tell(trial, state=TrialState.FAIL)
-            requeue(self.study, frozen)
-            self.on_told(frozen)
-            raise
-        except Exception as exc:  # noqa: BLE001 - out of memory, NaN loss, bad weights: this trial fails alone
-            trial.set_user_attr(REASON_ATTR, first_line(exc, limit=500))
-            frozen = self.study.tell(trial, state=TrialState.FAIL)
-            if isinstance(exc, TrialLost):  # as a dead worker's trial: queued again, to resume from its checkpoint
+            if requeued:  # as a dead worker's trial: queued again, to resume from its checkpoint
                 requeue(self.study, frozen)
-                requeued = True
         else:
-            frozen = self.study.tell(trial, value)
-        finally:
-            from pipelines.training.device import free_memory  # torch: loaded by the trial that just ran
-
-            free_memory()
+            frozen = self.study.tell(trial, ended)
         self.on_told(frozen)
         return requeued
 

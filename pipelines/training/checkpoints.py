@@ -26,16 +26,27 @@ class TrainState:
     best_confusion: torch.Tensor | None = None
 
 
-def save(folder: Path, state: TrainState, model, optimizer, scheduler, scaler, generator) -> Path:
+@dataclass(frozen=True)
+class TrainingObjects:
+    """The live objects a checkpoint saves and restores (scheduler and generator may be None)."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator | None
+
+
+def save(folder: Path, state: TrainState, objects: TrainingObjects) -> Path:
     """Write atomically: a kill during the write leaves the previous checkpoint intact."""
     folder.mkdir(parents=True, exist_ok=True)
-    current = model.state_dict()
+    scheduler, generator = objects.scheduler, objects.generator
+    current = objects.model.state_dict()
     payload = {
         "epoch": state.epoch, "history": state.history, "best_epoch": state.best_epoch,
         "best_value": state.best_value, "best_state_changes": _changes(state.best_state, current),
-        "best_confusion": state.best_confusion, "model": current, "optimizer": optimizer.state_dict(),
+        "best_confusion": state.best_confusion, "model": current, "optimizer": objects.optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict(), "generator": generator.get_state() if generator is not None else None,
+        "scaler": objects.scaler.state_dict(), "generator": generator.get_state() if generator is not None else None,
     }
     path = folder / FILENAME
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two processes saving the same config never share a tmp
@@ -75,10 +86,11 @@ def read(folder: Path) -> dict | None:
                            f"({first_line(exc, 120)}); delete it to start over") from None
 
 
-def restore(payload: dict, model, optimizer, scheduler, scaler, generator) -> TrainState:
+def restore(payload: dict, objects: TrainingObjects) -> TrainState:
     """Load a checkpoint read by `read` into live objects (whose parameter groups must match by now)."""
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
+    scheduler, scaler, generator = objects.scheduler, objects.scaler, objects.generator
+    objects.model.load_state_dict(payload["model"])
+    objects.optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None and payload["scheduler"] is not None:
         scheduler.load_state_dict(payload["scheduler"])
     scaler.load_state_dict(payload["scaler"])

@@ -12,6 +12,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,47 +23,56 @@ from tqdm.auto import tqdm
 
 from pipelines.config import MONITORS, TrainConfig
 from pipelines.models import freezing
+from pipelines.policy import Policy
 from pipelines.training import checkpoints, distributed
 from pipelines.training.device import grad_scaler, peak_mb, reset_peak
 from pipelines.training.optimizer import make_optimizer
 from pipelines.training.results import FitResult
-from pipelines.training.stepper import EpochPass, Stepper, make_metrics
+from pipelines.training.stepper import EpochPass, Stepper
 
 
 class Listener(Protocol):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
 
-def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_classes: int,
-        device: torch.device, checkpoint_dir: Path | None = None, listeners: tuple[Listener, ...] = (),
-        thaw: dict[int, list[str]] | None = None, thaw_lr_mult: float = 1.0,
-        layer_decay: float | None = None) -> FitResult:
-    """Train, validate each epoch, test the best epoch. `thaw` maps an epoch to parameters to unfreeze
-    before it (gradual unfreezing); they join the optimizer at lr * thaw_lr_mult. `layer_decay` gives
-    each layer group before the head `layer_decay` times the next one's lr."""
-    thaw = thaw or {}
+@dataclass(frozen=True)
+class FitSetup:
+    """What `fit` trains with, besides the network and its loaders."""
+    cfg: TrainConfig
+    num_classes: int
+    device: torch.device
+    policy: Policy  # the freeze policy: its thaw schedule (gradual), thawed lr and layer decay
+    checkpoint_dir: Path | None = None  # None: no checkpoints, no resume
+
+
+def fit(model: nn.Module, loaders: dict[str, DataLoader], setup: FitSetup,
+        listeners: tuple[Listener, ...] = ()) -> FitResult:
+    """Train, validate each epoch, test the best epoch. Parameters the policy thaws at an epoch (gradual
+    unfreezing) join the optimizer then, at lr * unfreeze_lr_mult; with layer decay each layer group
+    before the head runs at `layer_decay` times the next one's lr."""
+    cfg, device, checkpoint_dir, policy = setup.cfg, setup.device, setup.checkpoint_dir, setup.policy
+    thaw, thaw_lr_mult = freezing.thaw_schedule(model, policy), policy.unfreeze_lr_mult
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
-    optimizer = make_optimizer(model, cfg, layer_decay)
+    optimizer = make_optimizer(model, cfg, policy.layer_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.scheduler == "cosine" else None)
     scaler = grad_scaler(device, cfg.amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    metrics = make_metrics(num_classes, device)
+    objects = checkpoints.TrainingObjects(model, optimizer, scheduler, scaler, loaders["train"].generator)
     mode = MONITORS[cfg.monitor]
     state = checkpoints.TrainState(best_value=-math.inf if mode == "max" else math.inf)
     payload = checkpoints.read(checkpoint_dir) if cfg.resume and checkpoint_dir is not None else None
     if payload is not None:
         for epoch in sorted(e for e in thaw if e <= payload["epoch"]):  # same optimizer groups as when saved
             _thaw(model, optimizer, scheduler, thaw[epoch], thaw_lr_mult)
-        state = checkpoints.restore(payload, model, optimizer, scheduler, scaler, loaders["train"].generator)
+        state = checkpoints.restore(payload, objects)
     resumed_from = state.epoch
     for past in state.history:  # a resumed run re-reports what it already did, so nothing is lost
         _tell(listeners, int(past["epoch"]), past)
 
     reset_peak(device)  # this run's peak, not the worker's earlier ones (perf/peak_memory_mb, the guard)
-    step = Stepper(model, optimizer, scaler, criterion, metrics, device, memory_format, cfg.amp,
-                   cfg.memory_limit_mb, train_model=distributed.wrap(model, device))
+    step = Stepper(model, device, cfg, setup.num_classes, optimizer, scaler)
+    step.train_model = distributed.wrap(model, device)  # DDP's wrapper under data-parallel training
     stopped_early, started, checkpoint_s = False, time.perf_counter(), 0.0
     momenta: dict[nn.Module, float | None] = {}
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -80,10 +90,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         if scheduler is not None:
             scheduler.step()
         epoch_s = time.perf_counter() - tick
-        row = {"epoch": epoch, **train_metrics, **val_metrics, "lr": lr, "perf/epoch_s": epoch_s,
-               "perf/images_per_s": len(loaders["train"].dataset) / max(train_seconds, 1e-9),
-               "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-               "perf/peak_memory_mb": peak_mb(device)}  # so far: a pruned or failed run has it too
+        row = epoch_row(epoch, {**train_metrics, **val_metrics, "lr": lr}, epoch_s,
+                        len(loaders["train"].dataset) / max(train_seconds, 1e-9), model, device)
         row["perf/steady_images_per_s"] = steady_images_per_s([*state.history, row])
         value = row[cfg.monitor]
         if (value > state.best_value) if mode == "max" else (value < state.best_value):
@@ -94,7 +102,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
         state.history.append(row)
         if checkpoint_dir is not None and distributed.is_main():
             saving = time.perf_counter()
-            checkpoints.save(checkpoint_dir, state, model, optimizer, scheduler, scaler, loaders["train"].generator)
+            checkpoints.save(checkpoint_dir, state, objects)
             checkpoint_s += time.perf_counter() - saving
         if distributed.is_main():  # flushed: through a pipe (mlflow run, | tee) each epoch shows as it ends
             tqdm.write(_summary(row, cfg.epochs))
@@ -108,13 +116,30 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig, num_
     if state.best_state is not None:
         model.load_state_dict(state.best_state)  # test the best epoch, not the last one
     test = step.run_epoch(loaders["test"], "test", desc="test")
-    return FitResult(
-        history=state.history, best_epoch=state.best_epoch, best_value=state.best_value,
-        confusion={"val": state.best_confusion, "test": test.confusion}, **from_test_pass(test),
-        stopped_early=stopped_early, resumed_from_epoch=resumed_from,
-        train_seconds=time.perf_counter() - started,
-        extra={**final_perf(state.history, device), "perf/checkpoint_s": checkpoint_s},
-    )
+    return fit_result(state.history, (state.best_epoch, state.best_value, state.best_confusion), test, device,
+                      stopped_early=stopped_early, resumed_from_epoch=resumed_from,
+                      train_seconds=time.perf_counter() - started, extra={"perf/checkpoint_s": checkpoint_s})
+
+
+def epoch_row(epoch: int, metrics: dict[str, float], epoch_s: float, images_per_s: float, model: nn.Module,
+              device: torch.device) -> dict[str, float]:
+    """One epoch's row, as listeners, checkpoints and the history hold it: the engine's epochs and the
+    linear probe's one fit alike (perf/steady_images_per_s is the caller's: it needs the history)."""
+    return {"epoch": epoch, **metrics, "perf/epoch_s": epoch_s, "perf/images_per_s": images_per_s,
+            "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "perf/peak_memory_mb": peak_mb(device)}  # so far: a pruned or failed run has it too
+
+
+def fit_result(history: list[dict[str, float]], best: tuple[int, float, torch.Tensor | None], test: EpochPass,
+               device: torch.device, **rest) -> FitResult:
+    """The result from the epochs' rows, the best epoch (number, monitored value, validation confusion) and
+    the test pass; `rest`: FitResult's other fields, its `extra` joined to the run's throughput and peak."""
+    best_epoch, best_value, val_confusion = best
+    extra = {**final_perf(history, device), **rest.pop("extra", {})}
+    return FitResult(history=history, best_epoch=best_epoch, best_value=best_value,
+                     confusion={"val": val_confusion, "test": test.confusion}, test=test.metrics,
+                     test_predictions=(test.true.cpu().numpy(), test.predicted.cpu().numpy()),
+                     test_p_true=test.p_true.cpu().numpy(), extra=extra, **rest)
 
 
 def _tell(listeners: tuple[Listener, ...], epoch: int, row: dict[str, float]) -> None:
@@ -127,12 +152,6 @@ def _tell(listeners: tuple[Listener, ...], epoch: int, row: dict[str, float]) ->
     except Exception as exc:  # noqa: BLE001 - raised again here, on rank 0, after the others were told
         stopping = exc
     distributed.stop_together(stopping)
-
-
-def from_test_pass(test: EpochPass) -> dict:
-    """A FitResult's test metrics and per-image predictions, from the test pass."""
-    return {"test": test.metrics, "test_predictions": (test.true.cpu().numpy(), test.predicted.cpu().numpy()),
-            "test_p_true": test.p_true.cpu().numpy()}
 
 
 def _thaw(model: nn.Module, optimizer, scheduler, names: list[str], lr_mult: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,16 @@ def cache_key(prepared) -> str:
               "dataset": prepared.data.raw.name}
     h.update(json.dumps(recipe, sort_keys=True).encode())
     return h.hexdigest()[:24]
+
+
+def head_features(prepared, batch_size: int) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
+    """What a frozen backbone's head trains on (frozen arms) or is fitted to (the linear probe): the cache's
+    features when the run plans the cache, else computed; and what that took, as the run logs it
+    (perf/feature_extraction_s, feature_cache_source: memory | disk | computed)."""
+    tick = time.perf_counter()
+    found, origin = (features(prepared, batch_size) if prepared.feature_cache.on
+                     else (extract(prepared, batch_size), "computed"))
+    return found, {"perf/feature_extraction_s": time.perf_counter() - tick, "feature_cache_source": origin}
 
 
 def features(prepared, batch_size: int) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str]:

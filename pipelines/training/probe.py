@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from pipelines.models.backbones import head_module
 from pipelines.ranking.scores import score_features
 from pipelines.training import feature_cache
-from pipelines.training.device import peak_mb, reset_peak
-from pipelines.training.engine import Listener, final_perf, from_test_pass
+from pipelines.training.device import reset_peak
+from pipelines.training.engine import Listener, epoch_row, fit_result, steady_images_per_s
 from pipelines.training.results import FitResult, PreparedTraining, ProbeResult
 from pipelines.training.stepper import evaluate
 
@@ -82,28 +82,21 @@ def run_probe(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) 
     cfg, device = prepared.cfg, prepared.device
     tqdm.write(f"linear_probe: the head is fitted to convergence by L-BFGS, C chosen on validation from "
                f"{len(prepared.policy.probe_c)} values; train.epochs ({cfg.train.epochs}) does not apply")
-    tick = time.perf_counter()
     batch = max(64, cfg.train.batch_size)
-    found, origin = (feature_cache.features(prepared, batch) if prepared.feature_cache.on
-                     else (feature_cache.extract(prepared, batch), "computed"))
-    extraction_s = time.perf_counter() - tick
+    found, extraction = feature_cache.head_features(prepared, batch)
     reset_peak(device)
     head = head_module(prepared.backbone.model)
     probe = fit_probe(head, found, prepared.policy.probe_c, cfg.seed)
     passes = evaluate(head, feature_cache.head_loaders(found, batch, cfg.seed), len(prepared.data.class_names),
                       device, cfg.train.label_smoothing)
     scores = score_features(*((x.numpy(), y.numpy()) for x, y in (found["train"], found["val"])))
-    images_per_s = len(found["train"][0]) / max(probe.fit_seconds, 1e-9)
-    row = {"epoch": 1, **passes["train"].metrics, **passes["val"].metrics, "perf/epoch_s": probe.fit_seconds,
-           "perf/images_per_s": images_per_s, "perf/steady_images_per_s": images_per_s,
-           "model/params_trainable": sum(p.numel() for p in head.parameters()),
-           "perf/peak_memory_mb": peak_mb(device)}
+    row = epoch_row(1, {**passes["train"].metrics, **passes["val"].metrics}, probe.fit_seconds,
+                    len(found["train"][0]) / max(probe.fit_seconds, 1e-9), head, device)
+    row["perf/steady_images_per_s"] = steady_images_per_s([row])
     for listener in listeners:
         listener.on_epoch_end(1, row)
-    fit = FitResult(history=[row], best_epoch=1, best_value=row[cfg.train.monitor],
-                    confusion={"val": passes["val"].confusion, "test": passes["test"].confusion},
-                    **from_test_pass(passes["test"]), train_seconds=probe.fit_seconds,
-                    extra={"perf/feature_extraction_s": extraction_s, "feature_cache_source": origin,
-                           "probe/c": probe.c, **final_perf([row], device), "perf/checkpoint_s": 0.0,
-                           **scores.metrics(row["val/acc"])})  # the features' transferability (pipelines.ranking)
+    fit = fit_result([row], (1, row[cfg.train.monitor], passes["val"].confusion), passes["test"], device,
+                     train_seconds=probe.fit_seconds,
+                     extra={**extraction, "probe/c": probe.c, "perf/checkpoint_s": 0.0,
+                            **scores.metrics(row["val/acc"])})  # the features' transferability (pipelines.ranking)
     return fit, probe

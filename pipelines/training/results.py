@@ -60,6 +60,19 @@ class FitResult:
     train_seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
+    NUMBERS = ("history", "best_epoch", "best_value", "test", "stopped_early", "resumed_from_epoch",
+               "train_seconds", "extra")
+
+    def numbers(self) -> dict:
+        """The result without its per-image arrays (those stay in the run's artifacts), for JSON: what an
+        arm's process 0 sends back to the worker, whose objective reads nothing else."""
+        return {name: getattr(self, name) for name in self.NUMBERS}
+
+    @classmethod
+    def from_numbers(cls, numbers: dict) -> FitResult:
+        empty = np.empty(0)
+        return cls(**numbers, confusion={}, test_predictions=(empty, empty), test_p_true=empty)
+
 
 @dataclass(frozen=True)
 class ProbeResult:

@@ -23,6 +23,7 @@ from torchmetrics.classification import (
 )
 from tqdm.auto import tqdm
 
+from pipelines.config import TrainConfig
 from pipelines.data.shards import real_in_batch
 from pipelines.errors import TrainingError
 from pipelines.training import distributed
@@ -68,9 +69,9 @@ class EpochPass(NamedTuple):
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], num_classes: int, device: torch.device,
              label_smoothing: float = 0.0) -> dict[str, EpochPass]:
     """Each split's evaluation pass, the training split's included (a head fitted by other means, as the
-    linear probe is, reports the same metrics as one the engine trained)."""
-    step = Stepper(model, None, None, nn.CrossEntropyLoss(label_smoothing=label_smoothing),
-                   make_metrics(num_classes, device), device, torch.contiguous_format, False)
+    linear probe is, reports the same metrics as one the engine trained): float32, contiguous."""
+    plain = TrainConfig(amp=False, channels_last=False, label_smoothing=label_smoothing)
+    step = Stepper(model, device, plain, num_classes)
     model.to(device)
     return {split: step.run_epoch(loader, split, desc=f"{split} eval", train=False)
             for split, loader in loaders.items()}
@@ -79,12 +80,16 @@ def evaluate(model: nn.Module, loaders: dict[str, DataLoader], num_classes: int,
 class Stepper:
     """One pass over a loader, training or evaluating, with the run's device/AMP/memory-format choices."""
 
-    def __init__(self, model, optimizer, scaler, criterion, metrics, device, memory_format, amp, memory_limit_mb=0,
-                 train_model: nn.Module | None = None):
-        self.model, self.optimizer, self.scaler = model, optimizer, scaler
-        self.criterion, self.metrics, self.device = criterion, metrics, device
-        self.memory_format, self.amp, self.memory_limit_mb = memory_format, amp, memory_limit_mb
-        self.train_model = train_model or model  # DDP's wrapper under data-parallel training: it syncs gradients
+    def __init__(self, model: nn.Module, device: torch.device, cfg: TrainConfig, num_classes: int,
+                 optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None):
+        """`cfg` gives the loss's label smoothing, AMP, the memory format and the CPU memory guard; without an
+        optimizer the stepper only evaluates."""
+        self.model, self.optimizer, self.scaler, self.device = model, optimizer, scaler, device
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.metrics = make_metrics(num_classes, device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.amp, self.memory_limit_mb = cfg.amp, cfg.memory_limit_mb
+        self.train_model = model  # DDP's wrapper under data-parallel training (the engine sets it): it syncs gradients
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
         non_blocking = self.device.type == "cuda"

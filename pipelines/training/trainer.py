@@ -7,7 +7,6 @@ MLflow run is touched; `execute` trains and returns everything a tracker may wan
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 from sklearn.metrics import classification_report
@@ -20,12 +19,11 @@ from pipelines.data.sources import load_dataset
 from pipelines.errors import ConfigError, first_line
 from pipelines.models.backbones import Backbone, head_module
 from pipelines.models.build import build_model
-from pipelines.models.freezing import thaw_schedule
 from pipelines.models.weight_sources import check_source
 from pipelines.reports.predictions import predictions_csv
 from pipelines.training import distributed, feature_cache
 from pipelines.training.device import resolve_device, seed_everything
-from pipelines.training.engine import Listener, fit
+from pipelines.training.engine import FitSetup, Listener, fit
 from pipelines.training.probe import run_probe
 from pipelines.training.results import FitResult, PreparedTraining, ProbeResult, TrainingOutcome
 
@@ -90,16 +88,13 @@ def execute(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) ->
         loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
                                pin_memory=prepared.device.type == "cuda")
     else:  # the head trains on the backbone's features, computed once (pipelines/training/feature_cache.py)
-        tick = time.perf_counter()
-        found, origin = feature_cache.features(prepared, batch_size=max(64, cfg.train.batch_size))
-        extra = {"perf/feature_extraction_s": time.perf_counter() - tick, "feature_cache_source": origin}
+        found, extra = feature_cache.head_features(prepared, batch_size=max(64, cfg.train.batch_size))
         loaders = feature_cache.head_loaders(found, cfg.train.batch_size, cfg.seed)
         model = head_module(model)
         train_cfg = dataclasses.replace(cfg.train, channels_last=False)  # features are [N, D]
-    policy = prepared.policy
-    result = fit(model, loaders, train_cfg, len(prepared.data.class_names), prepared.device,
-                 checkpoint_dir=prepared.checkpoint_dir, listeners=listeners, thaw=thaw_schedule(model, policy),
-                 thaw_lr_mult=policy.unfreeze_lr_mult, layer_decay=policy.layer_decay)
+    setup = FitSetup(train_cfg, len(prepared.data.class_names), prepared.device, prepared.policy,
+                     prepared.checkpoint_dir)
+    result = fit(model, loaders, setup, listeners)
     result.extra.update(extra)
     return _outcome(prepared, result)
 

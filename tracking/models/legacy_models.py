@@ -16,6 +16,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.data.loaders import Preprocessing
 from pipelines.errors import first_line
 from pipelines.models import portable
 from tracking import tags
@@ -57,8 +58,8 @@ def reregister(uri: str) -> str:
     run = client.get_run(version.run_id) if version.run_id else None
     weights = run.data.tags.get(tags.WEIGHTS, "unknown") if run else "unknown"
     try:
-        description = portable.describe(old["backbone"], weights, old["class_names"], old["image_size"],
-                                        old["mean"], old["std"], old["interpolation"], old.get("freeze", "unknown"))
+        description = portable.describe(old["backbone"], weights, old.get("freeze", "unknown"), old["class_names"],
+                                        old["image_size"], Preprocessing(old["mean"], old["std"], old["interpolation"]))
         model = mlflow.pytorch.load_model(uri, map_location="cpu")  # the deliberate unpickle the user asked for
     except (KeyError, MlflowException, OSError) as exc:
         raise TrackingError(f"cannot re-register {uri}: {first_line(exc)}") from None

@@ -47,10 +47,8 @@ def log_weights(model_id: str, model: torch.nn.Module, description: dict) -> Non
 def model_metadata(prepared: PreparedTraining) -> dict:
     """What rebuilds the network and what predict needs to preprocess an image exactly as in training,
     stored with the model (weights/freezeframe.json, and the MLflow model's metadata)."""
-    prep = prepared.backbone.preprocessing
-    return portable.describe(prepared.backbone.full_name, prepared.cfg.model.weights, prepared.data.class_names,
-                             prepared.cfg.data.image_size, prep.mean, prep.std, prep.interpolation,
-                             prepared.cfg.model.freeze)
+    return portable.describe(prepared.backbone.full_name, prepared.cfg.model.weights, prepared.cfg.model.freeze,
+                             prepared.data.class_names, prepared.cfg.data.image_size, prepared.backbone.preprocessing)
 
 
 def log_model(run_id: str, prepared: PreparedTraining) -> None:

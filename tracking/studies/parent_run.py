@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -26,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.errors import ConfigError
 from pipelines.studies.keys import REASON_ATTR, RUN_ATTR
+from pipelines.studies.plan import StudyPlan
 from tracking import tags
 from tracking.runs import session
 
@@ -64,17 +66,17 @@ def _experiment_id(experiment_name: str, create: bool) -> str | None:
     return found.experiment_id if found else None
 
 
-def check_held(kind: str, study_name: str, storage_id: str, experiment_name: str,
-               linked: Callable[[], str | None], shown: str) -> None:
+def check_held(plan: StudyPlan, storage_id: str, linked: Callable[[], str | None], shown: str) -> None:
     """Refuse, before anything is queued or trained, a study that is not the one behind the parent run
     these tags find: a parent that already has children, while the study links no parent (an empty
     study: another file behind the same URL, a storage deleted) or links another one. Adopting it would
     nest a second set of children under the first and report links to the first's. `linked` reads the
-    study's parent run id (study_run.link_study; None for a study never linked) from the storage, after
+    study's parent run id (study_run.open_study_run links it; None for a study never linked) from the storage, after
     the children are seen: a worker links the study before it starts any child, so a worker starting
     beside it never reads a link older than the children it saw. `shown`: the storage URL as the user
     may read it (no password)."""
-    experiment_id = _experiment_id(experiment_name, create=False)
+    kind, study_name = plan.kind, plan.name
+    experiment_id = _experiment_id(plan.experiment_name, create=False)
     parents = _parents(experiment_id, _identity(kind, study_name, storage_id)) if experiment_id else []
     if not parents or not children(parents[0].info.run_id):
         return
@@ -87,19 +89,20 @@ def check_held(kind: str, study_name: str, storage_id: str, experiment_name: str
                       "study's storage, or give a new --study_name")
 
 
-def open_parent(kind: str, study_name: str, storage_id: str, experiment_name: str,
-                run_tags: dict[str, str], params: dict[str, str], adopt_launcher: bool = True) -> ParentRun:
-    """Find or elect the study's parent and mark it RUNNING (a rerun reopens it). `adopt_launcher`:
-    the `mlflow run` launcher's run becomes this worker's record (not for a study run on the way to
-    another, such as a screened comparison's ranking: the comparison takes it)."""
+def open_parent(plan: StudyPlan, storage_id: str, params: dict[str, Any]) -> ParentRun:
+    """Find or elect the study's parent and mark it RUNNING (a rerun reopens it); a new one gets the plan's
+    tags and `params`. With plan.adopt_launcher, the `mlflow run` launcher's run becomes this worker's
+    record (not for a study run on the way to another, such as a screened comparison's ranking: the
+    comparison takes it)."""
     client = MlflowClient()
     launcher = session.launcher_run_id()
-    experiment_id = _experiment_id(experiment_name, create=True)
+    kind, study_name, adopt_launcher = plan.kind, plan.name, plan.adopt_launcher
+    experiment_id = _experiment_id(plan.experiment_name, create=True)
     identity = _identity(kind, study_name, storage_id)
     parents = _parents(experiment_id, identity)
     mine = None
     if not parents:
-        mine = client.create_run(experiment_id, tags={**run_tags, **identity},
+        mine = client.create_run(experiment_id, tags={**plan.parent_tags, **identity},
                                  run_name=f"{kind} · {study_name}").info.run_id
         client.log_batch(mine, params=[Param(k, str(v)) for k, v in params.items()])
         while not (parents := _parents(experiment_id, identity)):
