@@ -7,9 +7,11 @@ file", so a parameter given to `mlflow run -P` overrides the file and an omitted
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
@@ -39,6 +41,11 @@ STUDY_FLAGS = {
     "timeout": "seconds this worker may start trials for", "sampler": "tpe | random | grid | nsga2",
     "pruner": "successive_halving | hyperband | median | none", "seed": "sampler seed",
 }
+# command → the freezeframe module that defines a function of that name. Only the chosen command's module is
+# imported, after parsing, so `--help` and config errors stay instant and a command loads only what it uses:
+# `predict` no study code, and compare, rank and search the training stack only when an arm or trial trains.
+COMMANDS = {"train": "train", "pretrain": "train", "compare": "compare", "search": "search", "rank": "rank",
+            "predict": "predict", "reregister": "predict"}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # An installed wheel holds experiments/ as freezeframe/experiments/ (pyproject.toml's package-dir).
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -164,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         if cfg is not None and cfg.train.devices > 1 and world_size() == 1:
             _check_devices(cfg)  # before any process starts (train) or any arm is queued (compare, search)
         cfg = stable_state(args, cfg)
-        from freezeframe.commands import command  # after parsing: `--help` and config errors stay instant
-
         return command(args.command)(args, cfg, sections)
     except FreezeframeError as exc:
         message = first_line(exc, limit=2000)
@@ -176,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"freezeframe: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
+
+
+def command(name: str) -> Callable[..., int]:
+    return getattr(importlib.import_module(f"freezeframe.{COMMANDS[name]}"), name)
 
 
 def _check_devices(cfg: RunConfig) -> None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from freezeframe.grid import Grid, run_arms
 from freezeframe.rank import screen
-from freezeframe.study_run import experiment_stem
+from freezeframe.study_run import Grid, experiment_stem, run_arms
 from pipelines.config import RunConfig
 from pipelines.studies.arms import parse_comparison
 from tracking.studies import comparison_report

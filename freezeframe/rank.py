@@ -15,8 +15,7 @@ import time
 
 from optuna.trial import TrialState
 
-from freezeframe.grid import Grid, arm_runs, run_arms
-from freezeframe.study_run import on_dead_trial
+from freezeframe.study_run import Grid, arm_runs, on_dead_trial, run_arms
 from pipelines.config import RunConfig, with_overrides
 from pipelines.ranking import SCORES
 from pipelines.reports.ranking import ranking_markdown, ranking_rows

@@ -1,39 +1,49 @@
 """Compare, rank and search run the same way: a study in an Optuna storage, its parent run in MLflow, and
 this process as one of any number of workers (pipelines.studies.worker's loop, tracking.studies.parent_run's
 runs). `open_study_run` opens both from one StudyPlan; `work` runs trials until the study has none left for
-this worker; each trial trains its ChildRun (`StudyRun.child`) through freezeframe.child_run."""
+this worker; each trial trains its ChildRun (`StudyRun.child`) through freezeframe.child_run. A grid of arms
+(compare, rank) is `run_arms`: each arm queued once (by config digest), any number of workers pulling arms
+until none is waiting, the last one writing the grid's summary on the parent."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from pipelines.config import RunConfig
-from pipelines.errors import without_password
+from freezeframe.child_run import run_child
+from pipelines.config import MONITORS, RunConfig, with_overrides
+from pipelines.errors import ConfigError, without_password
+from pipelines.studies.arms import Arm, Comparison, arm_configs, queue_arms
 from pipelines.studies.child import ChildRun, Reporting
 from pipelines.studies.keys import (
     ARM_ATTR,
+    DIGEST_ATTR,
     EXPERIMENT_ID_ATTR,
     EXPERIMENT_URL_ATTR,
     PARENT_RUN_ID_ATTR,
     PARENT_RUN_URL_ATTR,
     REASON_ATTR,
+    RETRY_ATTR,
     RUN_ATTR,
 )
-from pipelines.studies.plan import StudyPlan
-from pipelines.studies.storage import DEFAULT_STORAGE, make_storage, open_study, storage_id, study_lock
-from pipelines.studies.worker import StudyWorker, TrialBudget, requeue
+from pipelines.studies.plan import PrunerSpec, StudyPlan
+from pipelines.studies.storage import DEFAULT_STORAGE, DIRECTIONS, make_storage, open_study, storage_id, study_lock
+from pipelines.studies.worker import StudyWorker, TrialBudget, reap_dead, requeue
 from tracking import links, tags
 from tracking.runs import session
 from tracking.store import ensure_reachable
-from tracking.studies import parent_run
+from tracking.studies import comparison_report, parent_run
 from tracking.studies.parent_run import FAILED, FINISHED, KILLED, ParentRun
+
+if TYPE_CHECKING:  # the training stack loads when an arm trains (freezeframe.child_run), not before
+    from pipelines.training.results import FitResult
 
 T = TypeVar("T")
 
@@ -142,3 +152,83 @@ def reuse_run(trial: optuna.Trial, parent_run_id: str, source_run_id: str, run_n
                                      **(run_tags or {})})
     trial.set_user_attr(RUN_ATTR, run_id)
     return run_id
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid of arms to run as a study: what compare and rank differ in."""
+    spec: Comparison
+    name: str  # the study's
+    summarise: Callable[[str, list], str]  # (parent run id, arm runs) → the report the last worker logs and prints
+    kind: str = "compare"  # compare | rank: the study's kind, its parent's and its arms' entry point
+    order_by: str = "test/acc"  # the arm charts' order, best first
+    # an arm's value in the study (higher is better; a ranking's score); None: the monitored metric's best epoch
+    value: Callable[[FitResult], float] | None = None
+    adopt_launcher: bool = True  # the `mlflow run` launcher's run becomes this worker's record
+    reuse: dict[str, str] = field(default_factory=dict)  # config digest → a FINISHED run of that config: copied
+
+
+class ArmObjective:
+    """A comparison's trial: train the arm it names (or copy the run `grid.reuse` names for it)."""
+
+    def __init__(self, run: StudyRun, grid: Grid, arms: dict[str, tuple[Arm, RunConfig]]):
+        self.run, self.grid, self.arms = run, grid, arms
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        key = trial.user_attrs.get(DIGEST_ATTR)
+        if key not in self.arms:
+            raise ConfigError(f"trial {trial.number} holds an arm of another config ({key})")
+        arm, cfg = self.arms[key]
+        arm_tags = {tags.COMPARISON: self.grid.name, tags.ARM: arm.name}
+        parent_run_id = self.run.parent.run_id
+        if key in self.grid.reuse:  # this very arm (same config digest) already ran, as a screening's ranking arm
+            parent_run.reopen(parent_run_id)
+            run_id = reuse_run(trial, parent_run_id, self.grid.reuse[key], arm.name,
+                               {tags.CONFIG_DIGEST: key, **arm_tags})
+            print(f"[trial {trial.number}] {arm.name}: the ranking's run {self.grid.reuse[key]}, reused (run {run_id})",
+                  flush=True)
+            return parent_run.metric(run_id, f"best/{cfg.train.monitor}")
+        if trial.user_attrs.get(RETRY_ATTR) is not None:  # a dead worker's arm: go on from its last epoch
+            cfg = with_overrides(cfg, {"train.resume": True})
+        print(f"[trial {trial.number}] {arm.name}", flush=True)
+        # racing (compare.racing): the study's pruner may stop the arm at a rung, never at its last epoch
+        reporting = Reporting(cfg.train.monitor, prune=self.grid.spec.racing != "none", last_epoch=cfg.train.epochs)
+        fit = run_child(self.run.child(trial, cfg, reporting, arm_tags), trial)
+        return self.grid.value(fit) if self.grid.value is not None else fit.best_value
+
+
+def run_arms(args: argparse.Namespace, cfg: RunConfig, grid: Grid) -> StudyRun:
+    """The grid as a study under one parent run, this process one of its workers; the last worker writes
+    `grid.summarise(parent run id, arm runs)` on the parent and prints it. A rerun starts only the arms not
+    FINISHED with the same config digest. Returns the study run (its parent, storage and study)."""
+    arms = arm_configs(grid.spec)  # every arm validated by parse_comparison
+    # a trial's value: the monitored metric's best epoch, or the `value` asked for (a score: higher is better)
+    direction, metric = ((DIRECTIONS[MONITORS[cfg.train.monitor]], cfg.train.monitor) if grid.value is None
+                         else ("maximize", grid.kind))
+    plan = StudyPlan(grid.kind, grid.name, args.storage, cfg.tracking.experiment_name, (direction,), (metric,),
+                     PrunerSpec("racing", grid.spec.racing),
+                     parent_tags={tags.DATASET: cfg.data.dataset, tags.EXPERIMENT_FILE: args.experiment},
+                     parent_params={f"{grid.kind}.arms": len(arms)}, adopt_launcher=grid.adopt_launcher)
+
+    def queue(study: optuna.Study, storage: BaseStorage, url: str) -> dict[str, Any]:
+        with study_lock(url, grid.name):
+            reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
+            done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)
+        for key, run_id in done.items():
+            print(f"{arms[key][0].name}: FINISHED earlier (run {run_id}), skipped")
+        return {}
+
+    run = open_study_run(plan, before_parent=queue)
+    summary = work(run, ArmObjective(run, grid, arms),
+                   lambda parent_run_id: grid.summarise(parent_run_id, arm_runs(parent_run_id, grid.spec)))
+    if summary is not None:
+        print(summary)
+    order = list(arms)  # the grid's order
+    runs = sorted(arm_runs(run.parent.run_id, grid.spec), key=lambda r: order.index(r.data.tags[tags.CONFIG_DIGEST]))
+    print_links(run.parent, [r.info.run_id for r in runs], "arms", grid.order_by)
+    return run
+
+
+def arm_runs(parent_run_id: str, spec: Comparison) -> list:
+    """Each arm's current attempt under the parent (arms of an earlier grid left out)."""
+    return comparison_report.current_attempts(parent_run.children(parent_run_id), set(arm_configs(spec)))

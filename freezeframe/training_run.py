@@ -12,7 +12,7 @@ from typing import NoReturn, TypeVar
 
 from freezeframe import __version__
 from pipelines.config import RunConfig
-from pipelines.errors import StoppedByRankZero
+from pipelines.errors import StoppedByProcessZero
 from pipelines.training import distributed
 from pipelines.training.results import PreparedTraining, TrainingOutcome
 from pipelines.training.trainer import execute, prepare
@@ -93,7 +93,7 @@ def train_process(cfg: RunConfig, in_run: Callable[[], T]) -> T | None:
     try:
         if distributed.is_main():
             return in_run()
-        with distributed.peers_watched(), contextlib.suppress(StoppedByRankZero):
+        with distributed.peers_watched(), contextlib.suppress(StoppedByProcessZero):
             execute(prepare_training(cfg))
         return None
     finally:

@@ -109,7 +109,6 @@ MONITORS = {"val/acc": "max", "val/f1_macro": "max", "val/loss": "min"}
 _NOT_IN_DIGEST = ("tracking", "train.resume", "train.checkpoint_dir", "train.device", "train.devices",
                   "data.num_workers")
 
-
 # Top-level sections of an experiment file read by other entry points (compare, search), not by a run.
 ENTRY_SECTIONS = ("compare", "search")
 
@@ -122,11 +121,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 def load_experiment(path: str | Path | None = None,
                     overrides: dict[str, Any] | None = None) -> tuple[RunConfig, dict[str, Any]]:
     """The run config and the entry-point sections (`compare:`, `search:`) of an experiment file."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path:
-        raw = read_yaml(path)
-        source = str(path)
+    raw: dict[str, Any] = read_yaml(path) if path else {}
+    source = str(path) if path else "defaults"
     sections = {name: raw.pop(name) for name in ENTRY_SECTIONS if name in raw}
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)

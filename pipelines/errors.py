@@ -30,9 +30,9 @@ class PeerLost(KeyboardInterrupt):
     resumable), not as a failure of its own."""
 
 
-class StoppedByRankZero(Exception):
-    """Rank 0 of a data-parallel run stopped it after an epoch (Optuna pruned the trial, its tracking
-    store went away): the other ranks end with it, quietly; rank 0 reports why."""
+class StoppedByProcessZero(Exception):
+    """Process 0 of a data-parallel run stopped it after an epoch (Optuna pruned the trial, its tracking
+    store went away): the other processes end with it, quietly; process 0 reports why."""
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

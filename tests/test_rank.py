@@ -51,7 +51,7 @@ def test_rank_through_mlflow_run(tmp_path):
     assert "Backbones ranked by LogME" in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/rank/ranking.md")
     assert "plots/ranking.png" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "plots")}
     assert parent.data.tags["rank_by"] == "logme"
-    assert parent.data.tags["ranking"] == " > ".join(row["backbone"] for row in rows)
+    assert parent.data.tags["ranking"] == " > ".join(f"{row['backbone']}@{row['weights']}" for row in rows)
     assert parent.data.metrics["rank/logme/timm/test_resnet"] == pytest.approx(logme["timm/test_resnet"])
     assert "Backbones ranked by LogME" in done.stdout and "MLflow:" in done.stdout
 
@@ -77,7 +77,7 @@ def test_screening_fine_tunes_only_the_best_backbones_and_marks_the_others(track
     parents = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
     assert set(parents) == {"rank · screened-rank", "compare · screened"}
     ranking = parents["rank · screened-rank"]
-    best, other = ranking.data.tags["ranking"].split(" > ")
+    best, other = (source.split("@")[0] for source in ranking.data.tags["ranking"].split(" > "))
     compare = parents["compare · screened"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == compare.info.run_id]
     arms = sorted((r.data.tags["backbone"], r.data.tags["freeze"]) for r in children)

@@ -32,9 +32,8 @@ ARMS_PRUNED = "arms_pruned"  # arms compare.racing stopped (not counted as faile
 # the backbone · policy with the best mean test accuracy, and those whose paired difference to it is not clear
 BEST_GROUP, TIED_WITH_BEST = "best_group", "tied_with_best"
 SCREENED_OUT = "screened_out"  # backbones that compare.screen left to their fixed-feature arms ("none")
-# on a ranking's parent: the score it orders by, and the backbones in that order (best first)
-RANK_BY, RANKING = "rank_by", "ranking"
-# on a ranking's parent: the score it orders by, and the backbones in that order (best first)
+# on a ranking's parent: the score it orders by, and the backbones' weight sources in that order, best first
+# ("timm/tf_efficientnet_lite2@imagenet > torchvision/resnet18@none")
 RANK_BY, RANKING = "rank_by", "ranking"
 # on a search's parent: trials.<state> counts, the best trial and its params (best.<param>)
 TRIALS_PREFIX, BEST_TRIAL, BEST_PARAM_PREFIX = "trials.", "best_trial", "best."

@@ -12,12 +12,19 @@ from scipy import stats
 from pipelines.ranking import SCORES
 from pipelines.reports.tables import number
 
-COLUMNS = ("backbone", "weights", *SCORES, "feature_dim", "extraction_s", "score_s", "status", "run_id")
+COLUMNS = ("source", "backbone", "weights", *SCORES, "feature_dim", "extraction_s", "score_s", "status", "run_id")
+
+
+def source(record: dict) -> str:
+    """What a ranking ranks: a backbone with its weights, `<backbone>@<weights>` (one backbone may come from
+    two sources: ImageNet and a checkpoint pretrained on another dataset, say)."""
+    return f"{record['backbone']}@{record['weights']}"
 
 
 def ranking_rows(records: list[dict], by: str) -> list[dict]:
     """Finished records ordered by `by` (best first), each with its place under every score (`place_<score>`,
-    1 = best); the ones that did not finish last, unplaced."""
+    1 = best); the ones that did not finish last, unplaced. Each row is named by its `source`."""
+    records = [{**r, "source": source(r)} for r in records]
     done = [r for r in records if r["status"] == "FINISHED" and all(r.get(s) is not None for s in SCORES)]
     rest = [r for r in records if r not in done]
     rows = sorted(done, key=lambda r: -r[by])
@@ -42,16 +49,16 @@ def ranking_markdown(rows: list[dict], by: str) -> str:
     names = {"logme": "LogME", "knn": "k-NN val acc", "linear_probe": "probe val acc"}
     lines = [f"Backbones ranked by {names[by]} (higher is better), best first; (n) is the place under that "
              "score. Scores read train and validation features only.", "",
-             "| # | backbone | weights | " + " | ".join(names[s] for s in SCORES) + " | feature dim | extraction s |",
-             "|" + "---|" * (5 + len(SCORES))]
+             "| # | backbone@weights | " + " | ".join(names[s] for s in SCORES) + " | feature dim | extraction s |",
+             "|" + "---|" * (4 + len(SCORES))]
     for i, r in enumerate(rows, 1):
         if f"place_{by}" not in r:
             why = f"{r['status']} {r.get('error', '')}".strip().replace("|", "/")
-            lines.append(f"| — | {r['backbone']} | {r['weights']} | " + " | ".join("—" for _ in SCORES)
+            lines.append(f"| — | {r['source']} | " + " | ".join("—" for _ in SCORES)
                          + f" | — | {why} |")
             continue
         cells = [f"{number(r[s], '.4f')} ({r[f'place_{s}']})" for s in SCORES]
-        lines.append(f"| {i} | {r['backbone']} | {r['weights']} | " + " | ".join(cells)
+        lines.append(f"| {i} | {r['source']} | " + " | ".join(cells)
                      + f" | {r['feature_dim']} | {number(r['extraction_s'], '.1f')} |")
     tau = agreement(rows, by)
     lines += ["", f"Kendall τ of the {names[by]} order with: "

@@ -10,11 +10,11 @@ by the study's pruner. The value is passed whole: to the function that trains it
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import optuna
 
-from pipelines.config import RunConfig, from_dict, to_dict, with_overrides
+from pipelines.config import RunConfig, from_dict, to_dict
 from pipelines.studies.plan import PrunerSpec
 from pipelines.studies.storage import make_storage
 from pipelines.studies.worker import EpochReporter, trial_id
@@ -40,9 +40,6 @@ class ChildRun:
     trial_number: int
     pruner: PrunerSpec
     reporting: Reporting = field(default_factory=lambda: Reporting("val/acc"))
-
-    def with_config(self, overrides: dict) -> ChildRun:
-        return replace(self, cfg=with_overrides(self.cfg, overrides))
 
     def reporter(self, trial: optuna.Trial) -> EpochReporter:
         r = self.reporting

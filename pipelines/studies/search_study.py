@@ -10,11 +10,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.config import RunConfig
 from pipelines.errors import ConfigError
+from pipelines.studies.ceiling import Ceiling, ceiling_key, find_ceiling
 from pipelines.studies.keys import CEILING_ATTR
 from pipelines.studies.search_space import SearchSpec, grid_space, trial_config
 from pipelines.studies.storage import study_id, study_lock
 from pipelines.studies.worker import WorkerGridSampler
-from pipelines.training.ceiling import Ceiling, ceiling_key, find_ceiling
 from pipelines.training.results import FitResult
 
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipelines.data.shards import ShardSampler
-from pipelines.errors import ConfigError, PeerLost, StoppedByRankZero, first_line
+from pipelines.errors import ConfigError, PeerLost, StoppedByProcessZero, first_line
 from pipelines.processes import process_rank, world_size  # torch-free, for the command line; used here and by callers
 
 
@@ -116,12 +116,12 @@ def peers_watched() -> Iterator[None]:
 def stop_together(error: Exception | None) -> None:
     """After an epoch's listeners, which run on rank 0 alone: when one of them stopped the run (Optuna
     pruned the trial, the tracker failed), every rank stops at the same point, rank 0 raising `error` and
-    the others StoppedByRankZero, instead of waiting in the next epoch's first collective."""
+    the others StoppedByProcessZero, instead of waiting in the next epoch's first collective."""
     if active():
         said = [first_line(error) if error is not None else None]
         dist.broadcast_object_list(said, src=0)
         if error is None and said[0] is not None:
-            raise StoppedByRankZero(f"rank 0 stopped the run: {said[0]}")
+            raise StoppedByProcessZero(f"rank 0 stopped the run: {said[0]}")
     if error is not None:
         raise error
 

@@ -1,6 +1,7 @@
 """A ranking's summary on its parent run: each backbone's frozen-feature scores, read back from its
 linear_probe child, as rank/ranking.md and .csv, plots/ranking.png, the order as a tag, and each score
-as a parent metric per backbone (`rank/<score>/<backbone>`), so the MLflow UI compares them."""
+as a parent metric per backbone (`rank/<score>/<backbone>`), so the MLflow UI compares them. A backbone
+is named with its weights, `<backbone>@<weights>`, in the tag, the tables and the plot."""
 
 from __future__ import annotations
 
@@ -37,7 +38,10 @@ def log_ranking(parent_run_id: str, name: str, runs: list[Run], by: str) -> list
         figure = figures.ranking_figure(placed, LABELS, f"{name}: frozen-feature scores, by {LABELS[by]}")
         client.log_figure(parent_run_id, figure, "plots/ranking.png")
         plt.close(figure)
-    metrics = {metric_key("rank", s, r["backbone"]): r[s] for r in placed for s in SCORES}
+    # rank/<score>/<backbone>; <backbone>@<weights> where the ranking holds a backbone from two sources
+    backbones = [r["backbone"] for r in placed]
+    named = {id(r): r["backbone"] if backbones.count(r["backbone"]) == 1 else r["source"] for r in placed}
+    metrics = {metric_key("rank", s, named[id(r)]): r[s] for r in placed for s in SCORES}
     metrics.update({metric_key("rank", "kendall_tau", by, s): t for s, t in agreement(rows, by).items() if t == t})
-    log_values(parent_run_id, metrics, {tags.RANK_BY: by, tags.RANKING: " > ".join(r["backbone"] for r in placed)})
+    log_values(parent_run_id, metrics, {tags.RANK_BY: by, tags.RANKING: " > ".join(r["source"] for r in placed)})
     return rows

@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt
 import optuna
 from mlflow.tracking import MlflowClient
 
+from pipelines.studies.ceiling import Ceiling
 from pipelines.studies.keys import RUN_ATTR, TWIN_ATTR
 from pipelines.studies.search_study import champion_trial
-from pipelines.training.ceiling import Ceiling
 from tracking import tags
 from tracking.models.registry import register_champion
 from tracking.studies.parent_run import children, log_values
