@@ -50,7 +50,7 @@ run: install
 	@echo
 	@echo "make run took $$(( $$(date +%s) - $(START) )) s (set-up included)."
 	@echo "Open the MLflow UI with  make ui  and follow the MLflow links printed above."
-	@echo "Next commands (README.md), in this shell after activating the venv once:"
+	@echo "Next commands (docs/quickstart.md), in this shell after activating the venv once:"
 	@echo "  source $(VENV)/bin/activate"
 	@echo "  mlflow run . -e predict --env-manager local -P input=<image or folder>"
 	@echo "  freezeframe predict --input <image or folder> --top_k 3"
@@ -74,11 +74,11 @@ lint: install
 # The docs site (mkdocs.yml, docs/): --strict fails on a broken link or a page missing from the nav.
 DOCS_PORT ?= 8000
 docs: install
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: install
 	@$(PORT_FREE) $(DOCS_PORT) || { echo "make docs-serve: port $(DOCS_PORT) is in use: make docs-serve DOCS_PORT=$$(( $(DOCS_PORT) + 1 ))"; exit 1; }
-	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no GenAI job runners (half a dozen processes) for a training UI
 ui: install

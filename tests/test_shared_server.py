@@ -1,5 +1,6 @@
-"""The README's shared-server recipe, for real: `mlflow server --app-name basic-auth`, workers with credentials,
-and a registered model whose pickle would run code, used for weights and predict without running it."""
+"""The shared-server recipe of docs/scale-out.md and docs/servers.md, for real: `mlflow server --app-name
+basic-auth`, workers with credentials, and a registered model whose pickle would run code, used for weights
+and predict without running it."""
 
 import contextlib
 import os

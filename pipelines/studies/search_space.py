@@ -33,7 +33,7 @@ from pipelines.values import coerce
 
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 PRUNERS = ("successive_halving", "hyperband", "median", "none")
-DEFAULT_PRUNER = "successive_halving"  # benchmarks/bench_pruning.py: see README, "Pruning"
+DEFAULT_PRUNER = "successive_halving"  # benchmarks/bench_pruning.py: see docs/search.md, "Pruning"
 _KEYS = ("study_name", "metric", "objectives", "batch_size", "lr", "freeze", "backbone", "linear_scaling",
          "n_trials", "max_trials", "timeout", "sampler", "pruner", "probe_memory", "seed")
 BATCH_STEP = 8
