@@ -249,7 +249,7 @@ def part_search(args, tmp: str) -> Row:
     for c in ceilings_in(study, store).values():  # one probe: one backbone and policy
         fit_all = "" if c["ceiling"] < s["search_high"] else " (all of the space fits: raise search_high)"
         row.bare, row.ours = f"ceiling {c['ceiling']}{fit_all}", f"probe {c['seconds']:.1f} s"
-        row.notes += f"; {len(c['probes'])} measured steps, limit {c['limit_mb']:.0f} MB on {c['device']}"
+        row.notes += f"; {len(c['probes'])} probe steps, limit {c['limit_mb']:.0f} MB on {c['device']}"
     if code or reasons:
         row.failed = True
         row.notes = f"freezeframe search exited {code}: {reasons[0] if reasons else 'its error is above'}; {row.notes}"

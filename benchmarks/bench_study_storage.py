@@ -71,8 +71,8 @@ def freezeframe_worker(args) -> None:
         value = trivial(trial)
         parent_run.reopen(parent.run_id)
         with session.open_run(f"trial {trial.number} · bs {trial.params['batch_size']}", args.experiment,
-                                 tags={tags.STUDY: args.study, tags.TRIAL: str(trial.number)},
-                                 parent_run_id=parent.run_id, attach=False) as child:
+                              tags={tags.STUDY: args.study, tags.TRIAL: str(trial.number)},
+                              parent_run_id=parent.run_id, attach=False) as child:
             trial.set_user_attr(RUN_ATTR, child.info.run_id)
             MlflowClient().log_batch(child.info.run_id, metrics=[Metric(METRIC, value, int(time.time() * 1000), 0)],
                                      params=[Param("batch_size", str(trial.params["batch_size"]))])

@@ -8,7 +8,7 @@ protocol, all of it here:
 - launch: `python -m freezeframe.child_run <file>` on N processes under torch's elastic launcher
   (pipelines.processes.launch); process 0 opens the trial in the same storage with the study's pruner and
   comes back to `run_child`, exactly as a one-process worker runs it; the others train beside it;
-- read back: each process writes a report beside the file, rank 0's fit numbers (or why it was pruned),
+- read back: each process writes a report beside the file, process 0 its fit's numbers (or why it was pruned),
   any process its own error; the worker's objective reads the numbers, and the worker tells the trial.
 """
 
@@ -52,9 +52,10 @@ def run_child(child: ChildRun, trial: optuna.Trial | None = None) -> FitResult:
     here with `trial` None: opened from the child's storage."""
     from freezeframe import training_run  # see TYPE_CHECKING above
 
-    parent_run.reopen(child.parent_run_id)  # another worker may have ended it, seeing this one's arm still queued
-    if child.cfg.train.devices > 1 and world_size() == 1:
-        return _on_processes(child, trial)
+    if world_size() == 1:  # the worker (an arm's process 0 comes after the worker did this)
+        parent_run.reopen(child.parent_run_id)  # another worker may have ended it, seeing this arm still queued
+        if child.cfg.train.devices > 1:
+            return _on_processes(child, trial)
     trial = trial or child.open_trial()
     nesting = training_run.Nesting(child.parent_run_id, child_run_tags(child),
                                    on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
@@ -127,17 +128,20 @@ def main(path: str) -> int:
     """One of the N processes `_on_processes` launched: process 0 trains the child run (`run_child`), the
     others beside it (training_run.train_process); each writes back its report, or its own error."""
     from freezeframe.training_run import train_process
+    from pipelines.training import distributed
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)  # elastic's monitor stops the others so: their runs end KILLED
-    child, index = ChildRun.from_json(Path(path).read_text()), process_rank()
+    index = process_rank()
     stop_when_orphaned()  # a worker killed -9 takes its child's processes with it
     try:
+        child = ChildRun.from_json(Path(path).read_text())
         fit = train_process(child.cfg, partial(run_child, child))
         _write_report(path, index, ProcessReport(fit=fit.numbers() if fit is not None else None))
     except optuna.TrialPruned as exc:
         _write_report(path, index, ProcessReport(pruned=str(exc)))
-    except KeyboardInterrupt:  # another process failed first, or the worker was stopped
+    except KeyboardInterrupt as exc:  # another process failed first (PeerLost), or the worker was stopped
+        print(f"freezeframe: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
     except Exception as exc:
         _write_report(path, index, ProcessReport(error=one_line(exc)))
@@ -145,6 +149,8 @@ def main(path: str) -> int:
             raise
         print(f"freezeframe: error: {first_line(exc, limit=2000)}", file=sys.stderr)
         return 2
+    finally:
+        distributed.stop()  # after the report: a finished fit is never lost to the group's teardown
     return 0
 
 

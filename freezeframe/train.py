@@ -2,7 +2,7 @@
 
 With `train.devices: N > 1` the run trains data-parallel on N processes (pipelines/training/distributed.py):
 started here under torch.distributed.run, or by the user's own `torchrun --nproc_per_node=N -m freezeframe
-train ...`. Rank 0 owns the MLflow run (under `mlflow run`, the launcher's); the other ranks train beside
+train ...`. Process 0 owns the MLflow run (under `mlflow run`, the launcher's); the other processes train beside
 it and log nothing."""
 
 from __future__ import annotations
@@ -62,13 +62,13 @@ def launch(args: argparse.Namespace, cfg: RunConfig) -> int:
     print(f"freezeframe: training on {cfg.train.devices} processes (torch.distributed.run)", flush=True)
     try:
         failed = launch_processes(cfg.train.devices, ["-m", "freezeframe", *args.argv])
-    except KeyboardInterrupt as exc:  # Ctrl-C or `mlflow run` cancelled: the ranks are down already
+    except KeyboardInterrupt as exc:  # Ctrl-C or `mlflow run` cancelled: the processes are down already
         kill_launcher_run_left_running(str(exc))
         raise
     if failed is None:
         return 0
     print(f"freezeframe: {failed}", file=sys.stderr)
-    kill_launcher_run_left_running(failed.line)  # rank 0 ends its run itself, unless it was the one that died
+    kill_launcher_run_left_running(failed.line)  # process 0 ends its run itself, unless it was the one that died
     return 1
 
 
@@ -84,4 +84,7 @@ def train_here(cfg: RunConfig, entry_point: str) -> TrainedRun | None:
         ensure_reachable()
         return train_in_run(prepare_training(cfg), entry_point)
 
-    return train_process(cfg, in_run)
+    try:
+        return train_process(cfg, in_run)
+    finally:
+        distributed.stop()

@@ -89,12 +89,10 @@ def record_failure(cfg: RunConfig, error: BaseException, nesting: Nesting) -> No
 def train_process(cfg: RunConfig, in_run: Callable[[], T]) -> T | None:
     """This process's part of a training: `in_run()` (the tracked training) alone or as process 0; under
     torchrun, any other process trains the same, untracked, until process 0 stops the run (why, a pruned
-    trial say, is process 0's to report), and returns None. The process group is left at the end."""
-    try:
-        if distributed.is_main():
-            return in_run()
-        with distributed.peers_watched(), contextlib.suppress(StoppedByProcessZero):
-            execute(prepare_training(cfg))
-        return None
-    finally:
-        distributed.stop()
+    trial say, is process 0's to report), and returns None. The caller leaves the process group
+    (distributed.stop) once it has said what it must."""
+    if distributed.is_main():
+        return in_run()
+    with distributed.peers_watched(), contextlib.suppress(StoppedByProcessZero):
+        execute(prepare_training(cfg))
+    return None

@@ -14,9 +14,9 @@ from pipelines.processes import process_rank, world_size
 
 
 class ShardSampler(Sampler[int]):
-    """This rank's part of one seeded permutation per epoch: indices[rank::world], then its own first
-    indices again up to ceil(size / world), so that every rank takes the same number of steps (DDP needs
-    each to join every gradient all-reduce, and a rank that sat out a step would skip its optimizer's
+    """This process's part of one seeded permutation per epoch: indices[rank::world], then its own first
+    indices again up to ceil(size / world), so that every process takes the same number of steps (DDP needs
+    each to join every gradient all-reduce, and a process that sat out a step would skip its optimizer's
     update). Every rank, and a one-process run with the same seed, draws the same permutation from the same
     generator (which a checkpoint restores), so global batch k holds the one-process run's batch k."""
 
@@ -34,19 +34,19 @@ class ShardSampler(Sampler[int]):
         return -(-self.size // world_size())
 
     def real(self) -> int:
-        """How many of this rank's indices are its own, not repeats."""
+        """How many of this process's indices are its own, not repeats."""
         return len(range(process_rank(), self.size, world_size()))
 
 
 def real_in_batch(loader, step: int, size: int) -> int:
-    """How many leading images of this rank's training batch `step` are real, not ShardSampler's repeats."""
+    """How many leading images of this process's training batch `step` are real, not ShardSampler's repeats."""
     if not isinstance(loader.sampler, ShardSampler):
         return size
     return max(0, min(size, loader.sampler.real() - step * loader.batch_size))
 
 
 def eval_shard(dataset: Dataset) -> Dataset:
-    """This rank's contiguous part of an evaluation split (gathered back in rank order)."""
+    """This process's contiguous part of an evaluation split (gathered back in process order)."""
     if world_size() <= 1:
         return dataset
     size, world, r = len(dataset), world_size(), process_rank()

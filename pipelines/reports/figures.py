@@ -178,7 +178,7 @@ def ranking_figure(rows: list[dict], labels: dict[str, str], title: str) -> Figu
     fig = Figure(figsize=(4 * len(labels), 0.45 * len(placed) + 1.8))
     for ax, (score, label) in zip(fig.subplots(1, len(labels), sharey=True), labels.items(), strict=True):
         ax.barh(range(len(placed)), [r[score] for r in placed], color="tab:blue")
-        ax.set_yticks(range(len(placed)), [r["source"].rsplit("/", 1)[-1] for r in placed])
+        ax.set_yticks(range(len(placed)), [f"{r['backbone'].rsplit('/', 1)[-1]}@{r['weights']}" for r in placed])
         ax.invert_yaxis()  # the first row (the best) on top
         ax.set_xlabel(label)
     fig.suptitle(title)

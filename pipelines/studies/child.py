@@ -2,9 +2,9 @@
 
 A comparison's arm and a search's trial are the same thing to everything below the objective: a config
 to train as a child run of the study's parent, tagged, reporting each epoch to its Optuna trial, judged
-by the study's pruner. The value is passed whole: to the function that trains it in this process
-(freezeframe.study_run.run_child) and, as JSON, to the N processes that train it data-parallel
-(freezeframe.child_processes), which rebuild the trial and its pruner from it. Nothing in it is pickled.
+by the study's pruner. The value is passed whole: to the function that trains it (freezeframe.child_run's
+run_child) and, as JSON, to the N processes that train it data-parallel (`python -m freezeframe.child_run`),
+which rebuild the trial and its pruner from it. Nothing in it is pickled.
 """
 
 from __future__ import annotations

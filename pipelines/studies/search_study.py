@@ -47,7 +47,7 @@ def batch_size_ceiling(study: optuna.Study, storage: optuna.storages.BaseStorage
                 ceiling = find_ceiling(cfg, spec.batch_sizes)
                 storage.set_study_system_attr(study_id(study, storage), attr, ceiling.to_dict())
                 print(f"search: batch-size ceiling of {backbone} · {freeze} on {ceiling.device}: {ceiling.ceiling} "
-                      f"({len(ceiling.steps)} measured step{'s' * (len(ceiling.steps) > 1)}, {ceiling.seconds:.1f} s)",
+                      f"({len(ceiling.steps)} probe step{'s' * (len(ceiling.steps) > 1)}, {ceiling.seconds:.1f} s)",
                       flush=True)
             else:
                 ceiling = Ceiling.from_dict(cached)

@@ -116,15 +116,19 @@ class StudyWorker:
                 with _heartbeat(self.storage, trial_id(self.study, self.storage, trial.number)):
                     ended: float | Exception = self.objective(trial)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is queued again for a rerun or another worker
-                self._tell(trial, KeyboardInterrupt())
+                self.on_told(self._tell(trial, KeyboardInterrupt()))
                 raise
             except Exception as exc:  # noqa: BLE001 - out of memory, NaN loss, bad weights: this trial fails alone
                 ended = exc
+                told = self._tell(trial, exc)
+            else:
+                told = self._tell(trial, ended)
             finally:
                 from pipelines.training.device import free_memory  # torch: loaded by the trial that just ran
 
                 free_memory()
-            if self._tell(trial, ended):  # queued again (TrialLost): its retry is claimed next, not counted twice
+            self.on_told(told)
+            if isinstance(ended, TrialLost):  # queued again: its retry is claimed next, not counted twice
                 continue
             self.trials_run += 1
             if self._grid_done():  # where Study.optimize would see the grid sampler's Study.stop()
@@ -159,22 +163,20 @@ class StudyWorker:
                     return trial
         return None
 
-    def _tell(self, trial: optuna.Trial, ended: float | BaseException) -> bool:
-        """Tell the trial's end: its value, pruned, or failed saying why; True when it was queued again
-        (interrupted, or TrialLost: one of its own processes died)."""
-        requeued = isinstance(ended, KeyboardInterrupt | TrialLost)
+    def _tell(self, trial: optuna.Trial, ended: float | BaseException) -> FrozenTrial:
+        """Tell the trial's end: its value, pruned, or failed saying why; interrupted, or TrialLost (one of
+        its own processes died), it is queued again, as a dead worker's trial is, to resume from its
+        checkpoint."""
         if isinstance(ended, optuna.TrialPruned):
-            frozen = self.study.tell(trial, state=TrialState.PRUNED)
-        elif isinstance(ended, BaseException):
-            trial.set_user_attr(REASON_ATTR, "interrupted" if isinstance(ended, KeyboardInterrupt)
-                                else first_line(ended, limit=500))
-            frozen = self.study.tell(trial, state=TrialState.FAIL)
-            if requeued:  # as a dead worker's trial: queued again, to resume from its checkpoint
-                requeue(self.study, frozen)
-        else:
-            frozen = self.study.tell(trial, ended)
-        self.on_told(frozen)
-        return requeued
+            return self.study.tell(trial, state=TrialState.PRUNED)
+        if not isinstance(ended, BaseException):
+            return self.study.tell(trial, ended)
+        interrupted = isinstance(ended, KeyboardInterrupt)
+        trial.set_user_attr(REASON_ATTR, "interrupted" if interrupted else first_line(ended, limit=500))
+        frozen = self.study.tell(trial, state=TrialState.FAIL)
+        if interrupted or isinstance(ended, TrialLost):
+            requeue(self.study, frozen)
+        return frozen
 
     def reap_dead(self) -> None:
         reap_dead(self.study, self.storage, self.on_dead)

@@ -1,4 +1,4 @@
 """One training: its preparation and execution (trainer), the values it produces (results), the engine,
 optimizer, checkpoints, metrics (stepper), the device and its memory, the frozen-feature cache, the linear
-probe, the batch-size ceiling and data-parallel training.
+probe and data-parallel training.
 """

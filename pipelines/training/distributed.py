@@ -5,11 +5,11 @@ runs `torchrun --nproc_per_node=N -m freezeframe train ...` directly; either way
 rank in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK). gloo on CPU, NCCL on CUDA.
 
 Each epoch's metrics equal one process's over the same examples: the training split is one seeded
-permutation per epoch (the same as the one-process loader draws) dealt out round-robin; a rank with
-fewer images repeats its first ones so that every rank takes the same number of steps (as
+permutation per epoch (the same as the one-process loader draws) dealt out round-robin; a process with
+fewer images repeats its first ones so that every process takes the same number of steps (as
 DistributedSampler pads), and those repeats weigh nothing: not in the loss, not in the metrics
 (`real_in_batch`, `loss_weight`). Validation and test are cut into contiguous shards, and every pass's
-predictions are gathered in rank order, so the test predictions come back in the split's order.
+predictions are gathered in process order, so the test predictions come back in the split's order.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pipelines.processes import process_rank, world_size  # torch-free, for the 
 
 
 def is_main() -> bool:
-    """Rank 0 (or the only process): the one that logs, checkpoints and prints."""
+    """Process 0 (or the only process): the one that logs, checkpoints and prints."""
     return process_rank() == 0
 
 
@@ -47,7 +47,7 @@ def check_devices(devices: int, device: torch.device) -> None:
 
 
 def start(device: torch.device) -> torch.device:
-    """Join the process group torchrun set up (no-op in one process); returns this rank's device."""
+    """Join the process group torchrun set up (no-op in one process); returns this process's device."""
     if world_size() <= 1:
         return device
     if device.type == "cuda":
@@ -71,9 +71,9 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def loss_weight(loader, step: int, local: int) -> float:
-    """The factor on a rank's mean loss over its `local` real images at training step `step` that makes DDP's
-    gradient (its average over the N ranks) the mean over the step's global batch, as in one process: in
-    the last step the ranks hold unequal parts of the batch, or none, and DDP divides by N regardless."""
+    """The factor on a process's mean loss over its `local` real images at training step `step` that makes DDP's
+    gradient (its average over the N processes) the mean over the step's global batch, as in one process: in
+    the last step the processes hold unequal parts of the batch, or none, and DDP divides by N regardless."""
     if not active() or not isinstance(loader.sampler, ShardSampler):
         return 1.0
     world = world_size()
@@ -82,7 +82,7 @@ def loss_weight(loader, step: int, local: int) -> float:
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's tensor, concatenated in rank order (sizes may differ); itself in one process."""
+    """Every process's tensor, concatenated in process order (sizes may differ); itself in one process."""
     if not active():
         return tensor
     parts: list = [None] * dist.get_world_size()
@@ -91,7 +91,7 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def total(value: float) -> float:
-    """The sum of `value` over ranks."""
+    """The sum of `value` over processes."""
     if not active():
         return value
     parts: list = [None] * dist.get_world_size()
@@ -101,8 +101,8 @@ def total(value: float) -> float:
 
 @contextlib.contextmanager
 def peers_watched() -> Iterator[None]:
-    """A collective that fails because another rank died (gloo's transport, NCCL's DistBackendError) stops
-    this rank as interrupted (PeerLost): its run ends KILLED and resumable, as the run was, not FAILED for a
+    """A collective that fails because another process died (gloo's transport, NCCL's DistBackendError) stops
+    this process as interrupted (PeerLost): its run ends KILLED and resumable, as the run was, not FAILED for a
     fault of its own. Elastic's monitor takes the remaining processes down next."""
     try:
         yield
@@ -114,8 +114,8 @@ def peers_watched() -> Iterator[None]:
 
 
 def stop_together(error: Exception | None) -> None:
-    """After an epoch's listeners, which run on rank 0 alone: when one of them stopped the run (Optuna
-    pruned the trial, the tracker failed), every rank stops at the same point, rank 0 raising `error` and
+    """After an epoch's listeners, which run on process 0 alone: when one of them stopped the run (Optuna
+    pruned the trial, the tracker failed), every process stops at the same point, process 0 raising `error` and
     the others StoppedByProcessZero, instead of waiting in the next epoch's first collective."""
     if active():
         said = [first_line(error) if error is not None else None]
@@ -127,8 +127,8 @@ def stop_together(error: Exception | None) -> None:
 
 
 def same_buffers(model: nn.Module) -> None:
-    """Rank 0's buffers (BatchNorm's running statistics) on every rank, after a training pass: each rank's
-    last forward updated its own, and every rank must evaluate the model rank 0 logs and saves."""
+    """Process 0's buffers (BatchNorm's running statistics) on every process, after a training pass: each process's
+    last forward updated its own, and every process must evaluate the model process 0 logs and saves."""
     if active():
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)

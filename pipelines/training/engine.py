@@ -2,8 +2,8 @@
 
 The engine logs nothing itself. Each epoch's metrics go to every listener (the MLflow tracker,
 Optuna's pruning reporter, ...) as a plain dict; the end result comes back as a FitResult. Under
-data-parallel training every rank runs this loop; rank 0 alone writes checkpoints and prints (its caller
-gives the listeners to rank 0 alone).
+data-parallel training every process runs this loop; process 0 alone writes checkpoints and prints (its caller
+gives the listeners to process 0 alone).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], setup: FitSetup,
         freezing.restart_batchnorm_statistics(model, momenta)  # evaluated with this epoch's statistics
         tick = time.perf_counter()
         train_metrics = step.run_epoch(loaders["train"], "train", desc=f"epoch {epoch}/{cfg.epochs} train").metrics
-        distributed.same_buffers(model)  # every rank evaluates the model rank 0 saves
+        distributed.same_buffers(model)  # every process evaluates the model process 0 saves
         train_seconds = time.perf_counter() - tick
         val = step.run_epoch(loaders["val"], "val", desc=f"epoch {epoch} val")
         val_metrics, val_confusion = val.metrics, val.confusion
@@ -143,13 +143,13 @@ def fit_result(history: list[dict[str, float]], best: tuple[int, float, torch.Te
 
 
 def _tell(listeners: tuple[Listener, ...], epoch: int, row: dict[str, float]) -> None:
-    """The epoch's metrics to each listener (on rank 0 alone, under data-parallel training); a listener that
-    stops the run (a pruned trial, a lost tracking store) stops every rank at this same point."""
+    """The epoch's metrics to each listener (on process 0 alone, under data-parallel training); a listener that
+    stops the run (a pruned trial, a lost tracking store) stops every process at this same point."""
     stopping = None
     try:
         for listener in listeners:
             listener.on_epoch_end(epoch, row)
-    except Exception as exc:  # noqa: BLE001 - raised again here, on rank 0, after the others were told
+    except Exception as exc:  # noqa: BLE001 - raised again here, on process 0, after the others were told
         stopping = exc
     distributed.stop_together(stopping)
 

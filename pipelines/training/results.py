@@ -86,7 +86,7 @@ class ProbeResult:
 
 @dataclass
 class TrainingOutcome:
-    prepared: PreparedTraining | None  # None for an arm trained on N processes: its numbers came back as JSON
+    prepared: PreparedTraining
     fit: FitResult
     report_text: str
     report_dict: dict

@@ -2,8 +2,8 @@
 the classification metrics it computes (torchmetrics collections, reported as `<split>/<name>`).
 
 Under data-parallel training (pipelines/training/distributed.py) each process passes over its shard and
-the pass's predictions, targets and loss are gathered from every rank before the metrics are computed,
-so every rank reports the same numbers, those of one process over the whole split.
+the pass's predictions, targets and loss are gathered from every process before the metrics are computed,
+so every process reports the same numbers, those of one process over the whole split.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pipelines.training.optimizer import optimizer_step
 def make_metrics(num_classes: int, device: torch.device | str = "cpu") -> MetricCollection:
     """acc (micro, i.e. plain accuracy), macro precision/recall/F1, and the confusion matrix.
 
-    sync_on_compute=False: under data-parallel training every rank updates them with the predictions
-    already gathered from all ranks (EpochPass, below); torchmetrics' own sync would count each image N times
+    sync_on_compute=False: under data-parallel training every process updates them with the predictions
+    already gathered from all processes (EpochPass, below); torchmetrics' own sync would count each image N times
     (ratios survive that, the confusion matrix does not)."""
     local = {"sync_on_compute": False}
     return MetricCollection({
@@ -113,7 +113,7 @@ class Stepper:
             for x, y in tqdm(loader, desc=desc, leave=False, disable=None if distributed.is_main() else True,
                              dynamic_ncols=True):
                 x, y = self._to_device(x, y)
-                # data-parallel: the batch's trailing repeats (a rank with fewer images) weigh nothing
+                # data-parallel: the batch's trailing repeats (a process with fewer images) weigh nothing
                 real = real_in_batch(loader, batches, len(y)) if train else len(y)
                 with autocast_context(self.device, self.amp):
                     logits = forward(x)
@@ -135,7 +135,7 @@ class Stepper:
         if batches % check_every:  # the batches since the last check
             self._check_finite(loss_sum, split, batches)
         empty = torch.empty(0, dtype=torch.long, device=self.device)
-        predicted = distributed.gather(torch.cat(preds) if preds else empty)  # every rank's, in rank order
+        predicted = distributed.gather(torch.cat(preds) if preds else empty)  # every process's, in process order
         true = distributed.gather(torch.cat(targets) if targets else empty)
         p_true = distributed.gather(torch.cat(p_true) if p_true else torch.empty(0, device=self.device))
         if len(true):

@@ -40,8 +40,8 @@ def launcher_run_id() -> str | None:
 
 @contextlib.contextmanager
 def open_run(run_name: str, experiment_name: str, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None, attach: bool = True,
-                system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+             parent_run_id: str | None = None, attach: bool = True,
+             system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
     """Yield an active run; `attach` takes over the launcher's run, `parent_run_id` nests a child;
     `system_metrics` samples CPU/memory/GPU use into it while it is open."""
     run_id = take_launcher_run() if attach else None

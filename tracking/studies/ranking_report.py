@@ -39,7 +39,7 @@ def log_ranking(parent_run_id: str, name: str, runs: list[Run], by: str) -> list
         client.log_figure(parent_run_id, figure, "plots/ranking.png")
         plt.close(figure)
     # rank/<score>/<backbone>; <backbone>@<weights> where the ranking holds a backbone from two sources
-    backbones = [r["backbone"] for r in placed]
+    backbones = [r["backbone"] for r in rows]  # every source the ranking holds, finished or not
     named = {id(r): r["backbone"] if backbones.count(r["backbone"]) == 1 else r["source"] for r in placed}
     metrics = {metric_key("rank", s, named[id(r)]): r[s] for r in placed for s in SCORES}
     metrics.update({metric_key("rank", "kendall_tau", by, s): t for s, t in agreement(rows, by).items() if t == t})
