@@ -94,4 +94,4 @@ lock: install
 	  $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache site
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache site
