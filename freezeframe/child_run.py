@@ -15,8 +15,6 @@ protocol, all of it here:
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -26,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-import tracking  # noqa: F401 - MLflow's environment (telemetry off, quieter logs), as the command line sets it
+from freezeframe.cli import exit_code, start_process
 from pipelines.config import digest
-from pipelines.errors import FreezeframeError, first_line
+from pipelines.errors import FreezeframeError
 from pipelines.processes import launch, process_rank, stop_when_orphaned, world_size
 from pipelines.studies.child import ChildRun
 from pipelines.studies.keys import RUN_ATTR
@@ -40,6 +38,7 @@ from tracking.studies.parent_run import FAILED, KILLED
 
 if TYPE_CHECKING:  # the training stack (torch, timm, sklearn) loads when an arm trains, in run_child: a rerun
     # with nothing left to train, or a worker that finds no arm, answers without it
+    from freezeframe.training_run import Nesting
     from pipelines.training.results import FitResult
 
 CHILD_FILE, REPORT_FILE = "child.json", "report-process{index}.json"
@@ -57,8 +56,7 @@ def run_child(child: ChildRun, trial: optuna.Trial | None = None) -> FitResult:
         if child.cfg.train.devices > 1:
             return _on_processes(child, trial)
     trial = trial or child.open_trial()
-    nesting = training_run.Nesting(child.parent_run_id, child_run_tags(child),
-                                   on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
+    nesting = _nesting(child, trial)
     try:
         prepared = training_run.prepare_training(child.cfg)
     except BaseException as exc:  # a failed one fails alone (the worker goes on); Ctrl-C leaves it KILLED
@@ -66,10 +64,14 @@ def run_child(child: ChildRun, trial: optuna.Trial | None = None) -> FitResult:
     return training_run.train_in_run(prepared, child.entry_point, (child.reporter(trial),), nesting).outcome.fit
 
 
-def child_run_tags(child: ChildRun) -> dict[str, str]:
-    """A child run's tags: its study, trial and config digest, and its own."""
-    return {tags.STUDY: child.study_name, tags.TRIAL: str(child.trial_number), tags.CONFIG_DIGEST: digest(child.cfg),
-            **child.tags}
+def _nesting(child: ChildRun, trial: optuna.Trial) -> Nesting:
+    """Where the child's run opens: under its parent, with its study's, trial's and config digest's tags and
+    its own; the trial records the run id as soon as the run exists."""
+    from freezeframe.training_run import Nesting
+
+    run_tags = {tags.STUDY: child.study_name, tags.TRIAL: str(child.trial_number),
+                tags.CONFIG_DIGEST: digest(child.cfg), **child.tags}
+    return Nesting(child.parent_run_id, run_tags, on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,7 @@ def _on_processes(child: ChildRun, trial: optuna.Trial) -> FitResult:
     error = (TrialLost if failure is not None and failure.killed and not own else RuntimeError)(reason)
     run_id = _run_id(trial)
     if run_id == earlier:  # no process got as far as the child run: it still shows, saying why
-        training_run.record_failure(child.cfg, error, training_run.Nesting(
-            child.parent_run_id, child_run_tags(child), on_start=lambda made: trial.set_user_attr(RUN_ATTR, made)))
+        training_run.record_failure(child.cfg, error, _nesting(child, trial))
     # process 0 may have died before ending its run, or been stopped (KILLED) by another process's error
     end_unfinished(run_id, KILLED if isinstance(error, TrialLost) else FAILED, reason)
     raise error
@@ -130,8 +131,7 @@ def main(path: str) -> int:
     from freezeframe.training_run import train_process
     from pipelines.training import distributed
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _interrupt)  # elastic's monitor stops the others so: their runs end KILLED
+    start_process()  # as the command line: elastic's monitor stops the others with SIGTERM, their runs end KILLED
     index = process_rank()
     stop_when_orphaned()  # a worker killed -9 takes its child's processes with it
     try:
@@ -141,14 +141,12 @@ def main(path: str) -> int:
     except optuna.TrialPruned as exc:
         _write_report(path, index, ProcessReport(pruned=str(exc)))
     except KeyboardInterrupt as exc:  # another process failed first (PeerLost), or the worker was stopped
-        print(f"freezeframe: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
-        return 130
+        return exit_code(exc)
     except Exception as exc:
         _write_report(path, index, ProcessReport(error=one_line(exc)))
         if not isinstance(exc, FreezeframeError):
             raise
-        print(f"freezeframe: error: {first_line(exc, limit=2000)}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     finally:
         distributed.stop()  # after the report: a finished fit is never lost to the group's teardown
     return 0
@@ -160,10 +158,6 @@ def _write_report(path: str, index: int, report: ProcessReport) -> None:
     partial = target.with_suffix(".partial")
     partial.write_text(json.dumps(asdict(report), default=float))  # numpy and torch scalars as numbers
     partial.replace(target)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

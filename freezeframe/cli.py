@@ -157,8 +157,7 @@ def resolve_experiment(path: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `mlflow run` cancellation end runs as KILLED
+    start_process()
     try:
         args = build_parser().parse_args(argv)
         args.argv = sys.argv[1:] if argv is None else argv  # train.devices > 1 runs this command again, N times
@@ -172,15 +171,29 @@ def main(argv: list[str] | None = None) -> int:
             _check_devices(cfg)  # before any process starts (train) or any arm is queued (compare, search)
         cfg = stable_state(args, cfg)
         return command(args.command)(args, cfg, sections)
-    except FreezeframeError as exc:
-        message = first_line(exc, limit=2000)
-        if process_rank() == 0:  # under torchrun, process 0 alone owns the launcher's run
-            _close_launcher_run(message)
-        print(f"freezeframe: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
+    except (FreezeframeError, KeyboardInterrupt) as exc:
+        return exit_code(exc)
+
+
+def start_process() -> None:
+    """What every freezeframe process sets first (this command line, an arm's N processes): warnings-level
+    logging, and SIGTERM (`kill`, `mlflow run` cancelled, elastic's monitor) raised as KeyboardInterrupt, so
+    that runs end KILLED."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def exit_code(exc: FreezeframeError | KeyboardInterrupt) -> int:
+    """A user's error in one line (exit 2; the `mlflow run` launcher's run, if any, ends FAILED with it), or
+    an interruption (exit 130)."""
+    if isinstance(exc, KeyboardInterrupt):
         print(f"freezeframe: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
+    message = first_line(exc, limit=2000)
+    if process_rank() == 0:  # under torchrun, process 0 alone owns the launcher's run
+        _close_launcher_run(message)
+    print(f"freezeframe: error: {message}", file=sys.stderr)
+    return 2
 
 
 def command(name: str) -> Callable[..., int]:

@@ -74,12 +74,11 @@ def open_study_run(plan: StudyPlan,
     ensure_reachable()
     url = plan.storage_url or DEFAULT_STORAGE
     storage = make_storage(url, on_dead_trial=on_dead_trial)
-    study = open_study(plan, url, storage)
-    parent_run.check_held(plan, storage_id(url), lambda: study.user_attrs.get(PARENT_RUN_ID_ATTR),
-                          without_password(url))
-    params = {f"{plan.kind}.storage": storage_id(url), **plan.parent_params,
+    study, shown_id = open_study(plan, url, storage), storage_id(url)
+    parent_run.check_held(plan, shown_id, lambda: study.user_attrs.get(PARENT_RUN_ID_ATTR), without_password(url))
+    params = {f"{plan.kind}.storage": shown_id, **plan.parent_params,
               **(before_parent(study, storage, url) if before_parent else {})}
-    parent = parent_run.open_parent(plan, storage_id(url), params)
+    parent = parent_run.open_parent(plan, shown_id, params)
     study.set_user_attr(EXPERIMENT_ID_ATTR, parent.experiment_id)
     study.set_user_attr(PARENT_RUN_ID_ATTR, parent.run_id)
     study.set_user_attr(EXPERIMENT_URL_ATTR, links.runs_page(parent.experiment_id))

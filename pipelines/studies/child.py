@@ -10,7 +10,7 @@ which rebuild the trial and its pruner from it. Nothing in it is pickled.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import optuna
 
@@ -39,7 +39,7 @@ class ChildRun:
     study_name: str
     trial_number: int
     pruner: PrunerSpec
-    reporting: Reporting = field(default_factory=lambda: Reporting("val/acc"))
+    reporting: Reporting
 
     def reporter(self, trial: optuna.Trial) -> EpochReporter:
         r = self.reporting

@@ -40,8 +40,9 @@ def log_ranking(parent_run_id: str, name: str, runs: list[Run], by: str) -> list
         plt.close(figure)
     # rank/<score>/<backbone>; <backbone>@<weights> where the ranking holds a backbone from two sources
     backbones = [r["backbone"] for r in rows]  # every source the ranking holds, finished or not
-    named = {id(r): r["backbone"] if backbones.count(r["backbone"]) == 1 else r["source"] for r in placed}
-    metrics = {metric_key("rank", s, named[id(r)]): r[s] for r in placed for s in SCORES}
+    shared = {b for b in backbones if backbones.count(b) > 1}
+    metrics = {metric_key("rank", s, r["source"] if r["backbone"] in shared else r["backbone"]): r[s]
+               for r in placed for s in SCORES}
     metrics.update({metric_key("rank", "kendall_tau", by, s): t for s, t in agreement(rows, by).items() if t == t})
     log_values(parent_run_id, metrics, {tags.RANK_BY: by, tags.RANKING: " > ".join(r["source"] for r in placed)})
     return rows
