@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
-from freezeframe import __version__
+from freezeframe import __version__, launcher
 from pipelines.config import RunConfig, load_experiment, with_overrides
 from pipelines.errors import ConfigError, FreezeframeError, first_line
 from pipelines.processes import process_rank, world_size
@@ -30,6 +30,8 @@ RUN_FLAGS = {
     "image_size": "data.image_size", "seed": "seed", "max_samples": "data.max_samples",
     "resume": "train.resume", "log_model": "tracking.log_model", "devices": "train.devices",
 }
+# compare, rank and search: where their workers run (freezeframe/launcher.py), as flags and MLproject parameters
+CLUSTER_FLAGS = {"cluster": "cluster.engine", "workers": "cluster.workers"}
 # The grid's own axes (backbone, weights, freeze, seed) come from its compare: section.
 COMPARE_FLAGS = ("dataset", "epochs", "batch_size", "lr", "image_size", "max_samples", "log_model", "devices")
 RANK_FLAGS = ("dataset", "batch_size", "image_size", "max_samples", "log_model")  # a linear probe has no epochs or lr
@@ -70,15 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
                                           "are its arms, under one parent run; any number of workers")
     _add_run_flags(comp, only=COMPARE_FLAGS)
     _add_study_flags(comp, ("storage", "study_name"))
+    _add_cluster_flags(comp)
     order = sub.add_parser("rank", help="order a comparison's backbones by their frozen features (LogME, k-NN, "
                                         "linear probe) before fine-tuning any; one linear_probe arm per backbone")
     _add_run_flags(order, only=RANK_FLAGS)
     _add_study_flags(order, ("storage", "study_name"))
+    _add_cluster_flags(order)
     order.add_argument("--by", default="linear_probe", choices=tuple(SCORES),
                        help="the score the ranking orders by (every score is logged)")
     find = sub.add_parser("search", help="an Optuna study over batch sizes (multiples of 8), trials as child runs")
     _add_run_flags(find, only=COMPARE_FLAGS)
     _add_study_flags(find, tuple(STUDY_FLAGS))
+    _add_cluster_flags(find)
     pred = sub.add_parser("predict", help="top-k classes of an image or a folder from a logged model")
     pred.add_argument("--model", default="models:/freezeframe-quickstart@champion",
                       help="models:/<name>@<alias>, models:/<name>/<v> or runs:/<id>/model")
@@ -94,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_study_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
     for flag in flags:
         parser.add_argument(f"--{flag}", default="", metavar="VALUE", help=f"{STUDY_FLAGS[flag]} ('' = from the file)")
+
+
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", default="", metavar="ENGINE",
+                        help="where workers run: local | ray | slurm (overrides cluster.engine; '' = from the file)")
+    parser.add_argument("--workers", default="", metavar="N",
+                        help="workers the launcher starts (overrides cluster.workers; '' = from the file)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="cluster=slurm: print the sbatch script that would be submitted, submit nothing")
 
 
 def _whole_number(text: str) -> int:
@@ -114,6 +128,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     """The run config and the experiment file's entry-point sections (compare:, search:)."""
     run_flags = RUN_FLAGS if args.command != "search" else {f: RUN_FLAGS[f] for f in COMPARE_FLAGS}
+    run_flags = {**run_flags, **CLUSTER_FLAGS}
     overrides = {key: getattr(args, flag) for flag, key in run_flags.items() if getattr(args, flag, "") != ""}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -170,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         if cfg is not None and cfg.train.devices > 1 and world_size() == 1:
             _check_devices(cfg)  # before any process starts (train) or any arm is queued (compare, search)
         cfg = stable_state(args, cfg)
+        args.launcher = None
+        if cfg is not None and args.command in launcher.LAUNCHED and launcher.is_launcher(cfg):
+            args.launcher = launcher.connect(args, cfg)  # the engine joined and checked before anything opens
+            if args.dry_run:
+                return launcher.dry_run(args.launcher)
+        elif getattr(args, "dry_run", False):
+            raise ConfigError("--dry-run prints the Slurm script that would be submitted: it needs --cluster slurm")
         return command(args.command)(args, cfg, sections)
     except (FreezeframeError, KeyboardInterrupt) as exc:
         return exit_code(exc)

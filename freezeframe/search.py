@@ -95,7 +95,8 @@ def search(args: argparse.Namespace, cfg: RunConfig, sections: dict) -> int:
         return search_report.log_study(run.study, parent_run_id, spec.objectives, experiment_stem(args.experiment))
 
     champion = work(run, TrialObjective(run, spec, cfg), report,
-                    TrialBudget(propose=True, n_trials=spec.n_trials, timeout=spec.timeout, max_trials=spec.max_trials))
+                    TrialBudget(propose=True, n_trials=spec.n_trials, timeout=spec.timeout, max_trials=spec.max_trials),
+                    getattr(args, "launcher", None))
     study = run.study
     print(f"study {spec.study_name}: {len(study.trials)} trials in {without_password(run.url)}; "
           f"parent run {run.parent.run_id}")

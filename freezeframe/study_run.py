@@ -8,6 +8,7 @@ until none is waiting, the last one writing the grid's summary on the parent."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from freezeframe.child_run import run_child
+from freezeframe.launcher import Launcher
+from pipelines.cluster.workers import WORKER_ENV
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError, without_password
 from pipelines.studies.arms import Arm, Comparison, arm_configs, queue_arms
@@ -59,8 +62,10 @@ class StudyRun:
 
     def child(self, trial: optuna.Trial, cfg: RunConfig, reporting: Reporting,
               run_tags: dict[str, str] | None = None) -> ChildRun:
-        """The trial's ChildRun: `cfg` trained as a child of the parent, reporting to the trial."""
-        return ChildRun(cfg, self.plan.kind, self.parent.run_id, dict(run_tags or {}), self.url,
+        """The trial's ChildRun: `cfg` trained as a child of the parent, reporting to the trial; tagged with
+        the worker that ran it where an engine started this process (cluster.worker: ray:<node>, ...)."""
+        placed = {tags.WORKER: os.environ[WORKER_ENV]} if os.environ.get(WORKER_ENV) else {}
+        return ChildRun(cfg, self.plan.kind, self.parent.run_id, {**(run_tags or {}), **placed}, self.url,
                         self.study.study_name, trial.number, self.plan.pruner, reporting)
 
 
@@ -104,9 +109,13 @@ def print_links(parent: ParentRun, run_ids: list[str], what: str, order_by: str,
 
 
 def work(run: StudyRun, objective: Callable[[optuna.Trial], float | list[float]], report: Callable[[str], T],
-         budget: TrialBudget = TrialBudget()) -> T | None:
+         budget: TrialBudget = TrialBudget(), launch: Launcher | None = None) -> T | None:
     """Run trials as this worker, then end what is this worker's to end. The last worker to leave
-    writes the parent's report (returned; None from the others) and ends the parent."""
+    writes the parent's report (returned; None from the others) and ends the parent. With a `launch`er
+    (--cluster, --workers), the engine's workers run them instead (None)."""
+    if launch is not None:
+        launch.launch(run, on_dead_trial)
+        return None
     worker = StudyWorker(run.study, run.storage, objective, on_told=_told, on_dead=on_dead_trial, budget=budget,
                          url=run.url)
     status, error, result = FINISHED, "", None
@@ -219,7 +228,8 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, grid: Grid) -> StudyRun:
 
     run = open_study_run(plan, before_parent=queue)
     summary = work(run, ArmObjective(run, grid, arms),
-                   lambda parent_run_id: grid.summarise(parent_run_id, arm_runs(parent_run_id, grid.spec)))
+                   lambda parent_run_id: grid.summarise(parent_run_id, arm_runs(parent_run_id, grid.spec)),
+                   launch=getattr(args, "launcher", None))
     if summary is not None:
         print(summary)
     order = list(arms)  # the grid's order

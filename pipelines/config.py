@@ -93,20 +93,34 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where compare, rank and search run their workers (pipelines/cluster, freezeframe/launcher.py)."""
+    engine: str = "local"  # local | ray | slurm
+    workers: int = 1  # local with 1: this process is the worker; otherwise the launcher starts this many
+    address: str = ""  # ray: host:port or ray://host:port; "" = RAY_ADDRESS
+    partition: str = ""  # slurm: "" = the cluster's default partition
+    time: str = ""  # slurm: each worker's time limit (sbatch --time, e.g. 4:00:00); "" = the partition's
+    account: str = ""  # slurm: sbatch --account; "" = the user's default
+    sbatch_flags: str = ""  # slurm: more #SBATCH options, e.g. "--qos=high --constraint=a100"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 OPTIMIZERS = ("adamw", "sgd")
 FEATURE_CACHES = ("memory", "disk", "off")
 SCHEDULERS = ("cosine", "constant")
+ENGINES = ("local", "ray", "slurm")
 MONITORS = {"val/acc": "max", "val/f1_macro": "max", "val/loss": "min"}
 # Keys that change neither the data nor the model, so two runs differing only there are the same run.
-_NOT_IN_DIGEST = ("tracking", "train.resume", "train.checkpoint_dir", "train.device", "train.devices",
+_NOT_IN_DIGEST = ("tracking", "cluster", "train.resume", "train.checkpoint_dir", "train.device", "train.devices",
                   "data.num_workers")
 
 # Top-level sections of an experiment file read by other entry points (compare, search), not by a run.
@@ -176,6 +190,8 @@ def validate(cfg: RunConfig) -> None:
         (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
         (t.devices >= 1, f"train.devices must be >= 1, got {t.devices}"),
+        (cfg.cluster.engine in ENGINES, f"cluster.engine must be one of {ENGINES}, got '{cfg.cluster.engine}'"),
+        (cfg.cluster.workers >= 1, f"cluster.workers must be >= 1, got {cfg.cluster.workers}"),
         (t.devices < 1 or t.batch_size % t.devices == 0, f"train.batch_size {t.batch_size} is the global batch: "
          f"it must divide by train.devices ({t.devices}), each process taking batch_size / devices"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),

@@ -17,6 +17,7 @@ OPTUNA_STATE = "optuna.state"  # COMPLETE | PRUNED | FAIL, mirrored on the child
 FAIL_REASON = "optuna.fail_reason"
 COMPARISON = "comparison"  # an arm's comparison name
 ARM = "arm"
+WORKER = "cluster.worker"  # on a child: the engine's worker that ran it (local:<n>, ray:<node>, slurm:<job>@<node>)
 WORKER_OF = "worker_of"  # on an `mlflow run` launcher's run: the parent its worker served
 DUPLICATE_OF = "duplicate_of"  # a parent candidate that lost the election; a trial run that reused another's
 CHAMPION = "champion"  # on a parent: the models:/ URI of its best child

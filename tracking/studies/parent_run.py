@@ -217,3 +217,12 @@ def close_dead_child(trial: FrozenTrial) -> None:
     if run_id and MlflowClient().get_run(run_id).info.status == "RUNNING":
         mirror_trial(trial)
         session.end_run(run_id, KILLED, f"its worker died ({trial.user_attrs.get(REASON_ATTR, 'no heartbeat')})")
+
+
+def status(run_id: str) -> str:
+    """A run's status now (RUNNING, FINISHED, KILLED, FAILED)."""
+    return MlflowClient().get_run(run_id).info.status
+
+
+def experiment_name(experiment_id: str) -> str:
+    return MlflowClient().get_experiment(experiment_id).name

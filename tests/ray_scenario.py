@@ -1,0 +1,132 @@
+"""A comparison on a real 3-node Ray cluster, run inside a network namespace of its own (the test runs
+`unshare -n`: only 127.0.0.1 exists there, so every packet stays on loopback, as
+../shared/cluster-notes.md explains). Everything the run talks to starts in the namespace too: a private
+PostgreSQL (the study's storage), a real `mlflow server`, and `ray.cluster_utils.Cluster` with a head of
+1 CPU and two worker nodes of 1 CPU and 1 logical GPU each. `freezeframe compare --cluster ray --workers 2`
+runs against them; with `--remove-node`, the node under the first arm that has logged an epoch is removed
+mid-arm. What the test asserts on is written to a JSON file before the namespace goes away.
+
+    python -m tests.ray_scenario EXPERIMENT OUT.json [--remove-node]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def private_postgres(folder: Path, port: int) -> str:
+    """initdb + pg_ctl as the postgres user, in `folder` (a+x all the way up), on 127.0.0.1:`port`."""
+    data = folder / "pg"
+    data.mkdir()
+    shutil.chown(data, "postgres", "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1",
+                    "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run([*as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "optuna"], check=True)
+    return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+
+
+def stop_postgres(folder: Path) -> None:
+    subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(folder / "pg"), "-m", "fast",
+                    "stop"], capture_output=True, check=False)
+
+
+def wait_for_an_epoch(client, experiment_name: str, launcher: subprocess.Popen, seconds: float = 240):
+    """The first arm run that is RUNNING with an epoch logged: (its run, its cluster.worker tag)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and launcher.poll() is None:
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+                if "cluster.worker" in run.data.tags and "epoch" in run.data.metrics:
+                    return run
+        time.sleep(0.3)
+    raise TimeoutError("no arm logged an epoch")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("experiment")
+    parser.add_argument("out")
+    parser.add_argument("--remove-node", action="store_true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    # short: Ray's socket paths must stay under the 107 characters of a unix socket name
+    folder = Path(tempfile.mkdtemp(prefix="ffray-", dir="/tmp"))
+    folder.chmod(0o755)
+    (folder / "ray").mkdir()
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true", RAY_TMPDIR=str(folder / "ray"))
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray.cluster_utils import Cluster
+
+    from tests.conftest import free_port, serving_mlflow
+
+    result: dict = {}
+    cluster = None
+    try:
+        storage = private_postgres(folder, free_port())
+        with serving_mlflow(folder) as tracking:
+            started = time.monotonic()
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "object_store_memory": 80_000_000})
+            workers = [cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=80_000_000) for _ in range(2)]
+            cluster.wait_for_nodes()
+            result["cluster_up_s"] = time.monotonic() - started
+            result["gpu_nodes"] = [node.node_id for node in workers]
+            env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": tracking,
+                   "PYTHONPATH": str(ROOT)}
+            env.pop("MLFLOW_RUN_ID", None)
+            log = open(folder / "launcher.log", "w")
+            command = [sys.executable, "-m", "freezeframe", "compare", "--experiment", args.experiment,
+                       "--cluster", "ray", "--workers", "2", "--storage", storage]
+            started = time.monotonic()
+            launcher = subprocess.Popen(command, cwd=Path(args.experiment).parent, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT)
+            client = MlflowClient(tracking)
+            if args.remove_node:
+                run = wait_for_an_epoch(client, "tests", launcher)
+                worker = run.data.tags["cluster.worker"].removeprefix("ray:")
+                node = next(n for n in workers if n.node_id.startswith(worker))
+                result["removed"] = {"node": node.node_id, "run_id": run.info.run_id,
+                                     "arm": run.data.tags.get("arm"), "at_epoch": run.data.metrics["epoch"]}
+                cluster.remove_node(node, allow_graceful=False)
+            result["returncode"] = launcher.wait(timeout=400)
+            result["launcher_s"] = time.monotonic() - started
+            log.close()
+            result["output"] = (folder / "launcher.log").read_text()[-20000:]
+            experiment = client.get_experiment_by_name("tests")
+            result["runs"] = [{"run_id": r.info.run_id, "status": r.info.status, "tags": r.data.tags,
+                               "metrics": r.data.metrics} for r in client.search_runs([experiment.experiment_id])]
+            import optuna
+
+            summaries = optuna.get_all_study_summaries(storage)
+            trials = optuna.load_study(study_name=summaries[0].study_name, storage=storage).trials
+            result["trials"] = [{"number": t.number, "state": t.state.name, "attrs": t.user_attrs,
+                                 "system": {k: v for k, v in t.system_attrs.items() if k == "failed_trial"}}
+                                for t in trials]
+    finally:
+        if cluster is not None:
+            ray.shutdown()
+            cluster.shutdown()
+        stop_postgres(folder)
+        Path(args.out).write_text(json.dumps(result, default=str))
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
