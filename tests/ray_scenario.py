@@ -44,17 +44,19 @@ def stop_postgres(folder: Path) -> None:
                     "stop"], capture_output=True, check=False)
 
 
-def wait_for_an_epoch(client, experiment_name: str, launcher: subprocess.Popen, seconds: float = 240):
-    """The first arm run that is RUNNING with an epoch logged: (its run, its cluster.worker tag)."""
+def wait_mid_arm(client, experiment_name: str, launcher: subprocess.Popen, seconds: float = 240):
+    """The first unfrozen arm that is RUNNING on a worker with an epoch logged and two still to go."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and launcher.poll() is None:
         experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is not None:
-            for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
-                if "cluster.worker" in run.data.tags and "epoch" in run.data.metrics:
-                    return run
-        time.sleep(0.3)
-    raise TimeoutError("no arm logged an epoch")
+        query = "attributes.status = 'RUNNING' and tags.freeze = 'unfrozen'"
+        for run in client.search_runs([experiment.experiment_id], query) if experiment else []:
+            history = client.get_metric_history(run.info.run_id, "val/acc")
+            if "cluster.worker" in run.data.tags and history and \
+                    history[-1].step <= int(run.data.params["train.epochs"]) - 2:
+                return run, history[-1].step
+        time.sleep(0.2)
+    raise TimeoutError("no unfrozen arm was caught mid-arm")
 
 
 def main() -> int:
@@ -98,11 +100,11 @@ def main() -> int:
                                         stderr=subprocess.STDOUT)
             client = MlflowClient(tracking)
             if args.remove_node:
-                run = wait_for_an_epoch(client, "tests", launcher)
+                run, epoch = wait_mid_arm(client, "tests", launcher)
                 worker = run.data.tags["cluster.worker"].removeprefix("ray:")
                 node = next(n for n in workers if n.node_id.startswith(worker))
                 result["removed"] = {"node": node.node_id, "run_id": run.info.run_id,
-                                     "arm": run.data.tags.get("arm"), "at_epoch": run.data.metrics["epoch"]}
+                                     "arm": run.data.tags.get("arm"), "at_epoch": epoch}
                 cluster.remove_node(node, allow_graceful=False)
             result["returncode"] = launcher.wait(timeout=400)
             result["launcher_s"] = time.monotonic() - started
