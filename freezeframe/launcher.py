@@ -52,7 +52,7 @@ class Launcher:
         self.on_dead: Callable[[optuna.Study, FrozenTrial], None] = lambda study, trial: None
 
     def command(self, experiment_name: str) -> WorkerCommand:
-        argv = list(self.args.argv)
+        argv = [arg for arg in self.args.argv if arg != "--dry-run"]  # the script's workers run it
         if self.args.storage and self.args.storage not in argv:  # moved here (a temporary project folder)
             argv += ["--storage", self.args.storage]
         env = worker_env({"MLFLOW_TRACKING_URI": tracking_uri(), "MLFLOW_EXPERIMENT_NAME": experiment_name})
@@ -161,8 +161,10 @@ def connect(args: argparse.Namespace, cfg: RunConfig) -> Launcher:
 
 
 def dry_run(launcher: Launcher) -> int:
-    """Print the sbatch script `--cluster slurm` would submit; nothing opens, nothing is submitted."""
+    """Print the sbatch script `--cluster slurm` would submit; nothing opens, nothing is submitted. Its log
+    folder is made (Slurm cannot open a task's output in a folder that does not exist)."""
     experiment = session.experiment_name_in_use(launcher.cfg.tracking.experiment_name)
+    launcher.engine.log_dir.mkdir(parents=True, exist_ok=True)
     print(launcher.engine.script_text(launcher.command(experiment), launcher.cfg.cluster.workers), end="")
     return 0
 

@@ -191,6 +191,14 @@ def mlflow_server(tmp_path_factory):
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
 
+def require_cluster_engines(why: str) -> None:
+    """Skip a Ray or Slurm test this machine cannot run, unless FREEZEFRAME_REQUIRE_CLUSTER=1 (as .ci/run
+    sets) makes that a failure."""
+    if os.environ.get("FREEZEFRAME_REQUIRE_CLUSTER") == "1":
+        pytest.fail(f"required here (FREEZEFRAME_REQUIRE_CLUSTER=1): {why}")
+    pytest.skip(why)
+
+
 @pytest.fixture
 def postgres_databases():
     """Fresh PostgreSQL databases for one test, dropped after; skipped where no PostgreSQL answers,

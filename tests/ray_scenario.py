@@ -23,6 +23,7 @@ from pathlib import Path
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def private_postgres(folder: Path, port: int) -> str:
@@ -44,28 +45,13 @@ def stop_postgres(folder: Path) -> None:
                     "stop"], capture_output=True, check=False)
 
 
-def wait_mid_arm(client, experiment_name: str, launcher: subprocess.Popen, seconds: float = 240):
-    """The first unfrozen arm that is RUNNING on a worker with an epoch logged and two still to go."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and launcher.poll() is None:
-        experiment = client.get_experiment_by_name(experiment_name)
-        query = "attributes.status = 'RUNNING' and tags.freeze = 'unfrozen'"
-        for run in client.search_runs([experiment.experiment_id], query) if experiment else []:
-            history = client.get_metric_history(run.info.run_id, "val/acc")
-            if "cluster.worker" in run.data.tags and history and \
-                    history[-1].step <= int(run.data.params["train.epochs"]) - 2:
-                return run, history[-1].step
-        time.sleep(0.2)
-    raise TimeoutError("no unfrozen arm was caught mid-arm")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("experiment")
     parser.add_argument("out")
     parser.add_argument("--remove-node", action="store_true")
+    parser.add_argument("--experiment-name", default="tests")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     # short: Ray's socket paths must stay under the 107 characters of a unix socket name
     folder = Path(tempfile.mkdtemp(prefix="ffray-", dir="/tmp"))
     folder.chmod(0o755)
@@ -75,6 +61,7 @@ def main() -> int:
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
+    from tests.cluster_checks import records, wait_mid_arm
     from tests.conftest import free_port, serving_mlflow
 
     result: dict = {}
@@ -100,26 +87,18 @@ def main() -> int:
                                         stderr=subprocess.STDOUT)
             client = MlflowClient(tracking)
             if args.remove_node:
-                run, epoch = wait_mid_arm(client, "tests", launcher)
+                run, epoch = wait_mid_arm(client, args.experiment_name, launcher)
                 worker = run.data.tags["cluster.worker"].removeprefix("ray:")
                 node = next(n for n in workers if n.node_id.startswith(worker))
                 result["removed"] = {"node": node.node_id, "run_id": run.info.run_id,
-                                     "arm": run.data.tags.get("arm"), "at_epoch": epoch}
+                                     "arm": run.data.tags.get("arm"), "digest": run.data.tags["config_digest"],
+                                     "at_epoch": epoch}
                 cluster.remove_node(node, allow_graceful=False)
             result["returncode"] = launcher.wait(timeout=400)
             result["launcher_s"] = time.monotonic() - started
             log.close()
             result["output"] = (folder / "launcher.log").read_text()[-20000:]
-            experiment = client.get_experiment_by_name("tests")
-            result["runs"] = [{"run_id": r.info.run_id, "status": r.info.status, "tags": r.data.tags,
-                               "metrics": r.data.metrics} for r in client.search_runs([experiment.experiment_id])]
-            import optuna
-
-            summaries = optuna.get_all_study_summaries(storage)
-            trials = optuna.load_study(study_name=summaries[0].study_name, storage=storage).trials
-            result["trials"] = [{"number": t.number, "state": t.state.name, "attrs": t.user_attrs,
-                                 "system": {k: v for k, v in t.system_attrs.items() if k == "failed_trial"}}
-                                for t in trials]
+            result["runs"], result["trials"] = records(client, args.experiment_name, storage)
     finally:
         if cluster is not None:
             ray.shutdown()

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from freezeframe.cli import main
-from tests.conftest import runs_in, tiny_experiment
+from tests.conftest import free_port, runs_in, tiny_experiment
 
 
 def experiment(tmp: Path, extra: str = "", **overrides) -> str:
@@ -152,6 +152,21 @@ CASES = {
     "grid changed while arms run": (lambda t, f: [*grid(t, "  name: taken\n"), "--storage",
                                                   study_of(t, "compare", running_arm=True)],
                                     "is being run with another config"),
+    # compare, rank and search on an engine (the Slurm-only ones need its cluster: tests/test_slurm.py)
+    "unknown cluster": (lambda t, f: [*grid(t, "  freeze: [frozen]\n"), "--cluster", "kubernetes"],
+                        "cluster.engine must be one of ('local', 'ray', 'slurm'), got 'kubernetes'"),
+    "workers 0": (lambda t, f: [*grid(t, "  freeze: [frozen]\n"), "--cluster", "ray", "--workers", "0"],
+                  "cluster.workers must be >= 1, got 0"),
+    "unreachable Ray address": (lambda t, f: [*grid(t, "  freeze: [frozen]\n"), "--cluster", "ray", "--set",
+                                              f"cluster.address=127.0.0.1:{free_port()}"],
+                                "no Ray cluster answers at 127.0.0.1:"),
+    "Ray without an address": (lambda t, f: ["rank", "--experiment", experiment(t), "--cluster", "ray"],
+                               "cluster=ray needs the cluster's address: set RAY_ADDRESS"),
+    "dry run off Slurm": (lambda t, f: ["search", "--experiment", experiment(t, "search:\n" + S), "--workers", "2",
+                                        "--dry-run"], "--dry-run prints the Slurm script"),
+    "password in a worker's storage": (lambda t, f: [*grid(t, "  freeze: [frozen]\n"), "--workers", "2",
+                                                     "--storage", "postgresql://me:hunter2@db.example/x"],
+                                       "holds a password, which would be written into every worker's command line"),
     # search
     "bound not a multiple of 8": (lambda t, f: search(t, "  batch_size: {low: 12, high: 64}\n"),
                                   "is not a positive multiple of 8"),
@@ -200,16 +215,17 @@ def test_the_matrix_is_large_enough():
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input(case, tracking_store, tmp_path, bad_files, capsys):
+def test_bad_input(case, tracking_store, tmp_path, bad_files, capsys, monkeypatch):
     folder, made = bad_files
     argv_for, message = CASES[case]
     (tmp_path / "good.png").write_bytes((folder / "good.png").read_bytes())
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     code = main(argv_for(tmp_path, made))
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1] if err else ""
     assert code == 2, err
     assert last.startswith("freezeframe: error: ") and message in last, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "hunter2" not in err
     assert [r.info.run_name for r in runs_in(tracking_store) if r.info.status == "RUNNING"] == []
     assert MlflowClient().search_registered_models() == []
     optuna_db = tmp_path / "optuna.db"

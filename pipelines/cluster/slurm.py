@@ -4,6 +4,7 @@ it is), one array task per worker. States come from squeue, which needs no accou
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -92,8 +93,11 @@ class SlurmEngine:
         return "gpu" in _slurm("sinfo", "-h", "-p", self.partition, "-o", "%G")
 
     def hosts(self) -> set[str]:
-        rows = _slurm("sinfo", "-h", "-N", "-p", self.partition, "-o", "%N %o").split()
-        return set(rows)
+        """Every node the partition may place a worker on (names, and addresses where sinfo shows them):
+        its Nodes= list, since sinfo leaves out nodes that are not up yet (FUTURE, powered down)."""
+        found = re.search(r"\bNodes=(\S+)", _slurm("scontrol", "-o", "show", "partition", self.partition))
+        names = _slurm("scontrol", "show", "hostnames", found.group(1)).split() if found else []
+        return set(names) | set(_slurm("sinfo", "-h", "-N", "-p", self.partition, "-o", "%N %o").split())
 
     def script_text(self, command: WorkerCommand, workers: int) -> str:
         return render_script(command, self.cluster, workers, str(self.log_dir))

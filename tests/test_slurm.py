@@ -1,0 +1,111 @@
+"""compare on a real one-node Slurm cluster (tests/slurm_cluster.py): the launcher's 2-task job array runs the
+grid, a task cancelled mid-arm is replaced and its arm resumes; the script `--dry-run` prints, submitted
+by hand with sbatch, finishes a grid too; a missing partition and a file storage on a partition with
+another machine are refused before anything is submitted. PostgreSQL storage, a real `mlflow server`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from freezeframe.cli import main
+from tests.cluster_checks import GRID, SLOW_ARMS, check_grid, records, wait_mid_arm
+from tests.conftest import ROOT, require_cluster_engines, tiny_experiment
+from tests.slurm_cluster import missing, slurm_cluster
+
+pytestmark = pytest.mark.slow
+FAR = "far-node"  # a second node, on another machine, in partition `multi` (FUTURE: never contacted)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    why = missing()
+    if why:
+        require_cluster_engines(f"Slurm: {why}")
+    import socket
+
+    host = socket.gethostname().split(".")[0]
+    extra = (f"NodeName={FAR} NodeAddr=10.255.0.2 CPUs=2 RealMemory=8000 State=FUTURE\n"
+             f"PartitionName=multi Nodes={host},{FAR} State=UP\n")
+    with slurm_cluster(tmp_path_factory.mktemp("slurm"), extra) as env:
+        yield {"SLURM_CONF": env["SLURM_CONF"], "PATH": env["PATH"]}
+
+
+def squeue(env: dict) -> list[str]:
+    done = subprocess.run(["squeue", "-h", "-o", "%i %T"], env={**os.environ, **env}, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split("\n")[:-1]
+
+
+def experiment(tmp_path, name: str, **overrides):
+    return tiny_experiment(tmp_path, GRID.format(name=name), **{"tracking.experiment_name": name, **overrides})
+
+
+def test_a_two_task_array_runs_the_grid_and_a_task_cancelled_mid_arm_is_replaced(
+        slurm, tmp_path, postgres_databases, mlflow_server):
+    storage, name = postgres_databases[0], f"slurm-{uuid.uuid4().hex[:6]}"
+    path = experiment(tmp_path, name, **SLOW_ARMS)
+    env = {**os.environ, **slurm, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    log = open(tmp_path / "launcher.log", "w")
+    launcher = subprocess.Popen([sys.executable, "-m", "freezeframe", "compare", "--experiment", str(path), "--cluster",
+                                 "slurm", "--workers", "2", "--storage", storage], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    client = MlflowClient(mlflow_server)
+    run, epoch = wait_mid_arm(client, name, launcher)
+    task = re.fullmatch(r"slurm:(\d+_\d+)@.+", run.data.tags["cluster.worker"]).group(1)
+    subprocess.run(["scancel", task], env=env, check=True)
+    assert launcher.wait(timeout=300) == 0, (tmp_path / "launcher.log").read_text()[-4000:]
+    output = (tmp_path / "launcher.log").read_text()
+    assert f"worker {task} CANCELLED" in output and "replacing 1 lost worker(s)" in output, output[-4000:]
+    runs, trials = records(client, name, storage)
+    check_grid(runs, trials, lost=run.info.run_id)
+    (script,) = (tmp_path / "slurm").glob("*.sbatch")
+    assert "#SBATCH --array=0-1" in script.read_text() and storage in script.read_text()
+    assert squeue(slurm) == []
+
+
+def test_the_dry_run_script_submitted_by_hand_finishes_the_grid(slurm, tmp_path, postgres_databases, mlflow_server,
+                                                                 monkeypatch, capsys):
+    storage, name = postgres_databases[0], f"slurm-{uuid.uuid4().hex[:6]}"
+    path = experiment(tmp_path, name, **{"tracking.log_plots": False})
+    for key, value in {**slurm, "MLFLOW_TRACKING_URI": mlflow_server}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "--experiment", str(path), "--cluster", "slurm", "--workers", "2", "--storage", storage,
+                 "--dry-run"]) == 0
+    script = capsys.readouterr().out
+    assert optuna.get_all_study_summaries(storage) == [] and squeue(slurm) == []  # nothing opened or submitted
+    (tmp_path / "grid.sbatch").write_text(script)
+    subprocess.run(["sbatch", str(tmp_path / "grid.sbatch")], check=True, capture_output=True)
+    deadline = time.monotonic() + 240
+    while squeue(slurm) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert squeue(slurm) == []
+    runs, trials = records(MlflowClient(mlflow_server), name, storage)
+    check_grid(runs, trials)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--set", "cluster.partition=gpu-a100"), "cluster=slurm: no partition 'gpu-a100' (this cluster has: debug, multi)"),
+    (("--set", "cluster.partition=multi"), f"cluster=slurm: workers on {FAR} cannot reach the storage sqlite:///"),
+])
+def test_bad_slurm_input_is_refused_before_anything_is_submitted(slurm, tmp_path, tracking_store, monkeypatch, capsys,
+                                                                 flags, message):
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    path = experiment(tmp_path, "refused")
+    code = main(["compare", "--experiment", str(path), "--cluster", "slurm", "--workers", "2", "--storage",
+                 f"sqlite:///{tmp_path}/optuna.db", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith(f"freezeframe: error: {message}"), err
+    assert squeue(slurm) == [] and not (tmp_path / "optuna.db").exists()
+    assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
