@@ -44,7 +44,8 @@ def test_four_arms_on_two_gpu_nodes_and_a_node_lost_mid_arm(tmp_path):
     done = subprocess.run(["unshare", "-n", "bash", "-c", scenario], cwd=ROOT, capture_output=True, text=True,
                           timeout=420, env={**os.environ, "PYTHONPATH": str(ROOT)})
     result = json.loads(out.read_text()) if out.exists() else {}
-    assert done.returncode == 0 and result.get("returncode") == 0, (done.stderr[-3000:], result.get("output", "")[-4000:])
+    shown = (done.stderr[-3000:], result.get("output", "")[-4000:])
+    assert done.returncode == 0 and result.get("returncode") == 0, shown
     finished = check_grid(result["runs"], result["trials"], lost=result["removed"]["run_id"])
     on_gpu_nodes = {f"ray:{node[:12]}" for node in result["gpu_nodes"]}
     placed = {r["tags"]["cluster.worker"] for r in result["runs"] if "cluster.worker" in r["tags"]}
