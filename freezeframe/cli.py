@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import tracking  # noqa: F401 - sets MLflow's environment (telemetry off, quieter logs) before mlflow loads
-from freezeframe import __version__, launcher
+from freezeframe import __version__
+from pipelines.cluster.workers import WORKER_ENV
 from pipelines.config import RunConfig, load_experiment, with_overrides
 from pipelines.errors import ConfigError, FreezeframeError, first_line
 from pipelines.processes import process_rank, world_size
@@ -32,6 +34,7 @@ RUN_FLAGS = {
 }
 # compare, rank and search: where their workers run (freezeframe/launcher.py), as flags and MLproject parameters
 CLUSTER_FLAGS = {"cluster": "cluster.engine", "workers": "cluster.workers"}
+LAUNCHED = ("compare", "rank", "search")  # the commands whose workers an engine can start
 # The grid's own axes (backbone, weights, freeze, seed) come from its compare: section.
 COMPARE_FLAGS = ("dataset", "epochs", "batch_size", "lr", "image_size", "max_samples", "log_model", "devices")
 RANK_FLAGS = ("dataset", "batch_size", "image_size", "max_samples", "log_model")  # a linear probe has no epochs or lr
@@ -186,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             _check_devices(cfg)  # before any process starts (train) or any arm is queued (compare, search)
         cfg = stable_state(args, cfg)
         args.launcher = None
-        if cfg is not None and args.command in launcher.LAUNCHED and launcher.is_launcher(cfg):
+        if cfg is not None and args.command in LAUNCHED and launching(cfg):
+            from freezeframe import launcher  # MLflow and the engine's client: only where workers are launched
+
             args.launcher = launcher.connect(args, cfg)  # the engine joined and checked before anything opens
             if args.dry_run:
                 return launcher.dry_run(args.launcher)
@@ -195,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         return command(args.command)(args, cfg, sections)
     except (FreezeframeError, KeyboardInterrupt) as exc:
         return exit_code(exc)
+
+
+def launching(cfg: RunConfig) -> bool:
+    """This process submits workers (--cluster ray|slurm, or --workers N), unless an engine started it as one."""
+    return (cfg.cluster.engine != "local" or cfg.cluster.workers > 1) and not os.environ.get(WORKER_ENV)
 
 
 def start_process() -> None:

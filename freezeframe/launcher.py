@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.cluster.reach import refuse_unreachable
-from pipelines.cluster.workers import WORKER_ENV, Engine, LocalEngine, WorkerCommand, worker_env
+from pipelines.cluster.workers import Engine, LocalEngine, WorkerCommand, worker_env
 from pipelines.config import RunConfig
 from pipelines.errors import ConfigError, FreezeframeError
 from pipelines.studies.keys import OPTUNA_FAILED_TRIAL
@@ -31,16 +31,10 @@ from tracking.studies import parent_run
 from tracking.studies.parent_run import FINISHED, KILLED
 
 POLL_S = 1.0
-LAUNCHED = ("compare", "rank", "search")
 
 
 class LaunchError(FreezeframeError):
     """The workers ended and the parent did not end FINISHED."""
-
-
-def is_launcher(cfg: RunConfig) -> bool:
-    """This process submits workers (it is not one itself)."""
-    return (cfg.cluster.engine != "local" or cfg.cluster.workers > 1) and not os.environ.get(WORKER_ENV)
 
 
 class Launcher:

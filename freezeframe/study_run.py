@@ -19,7 +19,6 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from freezeframe.child_run import run_child
-from freezeframe.launcher import Launcher
 from pipelines.cluster.workers import WORKER_ENV
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError, without_password
@@ -46,6 +45,7 @@ from tracking.studies import comparison_report, parent_run
 from tracking.studies.parent_run import FAILED, FINISHED, KILLED, ParentRun
 
 if TYPE_CHECKING:  # the training stack loads when an arm trains (freezeframe.child_run), not before
+    from freezeframe.launcher import Launcher
     from pipelines.training.results import FitResult
 
 T = TypeVar("T")
