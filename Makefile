@@ -19,7 +19,8 @@ START := $(shell date +%s)
 .PHONY: install run test lint docs docs-serve ui dashboard lock clean
 
 # The stamp makes a second install a no-op; editing requirements, the lock or pyproject.toml reinstalls.
-# requirements.txt: the package's runtime dependencies; requirements-dev.txt: tests, lint, uv.
+# requirements.txt: the package's runtime dependencies; requirements-dev.txt: tests, lint, uv;
+# requirements-ray.txt: the freezeframe[ray] extra (Ray, for -P cluster=ray and its tests).
 # uv installs the lock (constraints.txt) in about 35 s where pip takes about 200 s: torch's CUDA wheels
 # are several GB and uv fetches them in parallel. pip bootstraps uv at the version the lock pins; uv
 # reads the system's certificates as pip does (UV_SYSTEM_CERTS; older uv releases called it UV_NATIVE_TLS).
@@ -31,10 +32,10 @@ START := $(shell date +%s)
 # the code that runs) for the `freezeframe` command; --no-build-isolation: setuptools is already there,
 # so this needs no network.
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
-LOCK := -r requirements.txt -r requirements-dev.txt -c constraints.txt
+LOCK := -r requirements.txt -r requirements-dev.txt -r requirements-ray.txt -c constraints.txt
 UV_VERSION := $(shell sed -n 's/^uv==//p' constraints.txt)
 UV_COMPILE := $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-ray.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	{ $(PIP) uv==$(UV_VERSION) && UV_SYSTEM_CERTS=true UV_LINK_MODE=copy $(BIN)/uv pip install --quiet $(UV_COMPILE) \
 	    --python $(BIN)/python $(LOCK); } || { echo "make install: uv failed; installing with pip"; $(PIP) $(LOCK); }
@@ -90,7 +91,7 @@ dashboard: install
 	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 lock: install
-	{ echo "# Full lock of the environment resolved from requirements.txt and requirements-dev.txt on Python 3.11 / x86_64 (make lock rewrites it)."; \
+	{ echo "# Full lock of the environment resolved from requirements.txt, requirements-dev.txt and requirements-ray.txt on Python 3.11 / x86_64 (make lock rewrites it)."; \
 	  $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt
 
 clean:

@@ -96,6 +96,7 @@ def main() -> int:
                 cluster.remove_node(node, allow_graceful=False)
             result["returncode"] = launcher.wait(timeout=400)
             result["launcher_s"] = time.monotonic() - started
+            result["launched_at"] = time.time() - result["launcher_s"]
             log.close()
             result["output"] = (folder / "launcher.log").read_text()[-20000:]
             result["runs"], result["trials"] = records(client, args.experiment_name, storage)

@@ -8,8 +8,6 @@ DDP does; pipelines/training/distributed.py says so.)
 
 import json
 import os
-import subprocess
-import sys
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -27,6 +25,7 @@ from pipelines.errors import ConfigError
 from pipelines.studies.keys import ARM_ATTR, REASON_ATTR, RUN_ATTR
 from pipelines.training import distributed
 from tests.conftest import runs_in, store_in, tiny_experiment
+from tests.preloaded import start_worker
 from tests.test_e2e import mlflow_run
 from tracking import tags
 
@@ -78,10 +77,11 @@ def test_two_processes_through_mlflow_run_are_one_run_that_matches_one_process(t
     assert len(prediction.top) == 3
 
 
-def start_and_kill(cmd: list[str], tmp_path, env: dict, rank: str, after: str) -> str:
-    """Start a 2-process run, kill -9 one rank once rank 0 printed the line starting with `after`;
+def start_and_kill(args: list[str], tmp_path, env: dict, rank: str, after: str) -> str:
+    """Start a 2-process run (`python -m freezeframe ARGS`, forked with its libraries imported: the ranks
+    it starts are fresh interpreters), kill -9 one rank once rank 0 printed the line starting with `after`;
     returns the launcher's output, once every process is gone."""
-    worker = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = start_worker(args, tmp_path, env)
     for line in worker.stdout:
         if line.startswith(after):
             break
@@ -103,7 +103,7 @@ def test_kill_9_of_either_rank_ends_the_run_killed_and_the_rerun_resumes(tmp_pat
     store = store_in(tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     env.pop("PYTHONUNBUFFERED", None)  # as on CI: each epoch's line must still come as the epoch ends
-    cmd = [sys.executable, "-m", "freezeframe", "train", "--experiment", str(experiment)]
+    cmd = ["train", "--experiment", str(experiment)]
     client = MlflowClient(store)
 
     # rank 0 dies: it cannot end its run, so the launcher does (the run `mlflow run` made, as here)
@@ -119,10 +119,10 @@ def test_kill_9_of_either_rank_ends_the_run_killed_and_the_rerun_resumes(tmp_pat
     assert second.info.status == "KILLED", output
     assert second.data.tags["error"].startswith("another process of this 2-process run died")
 
-    again = subprocess.run([*cmd, "--resume", "true"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=120)
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "epoch 2/5" not in again.stdout and "epoch 5/5" in again.stdout  # on from rank 0's last checkpoint
+    again = start_worker([*cmd, "--resume", "true"], tmp_path, env)
+    output = again.communicate(timeout=120)[0]
+    assert again.returncode == 0, output[-4000:]
+    assert "epoch 2/5" not in output and "epoch 5/5" in output  # on from rank 0's last checkpoint
     (third,) = [r for r in runs_in(store) if r.info.run_id not in (launcher, second.info.run_id)]
     assert third.info.status == "FINISHED"
     assert [step for step, _ in history(client, third.info.run_id, "val/acc")] == [1, 2, 3, 4, 5]
@@ -138,8 +138,7 @@ def test_kill_9_of_an_arms_rank_0_queues_the_arm_again_and_the_worker_resumes_it
     store = store_in(tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     env.pop("PYTHONUNBUFFERED", None)
-    worker = subprocess.Popen([sys.executable, "-m", "freezeframe", "compare", "--experiment", str(experiment)],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = start_worker(["compare", "--experiment", str(experiment)], tmp_path, env)
     output = []
     for line in worker.stdout:
         output.append(line)
@@ -201,13 +200,12 @@ def trials_and_runs(storage: str, study_name: str, store: str) -> list[tuple]:
     return [(t, runs[t.user_attrs[RUN_ATTR]]) for t in trials]
 
 
-def test_compare_and_search_train_each_arm_on_two_processes_and_prune_them_there(tracking_store, tmp_path):
+def test_compare_trains_each_arm_on_two_processes_and_prunes_them_there(tracking_store, tmp_path):
     """The worker stays one process and starts each arm's two; rank 0 reports each epoch to the worker's
-    trial and is pruned by the study's pruner; the worker tells the trial what rank 0 wrote back."""
+    trial and is pruned by the study's pruner; the worker tells the trial what rank 0 wrote back. A search's
+    trial takes the same path (child_run.run_child): not run again here, for the suite's 8 minutes."""
     experiment = tiny_experiment(
-        tmp_path, "compare:\n  name: dp\n  freeze: [frozen, linear_probe, unfrozen]\n  racing: successive_halving\n"
-                  "search:\n  study_name: dp-search\n  batch_size: {low: 16, high: 24}\n  n_trials: 1\n"
-                  "  sampler: grid\n",
+        tmp_path, "compare:\n  name: dp\n  freeze: [frozen, linear_probe, unfrozen]\n  racing: successive_halving\n",
         **{"model.backbone": "timm/test_convnext", "train.epochs": 3, "data.max_samples": 100, "train.devices": 2})
     assert main(["compare", "--experiment", str(experiment)]) == 0
     found = {t.user_attrs[ARM_ATTR].split(" · ")[1]: (t, run) for t, run in trials_and_runs("sqlite:///optuna.db", "dp",
@@ -224,12 +222,6 @@ def test_compare_and_search_train_each_arm_on_two_processes_and_prune_them_there
             assert run.data.tags["error"].startswith("pruned at epoch 1")
             assert trial.intermediate_values == {1: run.data.metrics["val/acc"]}  # rank 0 reported it
     assert len(runs_in(tracking_store)) == 4  # the parent and one run per arm: rank 1 logged nothing
-
-    assert main(["search", "--experiment", str(experiment), "--n_trials", "1"]) == 0
-    ((trial, run),) = trials_and_runs("sqlite:///optuna.db", "dp-search", tracking_store)
-    assert trial.state.name == "COMPLETE" and run.info.status == "FINISHED"
-    assert run.data.params["train.devices"] == "2" and trial.value == run.data.metrics["best/val/acc"]
-    assert sorted(trial.intermediate_values) == [1, 2, 3]
 
 
 def test_the_shards_deal_one_permutation_and_pad_with_repeats_that_weigh_nothing(monkeypatch):

@@ -197,35 +197,6 @@ def trial_running(storage: str, name: str, owner_pid: int | None = None, after: 
 
 
 
-def test_kill_9_one_of_two_compare_workers_mid_arm(tmp_path):
-    """The dead worker's arm is failed by its owner record, queued again and run by the other worker."""
-    # only policies that train the backbone: a frozen arm is queued first and ends within a second, so
-    # the kill could land after its run finished and before its trial was told, not mid-arm
-    path = experiment(tmp_path, compare={"name": "two", "freeze": ["unfrozen", "last_n:2", "last_n:1"]}, **SLOW)
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    doomed = start(tmp_path, "compare", "--experiment", str(path), "--storage", storage)
-    wait_for(lambda: trial_running(storage, "two", doomed.pid))
-    survivor = start(tmp_path, "compare", "--experiment", str(path), "--storage", storage)
-    doomed.send_signal(signal.SIGKILL)
-    doomed.wait()
-    output = survivor.communicate(timeout=300)[0]
-    assert survivor.returncode == 0, output[-3000:]
-    import optuna
-
-    study = optuna.load_study(study_name="two", storage=storage)
-    (dead,) = [t for t in study.trials if t.state.name == "FAIL"]
-    assert "died" in dead.user_attrs["fail_reason"]
-    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == dead.number]
-    assert [t.state.name for t in retry] == ["COMPLETE"]
-    runs = {r.info.run_id: r for r in runs_of(tmp_path)}
-    assert runs[dead.user_attrs["mlflow_run_id"]].info.status == "KILLED"
-    children = [r for r in runs.values() if "mlflow.parentRunId" in r.data.tags]
-    finished = [r.data.tags["config_digest"] for r in children if r.info.status == "FINISHED"]
-    assert len(finished) == len(set(finished)) == 3  # each arm exactly one FINISHED child
-    (parent,) = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
-    assert parent.info.status == "FINISHED" and "RUNNING" not in {r.info.status for r in runs.values()}
-
-
 # Both signals and both kinds, in two runs rather than four: the worker loop and its signal handling
 # are one piece of code for compare and search (each pair costs ~30 s of a suite kept under 8 minutes).
 @pytest.mark.parametrize("signum, kind", [(signal.SIGTERM, "compare"), (signal.SIGINT, "search")],

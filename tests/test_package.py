@@ -134,6 +134,9 @@ def test_the_wheel_holds_the_code_the_experiments_the_licence_and_the_requiremen
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)
     runtime = {r for r in requires if "extra ==" not in r}
     dev = {r.split(";")[0].strip() for r in requires if 'extra == "dev"' in r}
+    ray = {r.split(";")[0].strip() for r in requires if 'extra == "ray"' in r}
+    assert ray == {f"{k}=={v}" for k, v in pins(requirement_lines("requirements-ray.txt")).items()}
+    assert "Provides-Extra: slurm" in metadata  # no package: Slurm's client commands come with the cluster
     assert runtime == {f"{k}=={v}" for k, v in pins(requirement_lines("requirements.txt")).items()}
     assert dev == {f"{k}=={v}" for k, v in pins(requirement_lines("requirements-dev.txt")).items()}
     print(f"{wheel.name}: {wheel.stat().st_size / 1024:.0f} KiB, {len(names)} files")

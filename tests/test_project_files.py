@@ -26,7 +26,7 @@ def requirement_lines(name: str) -> list[str]:
     return [line for line in (ROOT / name).read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-@pytest.mark.parametrize("name", ["requirements.txt", "requirements-dev.txt"])
+@pytest.mark.parametrize("name", ["requirements.txt", "requirements-dev.txt", "requirements-ray.txt"])
 def test_requirements_are_all_pinned_and_locked(name):
     lines = requirement_lines(name)
     requirements = pins(lines)
@@ -44,7 +44,9 @@ def test_the_package_reads_its_dependencies_from_the_requirements_files():
     assert set(project["project"]["dynamic"]) == {"dependencies", "optional-dependencies"}
     dynamic = project["tool"]["setuptools"]["dynamic"]
     assert dynamic["dependencies"] == {"file": ["requirements.txt"]}
-    assert dynamic["optional-dependencies"] == {"dev": {"file": ["requirements-dev.txt"]}}
+    assert dynamic["optional-dependencies"] == {"dev": {"file": ["requirements-dev.txt"]},
+                                                "ray": {"file": ["requirements-ray.txt"]},
+                                                "slurm": {"file": ["requirements-slurm.txt"]}}
     runtime, dev = pins(requirement_lines("requirements.txt")), pins(requirement_lines("requirements-dev.txt"))
     assert not set(runtime) & set(dev)
     assert {"pytest", "ruff"} <= set(dev)

@@ -106,7 +106,12 @@ NOT_RUN = {
     r"export MLFLOW_TRACKING_USERNAME=workers MLFLOW_TRACKING_PASSWORD=":
         "a worker's login from a placeholder file; tests/test_shared_server.py runs a compare with, without and "
         "with wrong credentials",
-    r"export MLFLOW_TRACKING_URI=https://tracking-host": "placeholder tracking host",
+    r"export MLFLOW_TRACKING_URI=https?://tracking-host": "placeholder tracking host",
+    r"export RAY_ADDRESS=head-host:": "placeholder Ray head; tests/test_ray.py sets RAY_ADDRESS to a real cluster's",
+    r"pip install 'freezeframe\[ray\]'": "Ray from the package index: make install installs it (requirements-ray.txt)",
+    r"freezeframe compare .*--cluster slurm .*--dry-run":
+        "needs Slurm's client commands and a cluster; tests/test_slurm.py prints such a script and submits it",
+    r"sbatch backbones\.sbatch$": "needs a Slurm cluster; tests/test_slurm.py submits a --dry-run script by hand",
     r"mlflow run \. -e (compare|search) .*-P storage=postgresql":
         "placeholder PostgreSQL host; tests/test_workers.py runs such workers on a real PostgreSQL",
     r"python benchmarks/transfer_report\.py ": "51 arms on Fashion-MNIST, about 34 minutes on 2 cores",
@@ -253,6 +258,7 @@ def check_command(line: str) -> bool:
     from pipelines.errors import ConfigError
 
     tokens = shlex.split(line, comments=True)
+    tokens = tokens[:next((i for i, t in enumerate(tokens) if t in (">", ">>", "|")), len(tokens))]  # the command
     while tokens and re.match(r"[A-Z_]+=", tokens[0]):  # VAR=value before the command
         tokens = tokens[1:]
     if tokens[:3] == ["mlflow", "run", "."]:

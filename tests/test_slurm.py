@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 import uuid
 
-import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -67,31 +67,54 @@ def test_a_two_task_array_runs_the_grid_and_a_task_cancelled_mid_arm_is_replaced
     output = (tmp_path / "launcher.log").read_text()
     assert f"worker {task} CANCELLED" in output and "replacing 1 lost worker(s)" in output, output[-4000:]
     runs, trials = records(client, name, storage)
-    check_grid(runs, trials, lost=run.info.run_id)
+    finished = check_grid(runs, trials, lost=run.info.run_id)
+    assert len({r["tags"]["cluster.worker"] for r in finished.values()}) >= 2  # the array split the grid
     (script,) = (tmp_path / "slurm").glob("*.sbatch")
     assert "#SBATCH --array=0-1" in script.read_text() and storage in script.read_text()
     assert squeue(slurm) == []
 
 
-def test_the_dry_run_script_submitted_by_hand_finishes_the_grid(slurm, tmp_path, postgres_databases, mlflow_server,
-                                                                 monkeypatch, capsys):
+def test_sigterm_scancels_the_array_and_the_dry_run_script_by_hand_finishes_the_grid(
+        slurm, tmp_path, postgres_databases, mlflow_server, monkeypatch, capsys):
+    """SIGTERM to the launcher mid-arm: the array is cancelled, what ran ends KILLED, the parent KILLED and
+    the launcher exits 130. Then the script `--dry-run` prints (nothing opened, nothing submitted),
+    submitted by hand with sbatch, resumes the grid to its end."""
+    import mlflow
+
     storage, name = postgres_databases[0], f"slurm-{uuid.uuid4().hex[:6]}"
-    path = experiment(tmp_path, name, **{"tracking.log_plots": False})
+    path = experiment(tmp_path, name, **SLOW_ARMS)
     for key, value in {**slurm, "MLFLOW_TRACKING_URI": mlflow_server}.items():
         monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(mlflow_server)  # what this process's earlier tests set would win over the variable
     monkeypatch.chdir(tmp_path)
-    assert main(["compare", "--experiment", str(path), "--cluster", "slurm", "--workers", "2", "--storage", storage,
-                 "--dry-run"]) == 0
+    args = ["compare", "--experiment", str(path), "--cluster", "slurm", "--storage", storage]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    launcher = subprocess.Popen([sys.executable, "-m", "freezeframe", *args, "--workers", "2"], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(mlflow_server)
+    run, _ = wait_mid_arm(client, name, launcher)
+    launcher.send_signal(signal.SIGTERM)
+    output = launcher.communicate(timeout=120)[0]
+    assert launcher.returncode == 130 and "slurm: stopping the workers" in output, output[-3000:]
+    assert squeue(slurm) == []
+    runs, _ = records(client, name, storage)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r["tags"]]
+    assert parent["status"] == "KILLED" and "interrupted" in parent["tags"]["error"]
+    assert "RUNNING" not in {r["status"] for r in runs} and "KILLED" in {r["status"] for r in runs if r is not parent}
+
+    assert main([*args, "--workers", "1", "--dry-run"]) == 0  # one task: the rest of the grid, resumed
     script = capsys.readouterr().out
-    assert optuna.get_all_study_summaries(storage) == [] and squeue(slurm) == []  # nothing opened or submitted
+    assert squeue(slurm) == [] and script.startswith("#!/bin/bash") and "--dry-run" not in script
     (tmp_path / "grid.sbatch").write_text(script)
     subprocess.run(["sbatch", str(tmp_path / "grid.sbatch")], check=True, capture_output=True)
     deadline = time.monotonic() + 240
     while squeue(slurm) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert squeue(slurm) == []
-    runs, trials = records(MlflowClient(mlflow_server), name, storage)
-    check_grid(runs, trials)
+    runs, trials = records(client, name, storage)
+    killed = sum(r["status"] == "KILLED" for r in runs if "arm" in r["tags"])
+    check_grid(runs, trials, lost=run.info.run_id, killed=killed)
 
 
 @pytest.mark.parametrize(("flags", "message"), [

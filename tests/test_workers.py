@@ -1,5 +1,6 @@
-"""Several workers on one study at once, search trials or comparison arms: nothing lost or doubled,
-one parent run, each trial or arm one child.
+"""Several workers on one study at once, search trials: nothing lost or doubled, one parent run, each
+trial one child. A comparison's workers splitting one grid: tests/test_slurm.py's job arrays (PostgreSQL,
+a tracking server) and tests/test_ray.py.
 
 Run through the storages of the scale-out recipe: a journal file (works anywhere) with a real `mlflow
 server`, and PostgreSQL for both the Optuna storage and the MLflow backend store."""
@@ -19,7 +20,6 @@ from tests.preloaded import PreloadedProcess, start_worker
 pytestmark = pytest.mark.slow
 WORKERS, TRIALS_EACH = 3, 2
 SEARCH = "search:\n  study_name: shared\n  batch_size: {low: 8, high: 32}\n  pruner: none\n  sampler: random\n"
-GRID = "compare:\n  name: shared-grid\n  freeze: [frozen, unfrozen]\n  seeds: [0, 1, 2]\n"
 
 
 def experiment(tmp_path, section: str) -> Path:
@@ -54,12 +54,6 @@ def run_search_workers(tmp_path, storage: str, tracking_uri: str, workers: int =
                   str(each), "--seed", str(seed), *extra) for seed in range(workers)])
 
 
-def run_compare_workers(tmp_path, storage: str, tracking_uri: str) -> list[str]:
-    path = str(experiment(tmp_path, GRID))
-    return finish([start(tmp_path, tracking_uri, "compare", "--experiment", path, "--storage", storage)
-                   for _ in range(WORKERS)])
-
-
 def the_parent(client: MlflowClient, study: optuna.Study, kind: str, storage: str):
     """The study's one parent run (election duplicates deleted) and its children; nothing RUNNING."""
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -86,49 +80,25 @@ def check_search(storage: str, tracking_uri: str, total: int = WORKERS * TRIALS_
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
-def check_grid(storage: str, tracking_uri: str, arms: int = 6) -> tuple[optuna.Study, list]:
-    """Each arm exactly one FINISHED child under one FINISHED parent; returns the study and the children."""
-    study = optuna.load_study(study_name="shared-grid", storage=make_storage(storage))
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len({t.user_attrs["config_digest"] for t in complete}) == len(complete) == arms
-    parent, children = the_parent(MlflowClient(tracking_uri), study, "compare", storage)
-    assert parent.info.status == "FINISHED" and parent.data.tags["arms_total"] == str(arms)
-    finished = [r for r in children if r.info.status == "FINISHED"]
-    assert sorted(r.data.tags["config_digest"] for r in finished) == sorted(t.user_attrs["config_digest"]
-                                                                           for t in complete)
-    return study, children
-
-
 def test_three_search_workers_on_a_journal_file_and_a_tracking_server(tmp_path, mlflow_server):
     storage = f"journal:{tmp_path / 'optuna.journal'}"
     run_search_workers(tmp_path, storage, mlflow_server)
     check_search(storage, mlflow_server)
 
 
-def test_three_compare_workers_split_one_grid_on_a_journal_file_and_a_tracking_server(tmp_path, mlflow_server):
-    storage = f"journal:{tmp_path / 'optuna.journal'}"
-    outputs = run_compare_workers(tmp_path, storage, mlflow_server)
-    study, children = check_grid(storage, mlflow_server)
-    assert len(children) == 6 and {t.state.name for t in study.trials} == {"COMPLETE"}
-    ran = [sum(line.startswith("[trial ") for line in out.splitlines()) for out in outputs]
-    assert sum(ran) == 6 and max(ran) < 6, ran  # the grid was split, each arm run once
-
-
-def test_three_workers_of_each_kind_on_postgresql(tmp_path, postgres_databases):
+def test_three_search_workers_on_postgresql(tmp_path, postgres_databases):
+    """Both stores on PostgreSQL. A comparison's workers on PostgreSQL: tests/test_slurm.py's job arrays."""
     optuna_db, mlflow_db = postgres_databases
     MlflowClient(mlflow_db).search_experiments()  # create MLflow's schema once, before the workers race
     make_storage(optuna_db)  # likewise Optuna's
     run_search_workers(tmp_path, optuna_db, mlflow_db, each=1)
     check_search(optuna_db, mlflow_db, total=WORKERS)
-    run_compare_workers(tmp_path, optuna_db, mlflow_db)
-    study, children = check_grid(optuna_db, mlflow_db)
-    assert len(children) == 6
 
 
-def test_load_four_workers_six_trials_each_on_a_tracking_server(tmp_path, mlflow_server):
-    """24 tiny trials through one loopback `mlflow server`: none lost, none doubled, one parent."""
+def test_load_four_workers_four_trials_each_on_a_tracking_server(tmp_path, mlflow_server):
+    """16 tiny trials through one loopback `mlflow server`: none lost, none doubled, one parent."""
     storage = f"journal:{tmp_path / 'optuna.journal'}"
     start_s = time.monotonic()
-    run_search_workers(tmp_path, storage, mlflow_server, workers=4, each=6, extra=("--epochs", "1"))
-    check_search(storage, mlflow_server, total=24)
-    print(f"24 trials by 4 workers in {time.monotonic() - start_s:.0f}s")
+    run_search_workers(tmp_path, storage, mlflow_server, workers=4, each=4, extra=("--epochs", "1"))
+    check_search(storage, mlflow_server, total=16)
+    print(f"16 trials by 4 workers in {time.monotonic() - start_s:.0f}s")

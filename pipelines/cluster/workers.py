@@ -62,6 +62,12 @@ def worker_env(overrides: dict[str, str]) -> dict[str, str]:
     return {**passed, **overrides}
 
 
+def gpu_slice(index: int, share: int, gpu_ids: list[str]) -> list[str]:
+    """Worker `index`'s `share` of this machine's GPUs; a replacement worker takes a slot over."""
+    slot = index % max(1, len(gpu_ids) // share)
+    return gpu_ids[slot * share:(slot + 1) * share]
+
+
 class LocalEngine:
     """N worker processes on this machine, each with its own slice of the GPUs (CUDA_VISIBLE_DEVICES)."""
     name = "local"
@@ -80,9 +86,7 @@ class LocalEngine:
             index, env = len(self.processes), {**os.environ, **command.env}
             env[WORKER_ENV] = f"local:{index}"
             if command.gpus and self.gpu_ids:
-                share = command.gpus
-                slot = index % max(1, len(self.gpu_ids) // share)
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids[slot * share:(slot + 1) * share])
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_slice(index, command.gpus, self.gpu_ids))
             for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
                 env.pop(leaked, None)
             self.processes.append(subprocess.Popen([command.python, "-m", "freezeframe", *command.argv],
