@@ -10,7 +10,6 @@ from mlflow.tracking import MlflowClient
 from freezeframe.cli import main
 from tests.conftest import runs_in
 from tests.test_compare import write_experiment
-from tests.test_e2e import mlflow_run
 from tracking.studies import comparison_report
 
 EXPERIMENT = """\
@@ -24,15 +23,16 @@ compare:
 """
 
 
-@pytest.mark.e2e
-def test_rank_through_mlflow_run(tmp_path):
-    experiment = tmp_path / "grid.yaml"  # not tiny.yaml: mlflow_run writes that one
+def test_rank_scores_each_backbone_once_and_orders_them(tmp_path, tracking_store, capsys):
+    """In this process: the `mlflow run` launcher's run nesting under a study's parent is the same code as
+    compare's (tests/test_e2e.py, test_git_uri.py), and the rank entry point's parameters are checked
+    against the parser by tests/test_readme.py."""
+    experiment = tmp_path / "grid.yaml"
     experiment.write_text(EXPERIMENT.format(checkpoints=tmp_path / "checkpoints"))
-    done = mlflow_run(tmp_path, "rank", experiment=str(experiment), backbone=None, weights=None,
-                      by="logme", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # the launcher's run is nested
+    assert main(["rank", "--experiment", str(experiment), "--by", "logme", "--image_size", "32", "--max_samples",
+                 "40", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"]) == 0
+    runs = runs_in(tracking_store)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.run_name == "rank · tiny-rank" and parent.info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
                 and "worker_of" not in r.data.tags]
@@ -53,7 +53,8 @@ def test_rank_through_mlflow_run(tmp_path):
     assert parent.data.tags["rank_by"] == "logme"
     assert parent.data.tags["ranking"] == " > ".join(f"{row['backbone']}@{row['weights']}" for row in rows)
     assert parent.data.metrics["rank/logme/timm/test_resnet"] == pytest.approx(logme["timm/test_resnet"])
-    assert "Backbones ranked by LogME" in done.stdout and "MLflow:" in done.stdout
+    out = capsys.readouterr().out
+    assert "Backbones ranked by LogME" in out and "MLflow:" in out
 
 
 def test_rank_by_an_unknown_score_is_one_line(capsys):

@@ -76,9 +76,10 @@ def test_a_two_task_array_runs_the_grid_and_a_task_cancelled_mid_arm_is_replaced
 
 def test_sigterm_scancels_the_array_and_the_dry_run_script_by_hand_finishes_the_grid(
         slurm, tmp_path, postgres_databases, mlflow_server, monkeypatch, capsys):
-    """SIGTERM to the launcher mid-arm: the array is cancelled, what ran ends KILLED, the parent KILLED and
-    the launcher exits 130. Then the script `--dry-run` prints (nothing opened, nothing submitted),
-    submitted by hand with sbatch, resumes the grid to its end."""
+    """SIGTERM to the launcher mid-arm (a one-task array: the 2-task one is the test above): the array is
+    cancelled, what ran ends KILLED, the parent KILLED and the launcher exits 130. Then the script
+    `--dry-run` prints (nothing opened, nothing submitted), submitted by hand with sbatch, resumes the grid
+    to its end."""
     import mlflow
 
     storage, name = postgres_databases[0], f"slurm-{uuid.uuid4().hex[:6]}"
@@ -90,7 +91,7 @@ def test_sigterm_scancels_the_array_and_the_dry_run_script_by_hand_finishes_the_
     args = ["compare", "--experiment", str(path), "--cluster", "slurm", "--storage", storage]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_RUN_ID", None)
-    launcher = subprocess.Popen([sys.executable, "-m", "freezeframe", *args, "--workers", "2"], cwd=tmp_path, env=env,
+    launcher = subprocess.Popen([sys.executable, "-m", "freezeframe", *args, "--workers", "1"], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient(mlflow_server)
     run, _ = wait_mid_arm(client, name, launcher)

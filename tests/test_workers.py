@@ -80,12 +80,6 @@ def check_search(storage: str, tracking_uri: str, total: int = WORKERS * TRIALS_
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
-def test_three_search_workers_on_a_journal_file_and_a_tracking_server(tmp_path, mlflow_server):
-    storage = f"journal:{tmp_path / 'optuna.journal'}"
-    run_search_workers(tmp_path, storage, mlflow_server)
-    check_search(storage, mlflow_server)
-
-
 def test_three_search_workers_on_postgresql(tmp_path, postgres_databases):
     """Both stores on PostgreSQL. A comparison's workers on PostgreSQL: tests/test_slurm.py's job arrays."""
     optuna_db, mlflow_db = postgres_databases
@@ -95,7 +89,7 @@ def test_three_search_workers_on_postgresql(tmp_path, postgres_databases):
     check_search(optuna_db, mlflow_db, total=WORKERS)
 
 
-def test_load_four_workers_four_trials_each_on_a_tracking_server(tmp_path, mlflow_server):
+def test_four_search_workers_four_trials_each_on_a_journal_file_and_a_tracking_server(tmp_path, mlflow_server):
     """16 tiny trials through one loopback `mlflow server`: none lost, none doubled, one parent."""
     storage = f"journal:{tmp_path / 'optuna.journal'}"
     start_s = time.monotonic()
