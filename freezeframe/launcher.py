@@ -51,7 +51,8 @@ class Launcher:
             argv += ["--storage", self.args.storage]
         env = worker_env({"MLFLOW_TRACKING_URI": tracking_uri(), "MLFLOW_EXPERIMENT_NAME": experiment_name})
         devices = self.cfg.train.devices
-        return WorkerCommand(tuple(argv), os.getcwd(), sys.executable, env, gpus=devices if self.gpus else 0,
+        python = self.cfg.cluster.python or sys.executable
+        return WorkerCommand(tuple(argv), os.getcwd(), python, env, gpus=devices if self.gpus else 0,
                              cpus=devices, name=f"freezeframe-{self.args.command}")
 
     def launch(self, run, on_dead: Callable[[optuna.Study, FrozenTrial], None]) -> None:

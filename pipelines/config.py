@@ -102,6 +102,9 @@ class ClusterConfig:
     time: str = ""  # slurm: each worker's time limit (sbatch --time, e.g. 4:00:00); "" = the partition's
     account: str = ""  # slurm: sbatch --account; "" = the user's default
     sbatch_flags: str = ""  # slurm: more #SBATCH options, e.g. "--qos=high --constraint=a100"
+    # the interpreter workers run (`<python> -m freezeframe ...`); "" = the launcher's own, which the nodes must
+    # have at the same path (a shared venv; on Ray, a node without it uses the Python that runs Ray there)
+    python: str = ""
 
 
 @dataclass(frozen=True)

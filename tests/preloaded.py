@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -179,6 +180,8 @@ def _serve(address: str, exits: Path) -> None:
 
 
 def _child(request: dict, output_fd: int) -> None:
+    if request.get("watch"):  # tests/preloaded_python.py's pid: the worker dies with it, as with its parent
+        threading.Thread(target=_die_with, args=(request["watch"],), daemon=True).start()
     os.dup2(output_fd, 1)
     os.dup2(output_fd, 2)
     os.close(output_fd)
@@ -199,6 +202,33 @@ def _child(request: dict, output_fd: int) -> None:
     except SystemExit as exc:
         code = exc.code
     sys.exit(code)  # through the interpreter's own exit: atexit handlers and flushes, as in a real worker
+
+
+def _die_with(pid: int) -> None:
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def python_shim(folder: Path) -> str:
+    """An executable that stands in for `python` (cluster.python): `<it> -m freezeframe ARGS` runs as a fork
+    of this process's preloaded server (tests/preloaded_python.py); FREEZEFRAME_PRELOADED=address() tells
+    it where the server is."""
+    shim = folder / "python"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -S {ROOT / "tests" / "preloaded_python.py"} "$@"\n')
+    shim.chmod(0o755)
+    return str(shim)
+
+
+def address() -> str:
+    """The running server's socket and exits folder, as tests/preloaded_python.py reads them from
+    FREEZEFRAME_PRELOADED (started here if this process has none yet)."""
+    if not _server:
+        _server.append(_Server())
+    return f"{_server[0].address}{os.pathsep}{_server[0].exits}"
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--remove-node", action="store_true")
     parser.add_argument("--experiment-name", default="tests")
+    parser.add_argument("--python", default="", help="the launcher's interpreter (the test's: the preloaded one)")
     args = parser.parse_args()
     # short: Ray's socket paths must stay under the 107 characters of a unix socket name
     folder = Path(tempfile.mkdtemp(prefix="ffray-", dir="/tmp"))
@@ -61,6 +62,7 @@ def main() -> int:
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
+    from tests import preloaded
     from tests.cluster_checks import records, wait_mid_arm
     from tests.conftest import free_port, serving_mlflow
 
@@ -76,11 +78,13 @@ def main() -> int:
             cluster.wait_for_nodes()
             result["cluster_up_s"] = time.monotonic() - started
             result["gpu_nodes"] = [node.node_id for node in workers]
+            # the launcher and its workers: forks of a preloaded server started here, inside the namespace
             env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": tracking,
-                   "PYTHONPATH": str(ROOT)}
+                   "PYTHONPATH": str(ROOT), "FREEZEFRAME_PRELOADED": preloaded.address()}
             env.pop("MLFLOW_RUN_ID", None)
             log = open(folder / "launcher.log", "w")
-            command = [sys.executable, "-m", "freezeframe", "compare", "--experiment", args.experiment,
+            python = args.python or sys.executable
+            command = [python, "-m", "freezeframe", "compare", "--experiment", args.experiment,
                        "--cluster", "ray", "--workers", "2", "--storage", storage]
             started = time.monotonic()
             launcher = subprocess.Popen(command, cwd=Path(args.experiment).parent, env=env, stdout=log,
@@ -101,6 +105,7 @@ def main() -> int:
             result["output"] = (folder / "launcher.log").read_text()[-20000:]
             result["runs"], result["trials"] = records(client, args.experiment_name, storage)
     finally:
+        preloaded.stop()
         if cluster is not None:
             ray.shutdown()
             cluster.shutdown()

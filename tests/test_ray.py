@@ -17,6 +17,7 @@ import pytest
 
 from tests.cluster_checks import GRID, SLOW_ARMS, check_grid
 from tests.conftest import ROOT, require_cluster_engines, tiny_experiment
+from tests.preloaded import python_shim
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +39,11 @@ def test_four_arms_on_two_gpu_nodes_and_a_node_lost_mid_arm(tmp_path):
     if why:
         require_cluster_engines(f"Ray: {why}")
     tmp_path.chmod(0o755)  # the experiment is read by workers; PostgreSQL runs as its own user
-    path = tiny_experiment(tmp_path, GRID.format(name="ray-grid"), **SLOW_ARMS)
+    shim = python_shim(tmp_path)  # launcher and workers: forks of the scenario's preloaded server
+    path = tiny_experiment(tmp_path, GRID.format(name="ray-grid"), **SLOW_ARMS, **{"cluster.python": shim})
     out = tmp_path / "result.json"
-    scenario = f"ip link set lo up && exec {sys.executable} -m tests.ray_scenario {path} {out} --remove-node"
+    scenario = f"ip link set lo up && exec {sys.executable} -m tests.ray_scenario {path} {out} --remove-node " \
+               f"--python {shim}"
     done = subprocess.run(["unshare", "-n", "bash", "-c", scenario], cwd=ROOT, capture_output=True, text=True,
                           timeout=420, env={**os.environ, "PYTHONPATH": str(ROOT)})
     result = json.loads(out.read_text()) if out.exists() else {}

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
@@ -17,8 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from freezeframe.cli import main
+from tests import preloaded
 from tests.cluster_checks import GRID, SLOW_ARMS, check_grid, records, wait_mid_arm
 from tests.conftest import ROOT, require_cluster_engines, tiny_experiment
+from tests.preloaded import python_shim
 from tests.slurm_cluster import missing, slurm_cluster
 
 pytestmark = pytest.mark.slow
@@ -46,19 +47,26 @@ def squeue(env: dict) -> list[str]:
 
 
 def experiment(tmp_path, name: str, **overrides):
-    return tiny_experiment(tmp_path, GRID.format(name=name), **{"tracking.experiment_name": name, **overrides})
+    """The grid, its workers forks of the preloaded server (cluster.python: tests/preloaded_python.py)."""
+    return tiny_experiment(tmp_path, GRID.format(name=name), **{"tracking.experiment_name": name,
+                                                                 "cluster.python": python_shim(tmp_path), **overrides})
+
+
+def launcher_env(**extra: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FREEZEFRAME_PRELOADED": preloaded.address(), **extra}
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
 
 
 def test_a_two_task_array_runs_the_grid_and_a_task_cancelled_mid_arm_is_replaced(
         slurm, tmp_path, postgres_databases, mlflow_server):
     storage, name = postgres_databases[0], f"slurm-{uuid.uuid4().hex[:6]}"
     path = experiment(tmp_path, name, **SLOW_ARMS)
-    env = {**os.environ, **slurm, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_RUN_ID", None)
+    env = launcher_env(**slurm, MLFLOW_TRACKING_URI=mlflow_server)
     log = open(tmp_path / "launcher.log", "w")
-    launcher = subprocess.Popen([sys.executable, "-m", "freezeframe", "compare", "--experiment", str(path), "--cluster",
-                                 "slurm", "--workers", "2", "--storage", storage], cwd=tmp_path, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+    launcher = subprocess.Popen([python_shim(tmp_path), "-m", "freezeframe", "compare", "--experiment", str(path),
+                                 "--cluster", "slurm", "--workers", "2", "--storage", storage], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     client = MlflowClient(mlflow_server)
     run, epoch = wait_mid_arm(client, name, launcher)
     task = re.fullmatch(r"slurm:(\d+_\d+)@.+", run.data.tags["cluster.worker"]).group(1)
@@ -88,10 +96,10 @@ def test_sigterm_scancels_the_array_and_the_dry_run_script_by_hand_finishes_the_
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(mlflow_server)  # what this process's earlier tests set would win over the variable
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FREEZEFRAME_PRELOADED", preloaded.address())  # the script's workers find the server
     args = ["compare", "--experiment", str(path), "--cluster", "slurm", "--storage", storage]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_RUN_ID", None)
-    launcher = subprocess.Popen([sys.executable, "-m", "freezeframe", *args, "--workers", "1"], cwd=tmp_path, env=env,
+    launcher = subprocess.Popen([python_shim(tmp_path), "-m", "freezeframe", *args, "--workers", "1"], cwd=tmp_path,
+                                env=launcher_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient(mlflow_server)
     run, _ = wait_mid_arm(client, name, launcher)

@@ -43,6 +43,7 @@ def _task():
         import os
         import signal
         import subprocess
+        import sys
 
         import ray
 
@@ -54,6 +55,8 @@ def _task():
         full = {**os.environ, **env, "FREEZEFRAME_WORKER": f"ray:{node[:12]}"}
         for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
             full.pop(leaked, None)
+        if not os.access(python, os.X_OK):  # an image whose Python is elsewhere: the one that runs Ray here
+            python = sys.executable
         process = subprocess.Popen([python, "-m", "freezeframe", *argv], cwd=cwd if os.path.isdir(cwd) else None,
                                    env=full, preexec_fn=die_with_task)
         try:
