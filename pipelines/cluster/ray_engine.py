@@ -73,12 +73,12 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, address: str):
+        check_answers(address)
         try:
             import ray
         except ImportError:
             raise ConfigError("cluster=ray needs Ray on this machine: pip install 'freezeframe[ray]'") from None
         self.ray, self.address = ray, address
-        check_answers(address)
         try:
             ray.init(address=address, logging_level="WARNING", configure_logging=True)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
