@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# root's tools live in sbin, which a plain user's PATH (and `env -i`) leaves out
+RUNUSER = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "runuser"
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -31,7 +33,7 @@ def private_postgres(folder: Path, port: int) -> str:
     data = folder / "pg"
     data.mkdir()
     shutil.chown(data, "postgres", "postgres")
-    as_pg = ["runuser", "-u", "postgres", "--"]
+    as_pg = [RUNUSER, "-u", "postgres", "--"]
     subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
                    check=True, capture_output=True)
     subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1",
@@ -41,7 +43,7 @@ def private_postgres(folder: Path, port: int) -> str:
 
 
 def stop_postgres(folder: Path) -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(folder / "pg"), "-m", "fast",
+    subprocess.run([RUNUSER, "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(folder / "pg"), "-m", "fast",
                     "stop"], capture_output=True, check=False)
 
 

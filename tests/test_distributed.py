@@ -107,7 +107,7 @@ def start_and_kill(args: list[str], tmp_path, env: dict, rank: str, after: str) 
 
 def test_kill_9_of_either_rank_ends_the_run_killed_and_the_rerun_resumes(tmp_path):
     experiment = tiny_experiment(tmp_path, **{"model.backbone": "timm/test_convnext", "train.epochs": 5,
-                                              "data.max_samples": 200, "train.devices": 2})
+                                              "data.max_samples": 120, "train.devices": 2})
     store = store_in(tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     env.pop("PYTHONUNBUFFERED", None)  # as on CI: each epoch's line must still come as the epoch ends
@@ -136,7 +136,7 @@ def test_kill_9_of_an_arms_rank_0_queues_the_arm_again_and_the_worker_resumes_it
     from rank 0's last checkpoint."""
     experiment = tiny_experiment(tmp_path, "compare:\n  name: dp-kill\n  freeze: [unfrozen]\n",
                                  **{"model.backbone": "timm/test_convnext", "train.epochs": 4,
-                                    "data.max_samples": 200, "train.devices": 2})
+                                    "data.max_samples": 120, "train.devices": 2})
     store = store_in(tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     env.pop("PYTHONUNBUFFERED", None)

@@ -20,6 +20,7 @@ from tests.conftest import ROOT, require_cluster_engines, tiny_experiment
 from tests.preloaded import python_shim
 
 pytestmark = pytest.mark.slow
+SBIN = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # root's tools: a plain PATH (and `env -i`) leaves sbin out
 
 
 def cannot_run() -> str | None:
@@ -27,8 +28,8 @@ def cannot_run() -> str | None:
         import ray  # noqa: F401
     except ImportError:
         return "Ray is not installed (pip install 'freezeframe[ray]')"
-    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "a network namespace of the test's own needs root, unshare and ip"
+    if os.geteuid() != 0 or not all(shutil.which(tool, path=SBIN) for tool in ("unshare", "ip", "runuser")):
+        return "a network namespace of the test's own needs root, unshare, ip and runuser"
     if not Path("/usr/lib/postgresql/15/bin/initdb").exists():
         return "no PostgreSQL server binaries to start a private one inside the namespace"
     return None
@@ -42,8 +43,8 @@ def test_four_arms_on_two_gpu_nodes_and_a_node_lost_mid_arm(tmp_path):
     shim = python_shim(tmp_path)  # launcher and workers: forks of the scenario's preloaded server
     path = tiny_experiment(tmp_path, GRID.format(name="ray-grid"), **SLOW_ARMS, **{"cluster.python": shim})
     out = tmp_path / "result.json"
-    scenario = f"ip link set lo up && exec {sys.executable} -m tests.ray_scenario {path} {out} --remove-node " \
-               f"--python {shim}"
+    scenario = f"{shutil.which('ip', path=SBIN)} link set lo up && " \
+               f"exec {sys.executable} -m tests.ray_scenario {path} {out} --remove-node --python {shim}"
     done = subprocess.run(["unshare", "-n", "bash", "-c", scenario], cwd=ROOT, capture_output=True, text=True,
                           timeout=420, env={**os.environ, "PYTHONPATH": str(ROOT)})
     result = json.loads(out.read_text()) if out.exists() else {}
