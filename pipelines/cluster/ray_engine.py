@@ -4,6 +4,7 @@ that has them, and retries it on another node when its node dies (the study requ
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from urllib.parse import urlparse
@@ -44,6 +45,7 @@ def _task():
         import signal
         import subprocess
         import sys
+        import time
 
         import ray
 
@@ -59,8 +61,10 @@ def _task():
             python = sys.executable
         process = subprocess.Popen([python, "-m", "freezeframe", *argv], cwd=cwd if os.path.isdir(cwd) else None,
                                    env=full, preexec_fn=die_with_task)
-        try:
-            return process.wait()
+        try:  # polled, not process.wait(): ray.cancel's KeyboardInterrupt reaches Python between bytecodes only
+            while (code := process.poll()) is None:
+                time.sleep(0.2)
+            return code
         except KeyboardInterrupt:  # ray.cancel: the worker ends its runs KILLED and requeues its trial
             process.terminate()
             process.wait(timeout=60)
@@ -79,10 +83,16 @@ class RayEngine:
         except ImportError:
             raise ConfigError("cluster=ray needs Ray on this machine: pip install 'freezeframe[ray]'") from None
         self.ray, self.address = ray, address
+        # ray.init sets its own SIGTERM and SIGINT handling in a driver: the launcher keeps its own (both raise
+        # KeyboardInterrupt, which cancels the tasks and ends the runs KILLED)
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             ray.init(address=address, logging_level="WARNING", configure_logging=True)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
             raise ConfigError(f"cluster=ray: could not join the Ray cluster at {address}: {first_line(exc)}") from None
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
         self.remote = ray.remote(_task())
         self.pending: list = []
         self.stopping = False
