@@ -40,7 +40,7 @@ class LaunchError(FreezeframeError):
 class Launcher:
     """An engine connected and checked, ready to submit `cfg.cluster.workers` workers of this command."""
 
-    def __init__(self, args: argparse.Namespace, cfg: RunConfig, engine: Engine, gpus: int):
+    def __init__(self, args: argparse.Namespace, cfg: RunConfig, engine: Engine, gpus: bool):
         self.args, self.cfg, self.engine, self.gpus = args, cfg, engine, gpus
         self.launched = False
         self.on_dead: Callable[[optuna.Study, FrozenTrial], None] = lambda study, trial: None
@@ -72,15 +72,20 @@ class Launcher:
                 print(f"{self.engine.name}: stopping the workers", file=sys.stderr, flush=True)
                 self.engine.cancel()
                 self._settle(run, "interrupted")
+                self._end_record(run, KILLED)
                 raise
             finally:
                 self.engine.close()
         status = self._settle(run, "its workers ended")
-        if run.parent.worker_run_id:
-            session.end_run(run.parent.worker_run_id, FINISHED if status == FINISHED else KILLED)
+        self._end_record(run, FINISHED if status == FINISHED else KILLED)
         if status != FINISHED:
             raise LaunchError(f"{run.plan.kind} '{run.plan.name}': the workers ended and the parent run "
                               f"{run.parent.run_id} is {status}; rerun to continue")
+
+    def _end_record(self, run, status: str) -> None:
+        """The `mlflow run` launcher's run, this launcher's record under the parent, ends with it."""
+        if run.parent.worker_run_id:
+            session.end_run(run.parent.worker_run_id, status)
 
     def _follow(self, run, command: WorkerCommand) -> None:
         shown, replaced = "", 0
