@@ -189,14 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             _check_devices(cfg)  # before any process starts (train) or any arm is queued (compare, search)
         cfg = stable_state(args, cfg)
         args.launcher = None
-        if cfg is not None and args.command in LAUNCHED and launching(cfg):
+        launches = cfg is not None and args.command in LAUNCHED and launching(cfg)
+        if getattr(args, "dry_run", False) and not (launches and cfg.cluster.engine == "slurm"):
+            raise ConfigError("--dry-run prints the Slurm script that would be submitted: it needs --cluster slurm")
+        if launches:
             from freezeframe import launcher  # MLflow and the engine's client: only where workers are launched
 
             args.launcher = launcher.connect(args, cfg)  # the engine joined and checked before anything opens
             if args.dry_run:
                 return launcher.dry_run(args.launcher)
-        elif getattr(args, "dry_run", False):
-            raise ConfigError("--dry-run prints the Slurm script that would be submitted: it needs --cluster slurm")
         return command(args.command)(args, cfg, sections)
     except (FreezeframeError, KeyboardInterrupt) as exc:
         return exit_code(exc)

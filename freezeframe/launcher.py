@@ -43,7 +43,6 @@ class Launcher:
     def __init__(self, args: argparse.Namespace, cfg: RunConfig, engine: Engine, gpus: bool):
         self.args, self.cfg, self.engine, self.gpus = args, cfg, engine, gpus
         self.launched = False
-        self.on_dead: Callable[[optuna.Study, FrozenTrial], None] = lambda study, trial: None
 
     def command(self, experiment_name: str) -> WorkerCommand:
         argv = [arg for arg in self.args.argv if arg != "--dry-run"]  # the script's workers run it
@@ -58,7 +57,6 @@ class Launcher:
     def launch(self, run, on_dead: Callable[[optuna.Study, FrozenTrial], None]) -> None:
         """Submit the workers, follow the study until none is left, then check the parent's end. `on_dead`
         closes and requeues a trial whose worker is gone."""
-        self.on_dead = on_dead
         workers = self.cfg.cluster.workers
         if not self.launched:  # a screened comparison's second study: the workers ran the whole command
             self.launched = True
@@ -71,12 +69,12 @@ class Launcher:
             except KeyboardInterrupt:
                 print(f"{self.engine.name}: stopping the workers", file=sys.stderr, flush=True)
                 self.engine.cancel()
-                self._settle(run, "interrupted")
+                self._settle(run, "interrupted", on_dead)
                 self._end_record(run, KILLED)
                 raise
             finally:
                 self.engine.close()
-        status = self._settle(run, "its workers ended")
+        status = self._settle(run, "its workers ended", on_dead)
         self._end_record(run, FINISHED if status == FINISHED else KILLED)
         if status != FINISHED:
             raise LaunchError(f"{run.plan.kind} '{run.plan.name}': the workers ended and the parent run "
@@ -109,12 +107,12 @@ class Launcher:
                 return
             time.sleep(POLL_S)
 
-    def _settle(self, run, why: str) -> str:
+    def _settle(self, run, why: str, on_dead: Callable[[optuna.Study, FrozenTrial], None]) -> str:
         """With no worker left, a trial still RUNNING has lost its worker: failed, its run KILLED, queued
         again; the parent, if no worker ended it, KILLED. Returns the parent's status."""
         for trial in run.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if fail_trial(run.study, run.storage, trial.number, f"its worker ended ({why})"):
-                self.on_dead(run.study, run.storage.get_trial(trial_id(run.study, run.storage, trial.number)))
+                on_dead(run.study, run.storage.get_trial(trial_id(run.study, run.storage, trial.number)))
         status = parent_run.status(run.parent.run_id)
         if status == "RUNNING":
             waiting = trial_counts(run.study)["WAITING"]
@@ -136,8 +134,6 @@ def connect(args: argparse.Namespace, cfg: RunConfig) -> Launcher:
     """The engine joined and every refusal made, before the study or its parent opens."""
     cluster = cfg.cluster
     storage = args.storage or DEFAULT_STORAGE
-    if args.dry_run and cluster.engine != "slurm":
-        raise ConfigError("--dry-run prints the Slurm script that would be submitted: it needs --cluster slurm")
     gpus = _wants_gpus(cfg)
     if cluster.engine == "ray":
         from pipelines.cluster.ray_engine import RayEngine, ray_address

@@ -101,8 +101,8 @@ class RayEngine:
         return self.ray.cluster_resources()
 
     def hosts(self) -> set[str]:
-        return {n["NodeManagerAddress"] for n in self.ray.nodes() if n.get("Alive")} | \
-            {n["NodeManagerHostname"] for n in self.ray.nodes() if n.get("Alive")}
+        alive = [node for node in self.ray.nodes() if node.get("Alive")]
+        return {node["NodeManagerAddress"] for node in alive} | {node["NodeManagerHostname"] for node in alive}
 
     def submit(self, command: WorkerCommand, count: int) -> None:
         c = command

@@ -68,26 +68,25 @@ class SlurmEngine:
 
     def __init__(self, cluster: ClusterConfig, script_dir: Path):
         self.cluster, self.script_dir = cluster, script_dir
-        self.check()
-        self.partition = cluster.partition or self._default_partition()
+        self.partition = self._partition()
         self.log_dir = script_dir / "logs"
         self.jobs: list[str] = []  # the array's job id, then each replacement's
         self.next_task, self.counted, self.stopping = 0, set(), False
 
-    def _default_partition(self) -> str:
-        rows = _slurm("sinfo", "-h", "-o", "%P").split()
-        default = [p.rstrip("*") for p in rows if p.endswith("*")]
-        if not default:
-            raise ConfigError("cluster=slurm: this cluster has no default partition: set cluster.partition")
-        return default[0]
-
-    def check(self) -> None:
-        """The partition exists (in one line, listing those that do)."""
+    def _partition(self) -> str:
+        """cluster.partition if this cluster has it (refused in one line, listing those it has), else its
+        default partition."""
+        listed = _slurm("sinfo", "-h", "-o", "%P").split()
+        known = {p.rstrip("*") for p in listed}
         if self.cluster.partition:
-            known = {p.rstrip("*") for p in _slurm("sinfo", "-h", "-o", "%P").split()}
             if self.cluster.partition not in known:
                 raise ConfigError(f"cluster=slurm: no partition '{self.cluster.partition}' (this cluster has: "
                                   f"{', '.join(sorted(known))})")
+            return self.cluster.partition
+        default = [p.rstrip("*") for p in listed if p.endswith("*")]
+        if not default:
+            raise ConfigError("cluster=slurm: this cluster has no default partition: set cluster.partition")
+        return default[0]
 
     def has_gpus(self) -> bool:
         return "gpu" in _slurm("sinfo", "-h", "-p", self.partition, "-o", "%G")
