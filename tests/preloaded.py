@@ -205,10 +205,14 @@ def _child(request: dict, output_fd: int) -> None:
 
 
 def _die_with(pid: int) -> None:
+    """Kill this worker once `pid` is gone. A SIGKILLed shim may stay a zombie for a while (its Ray worker
+    parent died with it, and whoever inherits it reaps when it will): a zombie counts as gone."""
     while True:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            state = "gone"
+        if state in ("gone", "Z", "X"):
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(0.2)
 
