@@ -274,3 +274,53 @@ def test_each_epoch_evaluates_with_its_own_batchnorm_statistics():
     assert torch.equal(held.running_mean, stem_before)
     restore_momentum(momenta)
     assert adapting.momentum == 0.1
+
+
+@pytest.mark.parametrize("name", ["timm/test_resnet", "torchvision/mobilenet_v3_small"])
+def test_bias_and_norm_train_their_part_by_module_type_and_hold_the_statistics(name):
+    """BitFit's biases and the normalisation layers' affine parameters, chosen by the module that holds them
+    (a conv's bias is a bias, a BatchNorm's weight is a norm parameter); their BatchNorm statistics stay."""
+    for part in ("bias", "norm"):
+        model = build_backbone(name, 4).model
+        apply_policy(model, Policy.parse(part))
+        head = head_prefix(model)
+        norms = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, torch.nn.BatchNorm2d)
+                 for p, _ in mod.named_parameters(recurse=False)}
+        biases = {f"{m}.bias" for m, mod in model.named_modules()
+                  if isinstance(getattr(mod, "bias", None), torch.nn.Parameter)}
+        expected = (biases if part == "bias" else norms) | {f"{head}.weight", f"{head}.bias"}
+        assert trainable_names(model) == expected
+        before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+        model.train()
+        model(torch.randn(4, 3, 32, 32) * 5)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    apply_policy(model, Policy.parse("norm", bn="train"))  # bn=train: batch statistics, as for other policies
+    model.train()
+    model(torch.randn(4, 3, 32, 32) * 5)
+    assert not all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_stage_k_trains_that_stage_and_the_head():
+    model = build_backbone("timm/test_resnet", 4).model
+    groups = stages(model)
+    report = apply_policy(model, Policy.parse("stage:1"))
+    head = head_prefix(model)
+    assert trainable_names(model) == set(groups[1]) | {f"{head}.weight", f"{head}.bias"}
+    assert report.stages_trainable == 1
+    with pytest.raises(ConfigError, match=f"stage:{len(groups)} but .* has {len(groups)} stages: stage:0 to"):
+        apply_policy(model, Policy.parse(f"stage:{len(groups)}"))
+
+
+@pytest.mark.parametrize("text, kind, probe", [("lp_ft", "unfrozen", True), ("lp_ft:last_n:2", "last_n", True),
+                                               ("stage:0", "stage", False), ("bias", "bias", False)])
+def test_new_policies_parse_and_print_back(text, kind, probe):
+    policy = Policy.parse(text)
+    assert (policy.kind, policy.probe_head, str(policy)) == (kind, probe, text)
+    assert Policy.parse(str(policy)) == policy
+
+
+@pytest.mark.parametrize("text", ["lp_ft:frozen", "lp_ft:linear_probe", "lp_ft:lp_ft", "stage:", "stage:-1", "biases"])
+def test_bad_new_policies_are_one_line_errors(text):
+    with pytest.raises(ConfigError) as error:
+        Policy.parse(text)
+    assert "\n" not in str(error.value)

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from timm import layers as timm_layers
 from timm.models import group_parameters
 from torch import nn
 
+from pipelines.errors import ConfigError
 from pipelines.models.backbones import head_prefix
 from pipelines.policy import Policy
 
 _MIN_STAGES = 4
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+# The `norm` policy's layers, by type: torch's batch/instance norms (timm's BatchNormAct2d is one), group and
+# layer norms (timm's LayerNorm2d and GroupNorm subclass them), and timm's RMS norms.
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+          *(getattr(timm_layers, name) for name in ("RmsNorm", "RmsNorm2d") if hasattr(timm_layers, name)))
 
 
 @dataclass(frozen=True)
@@ -89,14 +95,38 @@ def _parametrized_children(module: nn.Module, prefix: str, head: str) -> list[st
 
 def apply_policy(model: nn.Module, policy: Policy) -> FreezeReport:
     """Set requires_grad per the policy, and BatchNorm per its `bn` (module docstring); `gradual` starts
-    frozen (thaw() brings its stages in, on the policy's schedule)."""
+    frozen (thaw() brings its stages in, on the policy's schedule). The head always trains."""
     groups = stages(model)
-    trainable_stages = policy.trainable_stages(len(groups), type(model).__name__)
-    frozen = {name for group in groups[: len(groups) - trainable_stages] for name in group}
+    trained = policy.trainable_stages(len(groups), type(model).__name__)
+    keep = {name for index in trained for name in groups[index]} | part_parameters(model, policy)
+    frozen = {name for group in groups for name in group} - keep
     set_frozen(model, frozen, hold_batchnorm=policy.holds_batchnorm)
+    if policy.part and policy.holds_batchnorm:  # their affine parameters train, their statistics stay ImageNet's
+        head = head_prefix(model)
+        for name, module in model.named_modules():
+            if isinstance(module, _BATCHNORM) and not _under(name, head) and not held_in_eval(module):
+                module.register_forward_pre_hook(_hold_eval)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return FreezeReport(str(policy), len(groups), trainable_stages, trainable,
-                        sum(p.numel() for p in model.parameters()))
+    return FreezeReport(str(policy), len(groups), len(trained), trainable, sum(p.numel() for p in model.parameters()))
+
+
+def part_parameters(model: nn.Module, policy: Policy) -> set[str]:
+    """`bias`: each layer's own `bias` parameter; `norm`: every parameter of the normalisation layers; outside
+    the head, chosen by the module that holds them, not by their names. Empty for the other policies."""
+    if not policy.part:
+        return set()
+    head, names = head_prefix(model), set()
+    for prefix, module in model.named_modules():
+        if _under(prefix, head):
+            continue
+        for pname, param in module.named_parameters(recurse=False):
+            if (policy.part == "bias" and param is getattr(module, "bias", None)) or (
+                    policy.part == "norm" and isinstance(module, _NORMS)):
+                names.add(f"{prefix}.{pname}" if prefix else pname)
+    if not names:
+        what = "bias" if policy.part == "bias" else "normalisation-layer"
+        raise ConfigError(f"freeze {policy}: {type(model).__name__} has no {what} parameters outside its head")
+    return names
 
 
 def thaw_schedule(model: nn.Module, policy: Policy) -> dict[int, list[str]]:
@@ -135,8 +165,7 @@ def restart_batchnorm_statistics(model: nn.Module, momenta: dict[nn.Module, floa
     layer_decay, whose early layers barely move, lost most (benchmarks/investigate_bn_stats.py). `momenta`
     keeps each layer's own momentum for restore_momentum."""
     for module in model.modules():
-        held = _hold_eval_if_frozen in module._forward_pre_hooks.values() and _frozen(module)
-        if isinstance(module, _BATCHNORM) and not held:
+        if isinstance(module, _BATCHNORM) and not held_in_eval(module):
             momenta.setdefault(module, module.momentum)
             module.reset_running_stats()
             module.momentum = None
@@ -146,6 +175,12 @@ def restore_momentum(momenta: dict[nn.Module, float | None]) -> None:
     """After training: each layer's own momentum back (an exported model fine-tunes as it was built to)."""
     for module, momentum in momenta.items():
         module.momentum = momentum
+
+
+def held_in_eval(module: nn.Module) -> bool:
+    """Whether a policy's hook keeps this layer in eval mode now, whatever model.train() says."""
+    hooks = module._forward_pre_hooks.values()
+    return _hold_eval in hooks or (_hold_eval_if_frozen in hooks and _frozen(module))
 
 
 def _frozen(module: nn.Module) -> bool:
@@ -158,10 +193,15 @@ def _hold_eval_if_frozen(module: nn.Module, args) -> None:
         module.training = False
 
 
+def _hold_eval(module: nn.Module, args) -> None:
+    """bias and norm with model.bn frozen: the layer's affine parameters train, its statistics stay fixed."""
+    module.training = False
+
+
 def without_policy_hooks(model: nn.Module) -> nn.Module:
     """Drop the hooks (in place) before export, so a pickled model needs no freezeframe code to load."""
     for module in model.modules():
         for key, hook in list(module._forward_pre_hooks.items()):
-            if hook is _hold_eval_if_frozen:
+            if hook in (_hold_eval_if_frozen, _hold_eval):
                 del module._forward_pre_hooks[key]
     return model
