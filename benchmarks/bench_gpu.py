@@ -193,7 +193,7 @@ def part_cache(args, tmp: str) -> Row:
     bare, ours = [], []
     for _ in range(2):  # alternated, best of two: each side's first pass pays for its warm-up
         bare.append(images / bare_extract(model, data, batch, args.workers, args.device))
-        feature_cache._MEMORY.clear()  # each frozen run extracts: none reuses the last one's features
+        feature_cache.clear()  # each frozen run extracts: none reuses the last one's features
         done = execute(prepare(cfg))
         ours.append(images / done.fit.extra["perf/feature_extraction_s"])
     row.bare, row.ours, row.ratio = f"{max(bare):.0f}", f"{max(ours):.0f}", f"{max(ours) / max(bare):.2f}"

@@ -66,7 +66,7 @@ def main() -> None:
             bare, probe, parts, acc = [], [], [], {}
             for i in range(args.repeats):
                 bare.append(bare_extraction(prepare(config(args, dataset, "frozen", f"{tmp}/b{i}"))))
-                feature_cache._MEMORY.clear()  # the probe pays for its own extraction
+                feature_cache.clear()  # the probe pays for its own extraction
                 prepared = prepare(config(args, dataset, "linear_probe", f"{tmp}/p{i}"))
                 start = time.perf_counter()
                 outcome = execute(prepared)

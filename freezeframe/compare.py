@@ -3,7 +3,8 @@
 Each arm is queued once; any number of workers, sharing the storage and a tracking server, pull arms
 until none is waiting. A rerun starts only arms not complete with the same config digest. With
 `compare.screen`, the backbones are ranked first (freezeframe.rank) and only the best `keep` get the
-policies that train the backbone.
+policies that train the backbone. With `compare.lr`, each arm that trains with an lr runs once per lr, and
+the summary reads each at the lr best on validation (pipelines/reports/lr_choice.py).
 """
 
 from __future__ import annotations

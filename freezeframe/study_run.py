@@ -22,7 +22,7 @@ from freezeframe.child_run import run_child
 from pipelines.cluster.workers import WORKER_ENV
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError, without_password
-from pipelines.studies.arms import Arm, Comparison, arm_configs, queue_arms
+from pipelines.studies.arms import Arm, Comparison, arm_configs, lr_text, queue_arms
 from pipelines.studies.child import ChildRun, Reporting
 from pipelines.studies.keys import (
     ARM_ATTR,
@@ -187,7 +187,8 @@ class ArmObjective:
         if key not in self.arms:
             raise ConfigError(f"trial {trial.number} holds an arm of another config ({key})")
         arm, cfg = self.arms[key]
-        arm_tags = {tags.COMPARISON: self.grid.name, tags.ARM: arm.name}
+        arm_tags = {tags.COMPARISON: self.grid.name, tags.ARM: arm.name,
+                    **({} if arm.lr is None else {tags.LR: lr_text(arm.lr)})}  # compare.lr: which variant
         parent_run_id = self.run.parent.run_id
         if key in self.grid.reuse:  # this very arm (same config digest) already ran, as a screening's ranking arm
             parent_run.reopen(parent_run_id)
@@ -223,7 +224,10 @@ def run_arms(args: argparse.Namespace, cfg: RunConfig, grid: Grid) -> StudyRun:
             reap_dead(study, storage, on_dead_trial)  # a dead worker's arm is queued again, not refused
             done = queue_arms(study, storage, arms, recorded=parent_run.finished_here)
         for key, run_id in done.items():
-            print(f"{arms[key][0].name}: FINISHED earlier (run {run_id}), skipped")
+            arm = arms[key][0]
+            print(f"{arm.name}: FINISHED earlier (run {run_id}), skipped")
+            if arm.lr is not None:  # it may have run before compare.lr listed its lr (the same config): say which
+                parent_run.log_values(run_id, {}, {tags.LR: lr_text(arm.lr), tags.ARM: arm.name})
         return {}
 
     run = open_study_run(plan, before_parent=queue)

@@ -19,6 +19,7 @@ import yaml
 
 from pipelines.errors import ConfigError
 from pipelines.policy import Policy
+from pipelines.shifts import parse_shifts
 from pipelines.values import build_tree
 
 
@@ -53,10 +54,12 @@ class DataConfig:
     augment: bool = False  # random resized crop + flip on train; off keeps the train transform deterministic
     num_workers: int = 0
     root: str = ""  # where downloadable datasets live; "" = ~/.cache/freezeframe/datasets
-    # frozen policy: compute the backbone's features once and train the head on them
-    # (memory | disk | off); disk keeps them under cache_dir, keyed by what determines them.
+    # frozen features, and a partial fine-tuning's fixed prefix (last_n, stage, gradual): computed once, then
+    # trained on (memory | disk | off); disk keeps them under cache_dir, keyed by what determines them.
     feature_cache: str = "memory"
     cache_dir: str = ""  # "" = ~/.cache/freezeframe/features
+    # the most the in-memory cache holds; a larger entry spills to cache_dir and is read memory-mapped
+    cache_memory_mb: int = 2048
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,13 @@ class TrainConfig:
     memory_limit_mb: int = 0  # CPU memory guard: a run whose peak RSS passes this fails cleanly; 0 = off
     checkpoint_dir: str = "checkpoints"  # one sub-folder per run config, holding last.pt
     resume: bool = False  # continue from the checkpoint of the same config, if there is one
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # after training, the best epoch's model is tested again on the test split under each shift, every arm on the
+    # same shifted images: gaussian_noise:<sigma> | blur:<sigma px> | rotate:<max degrees> | jpeg:<quality>
+    shifts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
@@ -124,7 +135,10 @@ ENGINES = ("local", "ray", "slurm")
 MONITORS = {"val/acc": "max", "val/f1_macro": "max", "val/loss": "min"}
 # Keys that change neither the data nor the model, so two runs differing only there are the same run.
 _NOT_IN_DIGEST = ("tracking", "cluster", "train.resume", "train.checkpoint_dir", "train.device", "train.devices",
-                  "data.num_workers")
+                  "data.num_workers", "data.cache_memory_mb")
+# Keys added after digests were in use: at these defaults they stay out of the digest, so an earlier run's
+# arms and checkpoints keep theirs (a run tested under shifts has results the others lack: its digest differs).
+_DIGEST_SINCE = {"eval.shifts": []}
 
 # Top-level sections of an experiment file read by other entry points (compare, search), not by a run.
 ENTRY_SECTIONS = ("compare", "search")
@@ -208,6 +222,7 @@ def validate(cfg: RunConfig) -> None:
         (d.image_size >= 16, f"data.image_size must be >= 16, got {d.image_size}"),
         (d.max_samples >= 0, f"data.max_samples must be >= 0 (0 = no cap), got {d.max_samples}"),
         (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
+        (d.cache_memory_mb >= 0, f"data.cache_memory_mb must be >= 0, got {d.cache_memory_mb}"),
         (0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
          "data.val_fraction and data.test_fraction must each be in (0, 1) and sum to less than 1"),
         (0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}"),
@@ -222,6 +237,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(message)
     policy = cfg.model.policy  # parsed here: model.freeze and model.bn checked too
     policy.check_schedule(t.epochs)
+    parse_shifts(cfg.eval.shifts)  # a bad shift is refused here, before any training
     if policy.kind == "linear_probe" and t.devices > 1:
         raise ConfigError("linear_probe fits its head in one process (L-BFGS on cached features): "
                           f"train.devices must be 1, got {t.devices}")
@@ -260,6 +276,7 @@ def digest(cfg: RunConfig) -> str:
     relevant = {
         k: v for k, v in flatten(cfg).items()
         if not any(k == skip or k.startswith(skip + ".") for skip in _NOT_IN_DIGEST)
+        and not (k in _DIGEST_SINCE and v == _DIGEST_SINCE[k])
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -1,12 +1,14 @@
 """The compare entry point and its grid, in-process against a real sqlite store."""
 
+import mlflow
 import optuna
 import pytest
 import torch
 
 from freezeframe.cli import main
-from pipelines.config import load_config
+from pipelines.config import digest, load_config
 from pipelines.errors import ConfigError
+from pipelines.reports.predictions import outcomes
 from pipelines.studies.arms import Arm, arm_config, parse_comparison
 from pipelines.training.feature_cache import CachePlan
 from pipelines.training.trainer import execute, prepare
@@ -36,6 +38,24 @@ def test_explicit_arms(tmp_path):
                                            "timm/test_resnet · last_n:1 · seed 3"]
 
 
+def test_lr_variants_each_arm_that_trains_with_an_lr(tmp_path):
+    """compare.lr: every arm once per lr (PyYAML's "3e-4" is a string: cast), named with it; a linear_probe
+    arm, fitted without an lr, stays one arm at the base config: the same digest as without compare.lr."""
+    base = load_config(None, tiny_overrides(tmp_path))
+    section = {"freeze": ["linear_probe", "last_n:1"], "seeds": [0, 1]}
+    spec, plain = parse_comparison({**section, "lr": ["3e-4", 0.01]}, base), parse_comparison(section, base)
+    assert [a.name for a in spec.arms] == [
+        "timm/test_resnet · linear_probe · seed 0", "timm/test_resnet · linear_probe · seed 1",
+        "timm/test_resnet · last_n:1 · lr 3e-4 · seed 0", "timm/test_resnet · last_n:1 · lr 1e-2 · seed 0",
+        "timm/test_resnet · last_n:1 · lr 3e-4 · seed 1", "timm/test_resnet · last_n:1 · lr 1e-2 · seed 1"]
+    assert [c.train.lr for c in spec.configs] == [0.01, 0.01, 3e-4, 0.01, 3e-4, 0.01]
+    assert spec.configs[2].tracking.run_name == spec.arms[2].name and plain.configs[2].tracking.run_name == ""
+    digests = [digest(c) for c in spec.configs]
+    assert len(set(digests)) == 6 and digests[:2] == [digest(c) for c in plain.configs[:2]]
+    # the variant at the base lr is the plain arm's config: a rerun that adds compare.lr reuses its run
+    assert digests[3] == digest(plain.configs[2])
+
+
 @pytest.mark.parametrize("section, message", [
     ({"freeze": []}, "the comparison grid is empty"),
     ({"seeds": []}, "compare.seeds is empty"),
@@ -44,6 +64,12 @@ def test_explicit_arms(tmp_path):
     ({"arms": [{"freeze": "frozen"}], "seeds": [1]}, "either compare.arms or"),
     ({"grid": []}, "unknown key 'compare.grid'"),
     (None, "needs a 'compare:' section"),
+    ({"lr": []}, "compare.lr must be a non-empty list of learning rates"),
+    ({"lr": 1e-3}, "compare.lr must be a non-empty list of learning rates"),
+    ({"lr": [1e-3, "fast"]}, r"compare.lr\[1\] must be float, got 'fast'"),
+    ({"lr": [1e-3, 0]}, "compare.lr values must be numbers > 0, got 0.0"),
+    ({"lr": [1e-3, 0.001]}, "compare.lr lists 1e-3 twice"),
+    ({"freeze": ["linear_probe"], "lr": [1e-3]}, "compare.lr, but no arm trains with an lr"),
 ])
 def test_bad_grids(tmp_path, section, message):
     with pytest.raises(ConfigError, match=message):
@@ -59,7 +85,8 @@ def test_gradual_schedule_past_the_last_epoch_fails_before_any_arm(tracking_stor
 
 @pytest.mark.slow
 def test_comparison_parent_children_summary_and_resume(tracking_store, tmp_path, capsys):
-    path = write_experiment(tmp_path, "  name: tiny\n  freeze: [frozen, unfrozen]\n  seeds: [0, 1]\n")
+    path = write_experiment(tmp_path, "  name: tiny\n  freeze: [frozen, unfrozen]\n  seeds: [0, 1]\n",
+                            **{"eval.shifts": ["gaussian_noise:0.3", "rotate:45"]})
     assert main(["compare", "--experiment", path]) == 0
     runs = runs_in(tracking_store)
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -82,7 +109,24 @@ def test_comparison_parent_children_summary_and_resume(tracking_store, tmp_path,
 
     paths = {a.path for d in ("summary", "plots") for a in MlflowClient().list_artifacts(parent.info.run_id, d)}
     assert paths == {"summary/summary.md", "summary/summary.csv", "plots/val_acc_curves.png",
-                     "plots/accuracy_vs_time.png", "plots/policy_vs_frozen.png"}
+                     "plots/accuracy_vs_time.png", "plots/policy_vs_frozen.png", "plots/id_vs_ood.png",
+                     *(f"summary/shift_{s}.{ext}" for s in ("gaussian_noise_0.3", "rotate_45")
+                       for ext in ("md", "csv"))}
+    # eval.shifts: each arm tested again under each shift, on the same shifted images, per image beside the clean
+    import mlflow
+
+    shifted = {(r.data.tags["freeze"], r.data.tags["seed"]): [r.data.metrics[f"shift/{s}/acc"] for s in
+                                                             ("gaussian_noise_0.3", "rotate_45")] for r in children}
+    clean_csv, noisy_csv = (mlflow.artifacts.load_text(f"runs:/{children[0].info.run_id}/reports/{f}.csv") for f in
+                            ("test_predictions", "shift_predictions/gaussian_noise_0.3"))
+    assert [line.split(",")[:3] for line in noisy_csv.splitlines()] == [
+        line.split(",")[:3] for line in clean_csv.splitlines()]  # index, row, true: the same images
+    ood = [sum(shifted["frozen", seed][i] for seed in "01") / 2 for i in range(2)]
+    assert parent.data.metrics["ood_acc/timm/test_resnet/frozen"] == pytest.approx(sum(ood) / 2)
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/summary/summary.md")
+    noisy = summary.split("## Under shift gaussian_noise:0.3")[1].split("## Under shift rotate:45")[0]
+    assert "| timm/test_resnet | frozen | 2 | " in noisy and f"{ood[0]:.4f} ± " in noisy
+    assert "Paired difference vs frozen (same seeds, same split)" in noisy and "test examples and 2 seeds" in noisy
     table = capsys.readouterr().out
     assert "| timm/test_resnet | frozen | 2 |" in table and " ± " in table
     assert "Paired difference vs frozen (same seeds, same split)" in table
@@ -126,6 +170,32 @@ def test_a_parent_never_adopts_arms_of_a_study_its_storage_does_not_hold(trackin
     assert study.trials == []  # nothing queued to dangle
 
 
+def test_compare_lr_adds_variants_to_a_grid_and_reports_each_arm_at_its_lr_best_on_validation(tracking_store, tmp_path,
+                                                                                               capsys):
+    """The grid first at train.lr 0.01, then with compare.lr [0.01, 0.001]: the 0.01 variant is the arm that
+    ran (the same config), reused and tagged; the 0.001 one trains."""
+    grid = "  name: lrs\n  freeze: [frozen]\n"
+    assert main(["compare", "--experiment", write_experiment(tmp_path, grid, **{"train.epochs": 1})]) == 0
+    capsys.readouterr()
+    path = write_experiment(tmp_path, grid + "  lr: [0.01, 1e-3]\n", **{"train.epochs": 1})
+    assert main(["compare", "--experiment", path]) == 0
+    out = capsys.readouterr().out
+    assert out.count("FINISHED earlier") == 1
+    assert "timm/test_resnet · frozen · lr 1e-2 · seed 0: FINISHED earlier" in out
+    runs = runs_in(tracking_store)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    variants = {r.data.tags["lr"]: r for r in runs if r.data.tags.get("freeze") == "frozen"}
+    assert len(runs) == 3 and set(variants) == {"1e-2", "1e-3"} and variants["1e-3"].data.params["train.lr"] == "0.001"
+    assert variants["1e-3"].info.run_name == "timm/test_resnet · frozen · lr 1e-3 · seed 0"
+    # chosen on validation (a tie: the smaller step), reported on test
+    chosen = max(variants, key=lambda lr: (variants[lr].data.metrics["best/val/acc"], -float(lr)))
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/summary/summary.md")
+    assert f"| timm/test_resnet | frozen | {chosen} | 2 |" in summary
+    val, test = (variants[chosen].data.metrics[k] for k in ("best/val/acc", "test/acc"))
+    assert f"| timm/test_resnet | frozen | 1 | {val:.4f} ± — [—] | {test:.4f} ± — [—] |" in summary
+    assert parent.data.tags["arms_total"] == "2" and parent.data.tags["best_run_id"] == variants[chosen].info.run_id
+
+
 def test_a_failing_arm_fails_alone(tracking_store, tmp_path):
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"not weights")
@@ -156,7 +226,7 @@ def test_feature_cache_matches_the_uncached_run(tmp_path):
     results = {}
     for mode in ("off", "memory"):
         cfg = load_config(None, tiny_overrides(tmp_path / mode, **{
-            "model.freeze": "frozen", "data.feature_cache": mode, "train.epochs": 3}))
+            "model.freeze": "frozen", "data.feature_cache": mode, "train.epochs": 3, "eval.shifts": ["blur:0.01"]}))
         prepared = prepare(cfg)
         assert prepared.feature_cache == (CachePlan("off", "data.feature_cache is off") if mode == "off"
                                           else CachePlan("memory"))
@@ -172,6 +242,10 @@ def test_feature_cache_matches_the_uncached_run(tmp_path):
     # per test image, in the same order: the same predictions and (nearly) the same probabilities
     assert (off.test_predictions[1] == cached.test_predictions[1]).all()
     assert off.test_p_true == pytest.approx(cached.test_p_true, abs=1e-4)
+    # eval.shifts tests the whole network, whose head a cached run trained in place: a 0.01 px blur moves no pixel
+    for done in results.values():
+        y_true, y_pred = done.fit.test_predictions
+        assert (outcomes(done.shifted["blur_0.01"].predictions_csv) == (y_true == y_pred)).all()
 
 
 def test_feature_cache_is_off_with_augmentation_and_on_disk_when_asked(tmp_path):
@@ -184,7 +258,37 @@ def test_feature_cache_is_off_with_augmentation_and_on_disk_when_asked(tmp_path)
     assert first.fit.extra["feature_cache_source"] in ("computed", "memory")
     from pipelines.training import feature_cache
 
-    feature_cache._MEMORY.clear()
+    feature_cache.clear()
     again = execute(prepare(disk))
     assert again.fit.extra["feature_cache_source"] == "disk" and len(list((tmp_path / "cache").glob("*.pt"))) == 1
     assert again.fit.test == pytest.approx(first.fit.test)
+
+
+@pytest.mark.parametrize("policy", ["last_n:1", "lp_ft:stage:2"])
+def test_a_partial_fine_tuning_trains_on_its_cached_prefix_with_the_uncached_runs_metrics(tmp_path, policy):
+    """The stages before the first trained one run once (pipelines/training/prefix.py): every epoch's metrics,
+    the test predictions and the trained weights are the uncached run's. lp_ft's probe comes first."""
+    from pipelines.training import feature_cache
+
+    results = {}
+    for mode in ("off", "memory"):
+        feature_cache.clear()
+        cfg = load_config(None, tiny_overrides(tmp_path / mode, **{
+            "model.freeze": policy, "data.feature_cache": mode, "train.epochs": 2, "eval.shifts": ["blur:0.01"]}))
+        results[mode] = execute(prepare(cfg))
+    plan = results["memory"].prepared.feature_cache
+    assert plan.on and plan.split is not None and str(plan).startswith("memory: the prefix before ")
+    off, cached = results["off"].fit, results["memory"].fit
+    for a, b in zip(off.history, cached.history, strict=True):
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert (off.test_predictions[1] == cached.test_predictions[1]).all()
+    assert cached.extra["feature_cache_source"] == "computed" and "feature_cache_source" not in off.extra
+    off_model, cached_model = (results[m].prepared.backbone.model for m in ("off", "memory"))
+    for (name, a), b in zip(off_model.state_dict().items(), cached_model.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name  # the prefix is back, the rest trained alike
+    # the whole network, prefix restored, is what the test under shift sees
+    shifted = results["memory"].shifted["blur_0.01"].metrics["shift/blur_0.01/acc"]
+    assert shifted == pytest.approx(cached.test["test/acc"])
+    if policy.startswith("lp_ft"):
+        assert results["memory"].probe is not None and cached.extra["probe/c"] > 0

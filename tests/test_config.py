@@ -61,6 +61,31 @@ def test_bad_values(overrides, message):
         load_config(None, overrides)
 
 
+@pytest.mark.parametrize("shifts, message", [
+    (["gausian_noise:0.1"], r"unknown shift 'gausian_noise:0.1' \(did you mean 'gaussian_noise:0.1'\? valid: "
+                            r"gaussian_noise:<sigma in \(0, 1\]>, blur:"),
+    (["noise"], r"unknown shift 'noise' \(valid: gaussian_noise:"),
+    (["jpeg:20.5"], r"'jpeg:20.5' needs jpeg:<quality, a whole number in 1..100> \(valid: "),
+    ("blur:0", r"'blur:0' needs blur:<sigma in pixels"),
+    (["rotate:abc"], r"'rotate:abc' needs rotate:<max degrees in \(0, 180\]>"),
+    (["rotate:30", "rotate:30.0"], "eval.shifts lists rotate_30 more than once"),
+])
+def test_bad_shifts_are_refused_in_one_line(shifts, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, {"eval.shifts": shifts})
+    assert "\n" not in str(info.value)
+
+
+def test_shifts_parse_to_names_mlflow_takes_and_enter_the_digest_only_when_set():
+    from pipelines.shifts import parse_shifts
+
+    cfg = load_config(None, {"eval.shifts": "gaussian_noise:0.1,jpeg:20"})  # the command line's form
+    assert [(s.spec, s.name) for s in parse_shifts(cfg.eval.shifts)] == [("gaussian_noise:0.1", "gaussian_noise_0.1"),
+                                                                         ("jpeg:20", "jpeg_20")]
+    assert digest(load_config(None, {"eval.shifts": []})) == digest(load_config())  # earlier digests hold
+    assert digest(cfg) != digest(load_config())
+
+
 def test_missing_file():
     with pytest.raises(ConfigError, match="experiment file not found"):
         load_config("experiments/nope.yaml")

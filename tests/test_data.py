@@ -197,3 +197,24 @@ def test_transform_uses_backbone_normalisation():
     expected = torch.tensor([(1 - m) / s for m, s in zip(prep.mean, prep.std, strict=True)])
     assert out.shape == (3, 16, 16)
     assert torch.allclose(out[:, 8, 8], expected, atol=1e-4)
+
+
+def test_shifted_test_images_are_the_same_whatever_the_order_batch_or_rng():
+    """Every arm tests on the same shifted images: each image's draws are seeded by the shift and its position."""
+    from torch.utils.data import DataLoader
+
+    from pipelines.data.shifted import shifted_test_set
+    from pipelines.shifts import parse_shifts
+
+    data = build_data(DataConfig(image_size=32, max_samples=20), load_dataset("digits"), PREP)
+    clean = torch.stack([data.datasets["test"][i][0] for i in range(20)])
+    for shift in parse_shifts(("gaussian_noise:0.2", "rotate:30", "blur:1.5", "jpeg:10")):
+        images = shifted_test_set(data, shift)
+        torch.manual_seed(0)
+        forward = torch.cat([x for x, _ in DataLoader(images, batch_size=3)])
+        torch.manual_seed(1)  # another RNG state, another order and batch size: the same images
+        backward = torch.stack([images[i][0] for i in reversed(range(20))]).flip(0)
+        assert torch.equal(forward, backward) and not torch.equal(forward, clean), shift.spec
+        assert forward.shape == clean.shape and -1.0 <= forward.min() and forward.max() <= 1.0  # then Normalize
+    noisy = shifted_test_set(data, parse_shifts(("gaussian_noise:0.2",))[0])
+    assert not torch.equal(noisy[0][0], noisy[1][0] - clean[1] + clean[0])  # each image its own noise

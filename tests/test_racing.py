@@ -11,17 +11,17 @@ from tests.conftest import runs_in
 from tests.test_compare import write_experiment
 
 
-def finished_arm(study: optuna.Study, freeze: str, value: float, backbone: str = "b") -> None:
+def finished_arm(study: optuna.Study, freeze: str, value: float, backbone: str = "b", **attrs) -> None:
     """A complete arm that reached rung 0 (epoch 1) with `value`."""
     study.add_trial(create_trial(
         value=value, params={}, distributions={}, intermediate_values={1: value},
-        user_attrs={"backbone": backbone, "weights": "w", "freeze": freeze, "seed": 0},
+        user_attrs={"backbone": backbone, "weights": "w", "freeze": freeze, "seed": 0, **attrs},
         system_attrs={"completed_rung_0": value}))
 
 
-def judged(study: optuna.Study, freeze: str, value: float, backbone: str = "b") -> optuna.Trial:
+def judged(study: optuna.Study, freeze: str, value: float, backbone: str = "b", **attrs) -> optuna.Trial:
     trial = study.ask()
-    for key, attr in {"backbone": backbone, "weights": "w", "freeze": freeze, "seed": 1}.items():
+    for key, attr in {"backbone": backbone, "weights": "w", "freeze": freeze, "seed": 1, **attrs}.items():
         trial.set_user_attr(key, attr)
     trial.report(value, step=1)
     return trial
@@ -38,6 +38,17 @@ def test_an_arm_is_raced_against_other_groups_only_and_never_against_a_probe():
     assert judged(study, "last_n:2", 0.4).should_prune()
     # a linear probe is never stopped
     assert not judged(study, "linear_probe", 0.1).should_prune()
+
+
+def test_an_lr_variant_races_its_siblings_too_but_never_its_groups_other_seeds():
+    study = optuna.create_study(direction="maximize", pruner=RivalsPruner())
+    finished_arm(study, "unfrozen", 0.9, seed=1, lr=0.1)  # the group's seed 1: no rival, whatever its lr
+    finished_arm(study, "frozen", 0.5, lr=1e-3)
+    finished_arm(study, "unfrozen", 0.95, seed=0, lr=1e-3)  # an earlier attempt of the variant judged next: not a rival
+    # ahead of the other group: goes on
+    assert not judged(study, "unfrozen", 0.6, seed=0, lr=1e-3).should_prune()
+    # ahead of the other group too, but behind its sibling (seed 0 at lr 1e-3, 0.6): the poorer lr stops
+    assert judged(study, "unfrozen", 0.55, seed=0, lr=3e-4).should_prune()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from pipelines.reports.figures import delta_figure
+from pipelines.reports.lr_choice import choose_lr
 from pipelines.reports.stats import mean_ci, paired_bootstrap, paired_delta, verdict
 from pipelines.reports.tables import csv_text, group_rows, markdown
 from pipelines.reports.verdicts import paired_rows
@@ -224,3 +225,47 @@ def test_one_seed_with_outcomes_reads_the_data_and_names_the_ties():
     assert "Tied with the champion: other · frozen." in text  # identical outcomes: a CI of [0, 0]
     behind = next(r for r in rows if r["freeze"] == "frozen" and r["backbone"] == "timm/test_resnet")
     assert behind["vs_best"] == "behind" and next(r for r in rows if r["backbone"] == "other")["vs_best"] == "tied"
+
+
+def variant(freeze: str, seed: str, lr: str, val: float, test: float, status: str = "FINISHED",
+            run_s: float = 10.0, monitor: str = "val/acc") -> dict:
+    """A compare.lr variant's record, as comparison_report.arm_record reads it: its lr tag and its best
+    monitored value on validation."""
+    return {**arm(freeze, seed, test, status=status), "weights": "none", "lr": lr, "monitor": monitor,
+            "best_monitored": val if status == "FINISHED" else None, "run_s": run_s, "run_id": f"{freeze}/{seed}/{lr}"}
+
+
+def test_each_arm_counts_at_its_lr_best_on_validation_and_the_search_cost_is_said():
+    records = [arm("linear_probe", "0", 0.84), arm("linear_probe", "1", 0.83),  # fitted without an lr: as ever
+               variant("frozen", "0", "1e-3", 0.80, 0.79), variant("frozen", "0", "1e-2", 0.85, 0.78, run_s=20.0),
+               variant("frozen", "1", "1e-3", 0.70, 0.81),
+               variant("frozen", "1", "1e-2", 0.60, 0.99),  # best on test, not on validation: not chosen
+               variant("unfrozen", "0", "1e-3", 0.90, 0.90, run_s=30.0),
+               variant("unfrozen", "0", "1e-2", 0.0, 0.0, status="PRUNED", run_s=5.0),  # stopped: costs, never chosen
+               variant("unfrozen", "1", "1e-3", 0.0, 0.0, status="FAILED")]  # no variant finished: no arm
+    assert [r["run_id"] for r in choose_lr(records)] == ["rlinear_probe0", "rlinear_probe1", "frozen/0/1e-2",
+                                                         "frozen/1/1e-3", "unfrozen/0/1e-3"]
+    rows = group_rows(records)
+    by = {r["freeze"]: r for r in rows}
+    frozen, unfrozen = by["frozen"], by["unfrozen"]
+    assert frozen["test_acc"] == pytest.approx((0.78 + 0.81) / 2) and frozen["lr"] == "1e-2 (seed 0); 1e-3 (seed 1)"
+    assert (frozen["lr_variants"], frozen["lr_search_s"], frozen["lr_chosen_s"]) == (4, 50.0, 30.0)
+    assert (unfrozen["seeds"], unfrozen["lr"], unfrozen["lr_variants"], unfrozen["lr_search_s"]) == (1, "1e-3", 3, 45.0)
+    assert "lr" not in by["linear_probe"]
+    # the verdicts pair the groups at their chosen lr: seed 0, 0.90 - 0.78
+    assert unfrozen["delta_test_acc"] == pytest.approx(0.12)
+    text = markdown(rows, [r for r in records if r["status"] != "FINISHED"])
+    assert "| timm/test_resnet | frozen | 1e-2 (seed 0); 1e-3 (seed 1) | 4 | 50.0 | 30.0 | 1.7× |" in text
+    assert "| timm/test_resnet | unfrozen | 1e-3 | 3 | 45.0 | 30.0 | 1.5× |" in text
+    assert "| timm/test_resnet · unfrozen · lr 1e-2 · seed 0 | PRUNED |" in text
+    columns = csv.DictReader(io.StringIO(csv_text(rows))).fieldnames
+    assert {"lr", "lr_variants", "lr_search_s", "lr_chosen_s"} <= set(columns)
+    # without compare.lr nothing changes: the same records, no lr section, no lr columns
+    assert choose_lr(RECORDS) == RECORDS and "compare.lr" not in markdown(group_rows(RECORDS), [])
+    assert "lr" not in csv.DictReader(io.StringIO(csv_text(group_rows(RECORDS)))).fieldnames
+    # a loss is chosen low; a tie goes to the smaller step
+    losses = [variant("frozen", "0", "1e-3", 0.5, 0.7, monitor="val/loss"), variant("frozen", "0", "1e-2", 0.4, 0.6,
+                                                                                     monitor="val/loss")]
+    assert [r["lr"] for r in choose_lr(losses)] == ["1e-2"]
+    tied = [variant("frozen", "0", "1e-2", 0.8, 0.7), variant("frozen", "0", "1e-3", 0.8, 0.6)]
+    assert [r["lr"] for r in choose_lr(tied)] == ["1e-3"]

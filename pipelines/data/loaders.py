@@ -73,8 +73,9 @@ def build_data(cfg: DataConfig, raw: RawDataset, preprocessing: Preprocessing) -
     return DataBundle(raw, indices, datasets, split_digest(raw.name, indices), preprocessing, cfg.image_size)
 
 
-def make_transform(prep: Preprocessing, size: int, augment: bool) -> v2.Compose:
-    """uint8 tensor or PIL image → normalised float [3, size, size], per the backbone's data config."""
+def make_transform(prep: Preprocessing, size: int, augment: bool, shift: v2.Transform | None = None) -> v2.Compose:
+    """uint8 tensor or PIL image → normalised float [3, size, size], per the backbone's data config; `shift`
+    (pipelines/data/shifted.py) acts on the resized uint8 image, as the model would see it but for Normalize."""
     interpolation = InterpolationMode(prep.interpolation)
     resize = (
         [v2.RandomResizedCrop(size, scale=(0.7, 1.0), interpolation=interpolation, antialias=True),
@@ -86,6 +87,7 @@ def make_transform(prep: Preprocessing, size: int, augment: bool) -> v2.Compose:
         v2.ToImage(),
         v2.RGB(),
         *resize,
+        *([shift] if shift is not None else []),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(prep.mean), std=list(prep.std)),
     ])

@@ -184,3 +184,26 @@ def ranking_figure(rows: list[dict], labels: dict[str, str], title: str) -> Figu
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def id_vs_ood_figure(points: list[dict], title: str) -> Figure:
+    """One labelled point per backbone × policy: its clean test accuracy against its mean accuracy under the
+    shifts (eval.shifts). The diagonal is no loss under shift; the distance below it, the group's drop."""
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    for p in points:
+        ax.scatter(p["id_acc"], p["ood_acc"], s=30)
+        ax.annotate(f"{p['backbone']} · {p['freeze']}", (p["id_acc"], p["ood_acc"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    values = [v for p in points for v in (p["id_acc"], p["ood_acc"])]
+    low, high = max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05)
+    ax.plot([low, high], [low, high], "--", color="grey", linewidth=0.8, label="no loss under shift")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_xlabel("clean test accuracy (mean over seeds)")
+    ax.set_ylabel("test accuracy under shift (mean over shifts and seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

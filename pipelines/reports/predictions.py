@@ -1,5 +1,6 @@
-"""A run's test predictions, one row per test image (reports/test_predictions.csv): written by the run,
-read back by the comparison's paired statistics. The format's writer and reader, side by side."""
+"""A run's test predictions, one row per test image (reports/test_predictions.csv, and one file per shift of
+eval.shifts under reports/shift_predictions/): written by the run, read back by the comparison's paired
+statistics. The format's writer and reader, and where a run keeps them, side by side."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import numpy as np
 
 if TYPE_CHECKING:
     from pipelines.data.loaders import DataBundle
+
+
+def artifact_path(shift: str = "") -> str:
+    """The run's clean test predictions, or those under the shift of that name (`gaussian_noise_0.1`)."""
+    return f"reports/shift_predictions/{shift}.csv" if shift else "reports/test_predictions.csv"
 
 
 def predictions_csv(test_predictions: tuple[np.ndarray, np.ndarray], p_true: np.ndarray, data: DataBundle) -> str:

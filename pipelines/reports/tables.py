@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 
+from pipelines.reports.lr_choice import COLUMNS as LR_COLUMNS
+from pipelines.reports.lr_choice import choose_lr, lr_columns, lr_lines
 from pipelines.reports.stats import MeanCI, PairedDelta, mean_ci, verdict
 from pipelines.reports.verdicts import (
     CHAMPION_WORDS,
@@ -41,16 +43,18 @@ def _by_seed(arms: list[dict], key: str) -> dict:
 def group_rows(records: list[dict]) -> list[dict]:
     """One row per backbone × policy over its FINISHED arms: mean, std and t-CI of each accuracy, mean
     and std of the costs, its paired test-acc delta vs frozen (for a policy other than frozen) and vs the
-    champion. A record's `outcomes` (one boolean per test image, optional) makes those deltas per image."""
+    champion. A record's `outcomes` (one boolean per test image, optional) makes those deltas per image.
+    Each arm's compare.lr variants count as the one best on validation (lr_choice.choose_lr)."""
     groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
+    for r in choose_lr(records):
         if r["status"] == "FINISHED" and r["test_acc"] is not None:
             groups.setdefault((r["backbone"], r["freeze"]), []).append(r)
     rows = []
     for (backbone, freeze), arms in groups.items():
         row = {"backbone": backbone, "freeze": freeze, "seeds": len(arms), "params_trainable":
                int(arms[0]["params_trainable"] or 0), "test_acc_by_seed": _by_seed(arms, "test_acc"),
-               "outcomes_by_seed": _by_seed(arms, "outcomes")}
+               "outcomes_by_seed": _by_seed(arms, "outcomes"),
+               **lr_columns(arms, [r for r in records if (r["backbone"], r["freeze"]) == (backbone, freeze)])}
         for key in ACCURACIES + COSTS:
             s = _summary([a[key] for a in arms if a[key] is not None])
             row.update({key: s.mean, f"{key}_std": s.std})
@@ -125,6 +129,7 @@ def markdown(rows: list[dict], failed: list[dict]) -> str:
     lines = [f"Accuracies: mean ± std [{pct} CI, Student t] over seeds; {DASH} where one seed leaves it undefined.",
              "", "| " + " | ".join(GROUP_COLUMNS) + " |", "|" + "---|" * len(GROUP_COLUMNS)]
     lines += ["| " + " | ".join(_cell(r, c) for c in GROUP_COLUMNS) + " |" for r in rows]
+    lines += lr_lines(rows)
     paired = against_frozen(rows)
     if paired:
         lines += ["", f"Paired difference vs {REFERENCE} (same seeds, same split): test acc of the policy minus "
@@ -139,9 +144,15 @@ def markdown(rows: list[dict], failed: list[dict]) -> str:
     if failed:
         lines += ["", "Arms that did not finish (PRUNED: stopped by racing, at the epoch said; none of them "
                   "counts in the statistics above):", "", "| arm | status | error | run_id |", "|---|---|---|---|"]
-        lines += [f"| {f['backbone']} · {f['freeze']} · seed {f['seed']} | {f['status']} | "
+        lines += [f"| {arm_label(f)} | {f['status']} | "
                   f"{f['error'].replace('|', '/')} | {f['run_id']} |" for f in failed]
     return "\n".join(lines)
+
+
+def arm_label(record: dict) -> str:
+    """An arm's record named as its run is (arms.Arm.name): the lr too where it is a compare.lr variant."""
+    lr = f" · lr {record['lr']}" if record.get("lr") is not None else ""
+    return f"{record['backbone']} · {record['freeze']}{lr} · seed {record['seed']}"
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -150,6 +161,7 @@ def csv_text(rows: list[dict]) -> str:
     keys += [k for m in ACCURACIES for k in (m, f"{m}_std", f"{m}_ci_lo", f"{m}_ci_hi")]
     keys += [k for m in COSTS for k in (m, f"{m}_std")]
     keys += [f"delta_{k}" for k in DELTA_KEYS] + ["vs_best"] + [f"vs_best_{k}" for k in DELTA_KEYS]
+    keys += list(LR_COLUMNS) if any("lr" in r for r in rows) else []  # compare.lr's columns, only with it
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()

@@ -10,19 +10,25 @@ Declared in an experiment file's `compare:` section:
     # or, instead of the three axes: arms: [{backbone: ..., weights: ..., freeze: ..., seed: ...}]
       screen: {by: linear_probe, keep: 2}   # optional: fine-tune only the 2 backbones ranked best
       racing: successive_halving            # optional: stop arms that fall behind (studies/racing.py)
+      lr: [1e-4, 3e-4, 1e-3, 3e-3]          # optional: each arm at each lr, the best on validation kept
 
 Screening ranks the backbones first (freezeframe rank's arms, by logme | knn | linear_probe) and gives
 the policies that train the backbone to the top `keep` only; the others keep their fixed-feature arms
 (frozen, linear_probe), so they stay in the summary, marked as screened out.
 
+`compare.lr` runs each backbone · policy · seed once per lr, an arm per variant named and tagged with its
+lr (one train.lr for all would favour some policies); the summary keeps the variant best on validation
+(pipelines/reports/lr_choice.py). A linear_probe arm, an L-BFGS fit, stays one arm at the base config.
+
 Everything is checked here, before any arm starts: an empty grid, duplicate arms, unknown policies,
-a gradual schedule that does not fit the epochs.
+a gradual schedule that does not fit the epochs, a bad compare.lr.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -32,12 +38,21 @@ from pipelines.config import RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError
 from pipelines.policy import Policy
 from pipelines.ranking import SCORES
-from pipelines.studies.keys import ARM_ATTR, BACKBONE_ATTR, DIGEST_ATTR, FREEZE_ATTR, RUN_ATTR, SEED_ATTR, WEIGHTS_ATTR
+from pipelines.studies.keys import (
+    ARM_ATTR,
+    BACKBONE_ATTR,
+    DIGEST_ATTR,
+    FREEZE_ATTR,
+    LR_ATTR,
+    RUN_ATTR,
+    SEED_ATTR,
+    WEIGHTS_ATTR,
+)
 from pipelines.studies.racing import RACES
 from pipelines.studies.worker import fail_trial
 from pipelines.values import coerce
 
-_KEYS = ("name", "backbones", "freeze", "seeds", "arms", "screen", "racing")
+_KEYS = ("name", "backbones", "freeze", "seeds", "arms", "screen", "racing", "lr")
 _ARM_KEYS = ("backbone", "weights", "freeze", "seed")
 
 
@@ -47,10 +62,24 @@ class Arm:
     weights: str
     freeze: str
     seed: int
+    lr: float | None = None  # compare.lr: this variant's train.lr; None: the base config's (no compare.lr)
 
     @property
     def name(self) -> str:
-        return f"{self.backbone} · {self.freeze} · seed {self.seed}"
+        lr = "" if self.lr is None else f" · lr {lr_text(self.lr)}"
+        return f"{self.backbone} · {self.freeze}{lr} · seed {self.seed}"
+
+
+def lr_text(lr: float) -> str:
+    """3e-4 rather than 0.0003: a learning rate as experiment files and papers write it (names, the lr tag)."""
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def fitted_without_lr(freeze: str) -> bool:
+    """linear_probe: the head is one L-BFGS fit on cached features, with no lr to vary and nothing to
+    spread over devices."""
+    return Policy.parse(freeze).kind == "linear_probe"
 
 
 @dataclass(frozen=True)
@@ -93,6 +122,8 @@ def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") 
         arms = _grid(section, base, source)
     if not arms:
         raise ConfigError(f"{source}: the comparison grid is empty")
+    if "lr" in section:
+        arms = _lr_variants(arms, _lrs(section["lr"], source), source)
     seen: set[Arm] = set()
     configs = []
     for arm in arms:
@@ -105,6 +136,27 @@ def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") 
     if racing not in RACES:
         raise ConfigError(f"{source}: compare.racing must be one of {', '.join(RACES)}, got {racing!r}")
     return Comparison(name, tuple(arms), tuple(configs), screen, racing)
+
+
+def _lrs(value: Any, source: str) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{source}: compare.lr must be a non-empty list of learning rates, e.g. [1e-4, 3e-4, 1e-3], "
+                          f"got {value!r}")
+    lrs = [coerce(v, float, f"compare.lr[{i}]", source) for i, v in enumerate(value)]
+    for lr in lrs:
+        if not 0 < lr < math.inf:
+            raise ConfigError(f"{source}: compare.lr values must be numbers > 0, got {lr}")
+        if lrs.count(lr) > 1:
+            raise ConfigError(f"{source}: compare.lr lists {lr_text(lr)} twice")
+    return lrs
+
+
+def _lr_variants(arms: list[Arm], lrs: list[float], source: str) -> list[Arm]:
+    """Each arm once per lr, the lr innermost (a seed's variants queue together, so they race each other);
+    an arm fitted without an lr stays one arm."""
+    if all(fitted_without_lr(arm.freeze) for arm in arms):
+        raise ConfigError(f"{source}: compare.lr, but no arm trains with an lr (linear_probe is an L-BFGS fit)")
+    return [replace(arm, lr=lr) for arm in arms for lr in ([None] if fitted_without_lr(arm.freeze) else lrs)]
 
 
 def _screen(item: Any, source: str) -> Screen:
@@ -151,12 +203,14 @@ def _explicit_arm(item: Any, base: RunConfig, source: str, index: int) -> Arm:
 
 def arm_config(base: RunConfig, arm: Arm) -> RunConfig:
     """The base run config with the arm's axes; validated, so a bad schedule fails before any arm runs.
-    A linear_probe arm takes one process whatever train.devices says: its head is one L-BFGS fit on cached
-    features, with nothing to spread over devices."""
-    probe = Policy.parse(arm.freeze).kind == "linear_probe"
+    A linear_probe arm takes one process whatever train.devices says (fitted_without_lr). An lr variant's
+    run is named as the arm is (lr included); without compare.lr the config is as it always was."""
+    probe = fitted_without_lr(arm.freeze)
+    lr = {} if arm.lr is None else {"train.lr": arm.lr}
     return with_overrides(base, {"model.backbone": arm.backbone, "model.weights": arm.weights,
-                                 "model.freeze": arm.freeze, "seed": arm.seed, "tracking.run_name": "",
-                                 "train.devices": 1 if probe else base.train.devices})
+                                 "model.freeze": arm.freeze, "seed": arm.seed,
+                                 "tracking.run_name": "" if arm.lr is None else arm.name,
+                                 "train.devices": 1 if probe else base.train.devices, **lr})
 
 
 def arm_configs(spec: Comparison) -> dict[str, tuple[Arm, RunConfig]]:
@@ -198,6 +252,6 @@ def queue_arms(study: optuna.Study, storage: optuna.storages.BaseStorage, arms: 
     for key, (arm, _) in sorted(arms.items(), key=lambda item: item[1][1].model.policy.trains_backbone):
         if not states.get(key, set()) & {TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE}:
             axes = {BACKBONE_ATTR: arm.backbone, WEIGHTS_ATTR: arm.weights, FREEZE_ATTR: arm.freeze,
-                    SEED_ATTR: arm.seed}
+                    SEED_ATTR: arm.seed, **({} if arm.lr is None else {LR_ATTR: arm.lr})}
             study.enqueue_trial({}, user_attrs={ARM_ATTR: arm.name, DIGEST_ATTR: key, **axes})
     return done

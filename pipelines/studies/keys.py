@@ -11,6 +11,7 @@ ARM_ATTR = "arm"  # a comparison arm's readable name
 DIGEST_ATTR = "config_digest"  # a comparison arm's config digest: which grid it belongs to
 # a comparison arm's axes (the Arm dataclass's fields, as queue_arms stores them): racing groups by them
 BACKBONE_ATTR, WEIGHTS_ATTR, FREEZE_ATTR, SEED_ATTR = "backbone", "weights", "freeze", "seed"
+LR_ATTR = "lr"  # a compare.lr variant's train.lr (absent without compare.lr): racing lets a seed's variants race
 # Optuna's own system attribute: where RetryHeartbeatStaleTrialCallback records the trial a queued copy retries.
 OPTUNA_FAILED_TRIAL = "failed_trial"
 

@@ -30,6 +30,9 @@ from pipelines.training.results import FitResult, PreparedTraining, ProbeResult
 from pipelines.training.stepper import evaluate
 
 MAX_ITER = 1000  # L-BFGS iterations per C: the warm start makes most fits converge in far fewer
+# lp_ft's probes, by (features' cache key, grid, seed): an lp_ft arm of a comparison that ran the same
+# backbone's linear_probe arm (or another lp_ft arm) starts from that head rather than fitting it again
+_FITTED: dict[tuple, tuple[ProbeResult, dict[str, torch.Tensor]]] = {}
 
 
 def fit_probe(head: nn.Linear, found: dict[str, tuple[torch.Tensor, torch.Tensor]], grid: tuple[float, ...],
@@ -74,6 +77,30 @@ def _load_head(head: nn.Linear, coef: np.ndarray, intercept: np.ndarray, scaler:
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(full_weight))
         head.bias.copy_(torch.from_numpy(full_bias))
+
+
+def probe_head(prepared: PreparedTraining) -> tuple[ProbeResult, dict]:
+    """lp_ft's first stage: the network's head set to the converged probe of its frozen backbone (the
+    same fit as a linear_probe arm's, reused when this process fitted it already); returns the probe and
+    what the run logs of it (probe/c, probe/val_acc, its features' extraction seconds and source)."""
+    cfg = prepared.cfg
+    head = head_module(prepared.backbone.model)
+    key = (feature_cache.cache_key(prepared), prepared.policy.probe_c, cfg.seed)
+    found, extra = feature_cache.head_features(prepared, max(64, cfg.train.batch_size))
+    if key in _FITTED and cfg.data.feature_cache != "off":
+        probe, weights = _FITTED[key]
+        head.load_state_dict(weights)
+        reused = "reused"
+    else:
+        probe = fit_probe(head, found, prepared.policy.probe_c, cfg.seed)
+        _FITTED[key] = (probe, {k: v.detach().clone() for k, v in head.state_dict().items()})
+        reused = "fitted"
+    val_acc = max(acc for c, acc, _ in probe.grid if c == probe.c)
+    tqdm.write(f"lp_ft: the head starts from the linear probe ({reused}: C {probe.c:g}, val/acc {val_acc:.4f}), "
+               "then the network trains")
+    return probe, {"probe/c": probe.c, "probe/val_acc": val_acc, "probe/fit_s": probe.fit_seconds,
+                   "probe/feature_extraction_s": extra["perf/feature_extraction_s"],
+                   "probe_features_source": extra["feature_cache_source"], "probe_source": reused}
 
 
 def run_probe(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) -> tuple[FitResult, ProbeResult]:

@@ -84,6 +84,14 @@ class ProbeResult:
         return "c,val_acc,iterations\n" + "".join(f"{c:g},{acc:.6f},{it}\n" for c, acc, it in self.grid)
 
 
+@dataclass(frozen=True)
+class ShiftedTest:
+    """The final model on the test split under one of eval.shifts (stepper.evaluate_shifts)."""
+    spec: str  # as the config gives it: gaussian_noise:0.1
+    metrics: dict[str, float]  # shift/<name>/acc, .../f1_macro, ...: the clean test's metrics
+    predictions_csv: str  # test_predictions.csv's format: reports/shift_predictions/<name>.csv
+
+
 @dataclass
 class TrainingOutcome:
     prepared: PreparedTraining
@@ -92,3 +100,4 @@ class TrainingOutcome:
     report_dict: dict
     predictions_csv: str  # one row per test image: reports/test_predictions.csv
     probe: ProbeResult | None = None  # linear_probe: the C chosen and every C tried
+    shifted: dict[str, ShiftedTest] = field(default_factory=dict)  # shift name → its test (eval.shifts)

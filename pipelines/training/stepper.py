@@ -8,7 +8,7 @@ so every process reports the same numbers, those of one process over the whole s
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -24,11 +24,19 @@ from torchmetrics.classification import (
 from tqdm.auto import tqdm
 
 from pipelines.config import TrainConfig
-from pipelines.data.shards import real_in_batch
+from pipelines.data.shards import eval_shard, real_in_batch
+from pipelines.data.shifted import shifted_test_set
 from pipelines.errors import TrainingError
+from pipelines.processes import world_size
+from pipelines.reports.predictions import predictions_csv
+from pipelines.shifts import parse_shifts
 from pipelines.training import distributed
 from pipelines.training.device import autocast_context, check_limit
 from pipelines.training.optimizer import optimizer_step
+from pipelines.training.results import ShiftedTest
+
+if TYPE_CHECKING:
+    from pipelines.training.results import PreparedTraining
 
 
 def make_metrics(num_classes: int, device: torch.device | str = "cpu") -> MetricCollection:
@@ -57,7 +65,7 @@ def compute(metrics: MetricCollection, split: str) -> tuple[dict[str, float], to
 
 class EpochPass(NamedTuple):
     """One pass over a split: its metrics (`<split>/acc`, ...), confusion matrix, true and predicted classes,
-    and (the test pass only: nothing else reads it) each image's probability of its true class."""
+    and (the test passes only, clean and shifted: nothing else reads it) each image's probability of its true class."""
 
     metrics: dict[str, float]
     confusion: torch.Tensor
@@ -75,6 +83,28 @@ def evaluate(model: nn.Module, loaders: dict[str, DataLoader], num_classes: int,
     model.to(device)
     return {split: step.run_epoch(loader, split, desc=f"{split} eval", train=False)
             for split, loader in loaders.items()}
+
+
+def evaluate_shifts(prepared: PreparedTraining) -> dict[str, ShiftedTest]:
+    """The run's final network tested again on the test split under each of eval.shifts (pipelines/data/shifted.py):
+    shift name → its metrics (`shift/<name>/acc`, ...) and per-image predictions; empty without shifts. The whole
+    network runs, so a cached-feature or linear_probe run's head, trained in place inside it, is tested too; under
+    data-parallel training each process takes its shard of a shifted split, and the pass gathers them in order."""
+    shifts = parse_shifts(prepared.cfg.eval.shifts)
+    if not shifts:
+        return {}
+    cfg, device, data, model = prepared.cfg, prepared.device, prepared.data, prepared.backbone.model
+    # the clean test's precision and memory format (a cached-feature run moved its head alone)
+    model.to(device=device, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
+    step, found = Stepper(model, device, cfg.train, len(data.class_names)), {}
+    for shift in shifts:
+        loader = DataLoader(eval_shard(shifted_test_set(data, shift)), batch_size=cfg.train.batch_size // world_size(),
+                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        done = step.run_epoch(loader, f"shift/{shift.name}", desc=f"test under {shift.spec}", train=False)
+        predictions = (done.true.cpu().numpy(), done.predicted.cpu().numpy())
+        found[shift.name] = ShiftedTest(shift.spec, done.metrics,
+                                        predictions_csv(predictions, done.p_true.cpu().numpy(), data))
+    return found
 
 
 class Stepper:
@@ -130,7 +160,8 @@ class Stepper:
                 # bookkeeping cost more than a linear head's whole step (40 % of a cached-feature epoch)
                 preds.append(logits.detach()[:real].argmax(1))
                 targets.append(y[:real])
-                if split == "test":  # per image: what the paired statistics and "which images does it miss?" read
+                # per image: what the paired statistics and "which images does it miss?" read
+                if split == "test" or split.startswith("shift/"):
                     p_true.append(logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1))
         if batches % check_every:  # the batches since the last check
             self._check_finite(loss_sum, split, batches)

@@ -6,6 +6,7 @@ MLflow run is touched; `execute` trains and returns everything a tracker may wan
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -24,8 +25,10 @@ from pipelines.reports.predictions import predictions_csv
 from pipelines.training import distributed, feature_cache
 from pipelines.training.device import resolve_device, seed_everything
 from pipelines.training.engine import FitSetup, Listener, fit
-from pipelines.training.probe import run_probe
+from pipelines.training.prefix import suffix_view
+from pipelines.training.probe import probe_head, run_probe
 from pipelines.training.results import FitResult, PreparedTraining, ProbeResult, TrainingOutcome
+from pipelines.training.stepper import evaluate_shifts
 
 
 def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -> PreparedTraining:
@@ -39,7 +42,7 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
     seed_everything(cfg.seed)  # the fresh head's initialisation is part of the experiment
     backbone, freeze = build_model(cfg, len(raw.class_names), state_dict=state_dict)
     _check_image_size(backbone, cfg.data.image_size)
-    if cfg.model.policy.kind == "linear_probe":
+    if cfg.model.policy.kind == "linear_probe" or cfg.model.policy.probe_head:
         _check_linear_head(backbone)
     data = build_data(cfg.data, raw, backbone.preprocessing)
     prepared = PreparedTraining(cfg, backbone, data, freeze, device, config_mod.digest(cfg))
@@ -48,7 +51,7 @@ def prepare(cfg: RunConfig, state_dict: dict[str, torch.Tensor] | None = None) -
 
 
 def _check_linear_head(backbone: Backbone) -> None:
-    """linear_probe loads a logistic regression into the network's head: it must be one Linear with a bias."""
+    """linear_probe and lp_ft load a logistic regression into the network's head: one Linear with a bias."""
     head = head_module(backbone.model)
     if not isinstance(head, nn.Linear) or head.bias is None:
         raise ConfigError(f"linear_probe needs a Linear head with a bias; {backbone.full_name}'s classifier is "
@@ -83,20 +86,27 @@ def execute(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) ->
     if prepared.policy.kind == "linear_probe":  # no epochs: the head is fitted to convergence (probe.py)
         result, probe = run_probe(prepared, listeners)
         return _outcome(prepared, result, probe)
-    model, train_cfg, extra = prepared.backbone.model, cfg.train, {}
-    if not prepared.feature_cache.on:
+    model, train_cfg, extra, probe = prepared.backbone.model, cfg.train, {}, None
+    if prepared.policy.probe_head:  # lp_ft: the head starts from the converged probe, then the policy trains
+        probe, extra = probe_head(prepared)
+        seed_everything(cfg.seed)  # the training's shuffles as without the probe before it
+    plan = prepared.feature_cache
+    if not plan.on:
         loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
                                pin_memory=prepared.device.type == "cuda")
-    else:  # the head trains on the backbone's features, computed once (pipelines/training/feature_cache.py)
-        found, extra = feature_cache.head_features(prepared, batch_size=max(64, cfg.train.batch_size))
+    else:  # trained on what the fixed part computes, once (pipelines/training/feature_cache.py, prefix.py)
+        found, cached = feature_cache.head_features(prepared, max(64, cfg.train.batch_size), plan.split)
+        extra = {**extra, **cached}
         loaders = feature_cache.head_loaders(found, cfg.train.batch_size, cfg.seed)
-        model = head_module(model)
-        train_cfg = dataclasses.replace(cfg.train, channels_last=False)  # features are [N, D]
+        if plan.split is None:  # frozen: the head alone, on features [N, D]
+            model = head_module(model)
+            train_cfg = dataclasses.replace(cfg.train, channels_last=False)
     setup = FitSetup(train_cfg, len(prepared.data.class_names), prepared.device, prepared.policy,
                      prepared.checkpoint_dir)
-    result = fit(model, loaders, setup, listeners)
+    with suffix_view(model, plan.split) if plan.split else contextlib.nullcontext():
+        result = fit(model, loaders, setup, listeners)
     result.extra.update(extra)
-    return _outcome(prepared, result)
+    return _outcome(prepared, result, probe)
 
 
 def _outcome(prepared: PreparedTraining, result: FitResult, probe: ProbeResult | None = None) -> TrainingOutcome:
@@ -108,4 +118,5 @@ def _outcome(prepared: PreparedTraining, result: FitResult, probe: ProbeResult |
         report_text=classification_report(y_true, y_pred, digits=4, **kwargs),
         report_dict=classification_report(y_true, y_pred, output_dict=True, **kwargs),
         predictions_csv=predictions_csv(result.test_predictions, result.test_p_true, prepared.data), probe=probe,
+        shifted=evaluate_shifts(prepared),  # the best epoch's network under eval.shifts
     )

@@ -22,6 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from pipelines import config as config_mod
 from pipelines.config import RunConfig
 from pipelines.reports import figures
+from pipelines.reports.predictions import artifact_path
 from pipelines.training.results import PreparedTraining, TrainingOutcome
 from tracking import tags as t
 from tracking.models import model_store
@@ -155,13 +156,17 @@ class MlflowTracker:
         confusion = {split: m.tolist() for split, m in fit.confusion.items() if m is not None}
         history = {"history": fit.history, "confusion": confusion, "class_names": names}
         self.jobs.submit("reports", lambda: self._log_reports(outcome.report_text, outcome.report_dict, history))
-        self.jobs.submit("reports", lambda: self.client.log_text(self.run_id, outcome.predictions_csv,
-                                                                 "reports/test_predictions.csv"))
+        self.jobs.submit("reports", lambda: self.client.log_text(self.run_id, outcome.predictions_csv, artifact_path()))
+        for name, shifted in outcome.shifted.items():  # eval.shifts: beside the clean ones, in the same format
+            self.jobs.submit("reports", lambda text=shifted.predictions_csv, path=artifact_path(name):
+                             self.client.log_text(self.run_id, text, path))
         if outcome.probe is not None:  # linear_probe: every C tried, and the chosen one
             self.jobs.submit("reports", lambda: self.client.log_text(self.run_id, outcome.probe.csv(),
                                                                      "reports/probe_c_grid.csv"))
         with self._timed("final metrics"):
-            self.log_metrics({**fit.test, "best/epoch": fit.best_epoch, f"best/{monitor}": fit.best_value,
+            under_shift = {k: v for s in outcome.shifted.values() for k, v in s.metrics.items()}  # shift/<name>/acc
+            self.log_metrics({**fit.test, **under_shift, "best/epoch": fit.best_epoch,
+                              f"best/{monitor}": fit.best_value,
                               "perf/train_s": fit.train_seconds, "train/stopped_early": float(fit.stopped_early),
                               "train/epochs_completed": len(fit.history)},
                              step=fit.best_epoch)

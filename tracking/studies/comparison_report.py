@@ -15,8 +15,10 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.errors import first_line
 from pipelines.reports import figures
-from pipelines.reports.predictions import outcomes
-from pipelines.reports.tables import against_frozen, csv_text, group_rows, markdown
+from pipelines.reports.lr_choice import choose_lr
+from pipelines.reports.predictions import artifact_path, outcomes
+from pipelines.reports.tables import against_frozen, arm_label, csv_text, group_rows, markdown
+from pipelines.reports.under_shift import ood_points, shift_markdown, shift_tables
 from pipelines.reports.verdicts import group_name
 from tracking import tags
 from tracking.models.registry import register_champion
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def arm_record(run: Run) -> dict:
     m, t = run.data.metrics, run.data.tags
+    monitor = run.data.params.get("train.monitor", "val/acc")
     train_s, images_per_s = m.get("perf/train_s"), m.get("perf/images_per_s")
     if train_s is not None and "perf/feature_extraction_s" in m:
         # cached frozen arm: its cost is the extraction pass plus the head's training, per image seen
@@ -40,7 +43,18 @@ def arm_record(run: Run) -> dict:
             "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""),
             "best_val_acc": m.get("best/val/acc"), "test_acc": m.get("test/acc"),
             "test_f1_macro": m.get("test/f1_macro"), "params_trainable": m.get("model/params_trainable"),
-            "train_s": train_s, "images_per_s": images_per_s}
+            "train_s": train_s, "images_per_s": images_per_s,
+            # compare.lr: the variant's lr (tag), what chooses among variants, and each one's cost in run seconds
+            "lr": t.get(tags.LR), "monitor": monitor, "best_monitored": m.get(f"best/{monitor}"),
+            "run_s": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+            "shifts": _shift_metrics(m)}
+
+
+def _shift_metrics(metrics: dict[str, float]) -> dict[str, dict]:
+    """shift name → the arm's test accuracies under it (eval.shifts: `shift/<name>/acc`), as a record names them."""
+    names = [k.split("/")[1] for k in metrics if k.startswith("shift/") and k.endswith("/acc") and k.count("/") == 2]
+    return {n: {"test_acc": metrics[f"shift/{n}/acc"], "test_f1_macro": metrics.get(f"shift/{n}/f1_macro")}
+            for n in names}
 
 
 def metric_key(*parts: str) -> str:
@@ -66,11 +80,12 @@ def delta_metrics(paired: list[dict]) -> dict[str, float]:
     return metrics
 
 
-def per_image_outcomes(run_id: str) -> np.ndarray | None:
-    """A finished arm's per-image outcomes (reports/test_predictions.csv); None for an arm logged before
-    runs kept them, whose differences are then read over seeds only."""
+def per_image_outcomes(run_id: str, shift: str = "") -> np.ndarray | None:
+    """A finished arm's per-image outcomes (reports/test_predictions.csv, or under a shift its file in
+    reports/shift_predictions/); None for an arm logged before runs kept them, whose differences are then read
+    over seeds only."""
     try:
-        return outcomes(mlflow.artifacts.load_text(f"runs:/{run_id}/reports/test_predictions.csv"))
+        return outcomes(mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_path(shift)}"))
     except (MlflowException, OSError) as exc:  # missing (an older run), or the store failed: said, not hidden
         log.warning("run %s: no per-image outcomes (%s); its differences are read over seeds", run_id,
                     first_line(exc))
@@ -82,7 +97,10 @@ def arm_records(runs: list[Run]) -> list[dict]:
     records = [arm_record(r) for r in runs]
     for record, run in zip(records, runs, strict=True):
         if record["status"] == "FINISHED":  # a reused run's outcomes are in the run it copied
-            record["outcomes"] = per_image_outcomes(run.data.tags.get(tags.DUPLICATE_OF, run.info.run_id))
+            source = run.data.tags.get(tags.DUPLICATE_OF, run.info.run_id)
+            record["outcomes"] = per_image_outcomes(source)
+            for shift, found in record["shifts"].items():
+                found["outcomes"] = per_image_outcomes(source, shift)
     return records
 
 
@@ -105,18 +123,24 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str,
     client = MlflowClient()
     records = arm_records(runs)
     rows = group_rows(records)
+    by_shift = shift_tables(records)  # eval.shifts: the same tables per shift
     failed = [r for r in records if r["status"] != "FINISHED"]
     screening = "".join(f"- {b}: {why}\n" for b, why in (screened_out or {}).items())
+    sections = {shift: shift_markdown(shift, found) for shift, found in by_shift.items()}
     client.log_text(parent_run_id, markdown(rows, failed) + (
-        f"\n\nScreened out (fixed-feature arms only, no fine-tuning):\n\n{screening}" if screening else ""),
-        "summary/summary.md")
+        f"\n\nScreened out (fixed-feature arms only, no fine-tuning):\n\n{screening}" if screening else "")
+        + "".join(f"\n\n{text}" for text in sections.values()), "summary/summary.md")
     client.log_text(parent_run_id, csv_text(rows), "summary/summary.csv")
+    for shift, found in by_shift.items():  # each shift's tables on their own too, as the clean ones are
+        client.log_text(parent_run_id, sections[shift], f"summary/shift_{shift}.md")
+        client.log_text(parent_run_id, csv_text(found), f"summary/shift_{shift}.csv")
     curves = {}
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "val/acc")
         if history:
             t = run.data.tags
-            curves[f"{t.get(tags.BACKBONE)} · {t.get(tags.FREEZE)} · s{t.get(tags.SEED)}"] = (
+            lr = f" · lr {t[tags.LR]}" if tags.LR in t else ""
+            curves[f"{t.get(tags.BACKBONE)} · {t.get(tags.FREEZE)}{lr} · s{t.get(tags.SEED)}"] = (
                 [h.step for h in history], [h.value for h in history])
     plots = {"plots/val_acc_curves.png": figures.arm_curves_figure(curves, "val/acc", f"{name}: val accuracy")}
     if rows:
@@ -126,11 +150,16 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str,
     paired = [p for p in against_frozen(rows) if p["delta"] is not None]
     if paired:
         plots["plots/policy_vs_frozen.png"] = figures.delta_figure(paired, f"{name}: each policy against frozen")
+    ood = ood_points(rows, by_shift)
+    if ood:
+        plots["plots/id_vs_ood.png"] = figures.id_vs_ood_figure(ood, f"{name}: clean against shifted test accuracy")
     for path, figure in plots.items():
         client.log_figure(parent_run_id, figure, path)
         plt.close(figure)
     metrics = delta_metrics(paired)
-    finished = [r for r in records if r["status"] == "FINISHED" and r["test_acc"] is not None]
+    metrics.update({metric_key("ood_acc", p["backbone"], p["freeze"]): p["ood_acc"] for p in ood})
+    # the best arm among those the statistics read: an lr variant only where validation chose it
+    finished = [r for r in choose_lr(records) if r["status"] == "FINISHED" and r["test_acc"] is not None]
     pruned = sum(r["status"] == "PRUNED" for r in records)
     run_tags = {tags.ARMS_TOTAL: str(len(records)), tags.ARMS_FAILED: str(len(failed) - pruned),
                 tags.ARMS_PRUNED: str(pruned),
@@ -138,17 +167,13 @@ def log_summary(parent_run_id: str, name: str, runs: list[Run], experiment: str,
     best = max(finished, key=lambda r: r["test_acc"]) if finished else None
     if best is not None:
         metrics["best/test_acc"] = best["test_acc"]
-        run_tags.update({tags.BEST_ARM: _arm_name(best), tags.BEST_RUN_ID: best["run_id"]})
+        run_tags.update({tags.BEST_ARM: arm_label(best), tags.BEST_RUN_ID: best["run_id"]})
         champion = next(r for r in rows if r.get("vs_best") == "champion")
         tied = [group_name(r) for r in rows if r.get("vs_best") == "tied"]
         run_tags.update({tags.BEST_GROUP: group_name(champion), tags.TIED_WITH_BEST: "; ".join(tied) or "none"})
     log_values(parent_run_id, metrics, run_tags)
     if best is None:
         return rows, None
-    description = (f"best arm of comparison {name}: {_arm_name(best)}, test/acc {best['test_acc']:.4f}; "
+    description = (f"best arm of comparison {name}: {arm_label(best)}, test/acc {best['test_acc']:.4f}; "
                    f"run {best['run_id']}")
     return rows, register_champion(best["run_id"], f"freezeframe-{experiment}", description, parent_run_id)
-
-
-def _arm_name(record: dict) -> str:
-    return f"{record['backbone']} · {record['freeze']} · seed {record['seed']}"
