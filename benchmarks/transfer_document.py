@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from benchmarks.transfer_findings import PROBE, ci, pct, published_findings, short
+from benchmarks.transfer_shift import recent_findings, shift_lines
 from pipelines.reports import figures
 from pipelines.reports.stats import verdict
 from pipelines.reports.tables import group_rows, markdown
@@ -132,10 +133,14 @@ def write_report(records: list[dict], native: list[dict], meta: dict, report_pat
             [{**p, "backbone": short(p["backbone"])} for p in paired],
             "Each policy against frozen, paired on test images and seeds"),
     }
+    rel = figdir.name
+    under_shift, ood, shift_rows = shift_lines(records, rows, rel)
+    if ood:
+        plots["id_vs_ood.png"] = figures.id_vs_ood_figure([{**p, "backbone": short(p["backbone"])} for p in ood],
+                                                          "Clean against mean shifted test accuracy")
     for name, fig in plots.items():
         fig.savefig(figdir / name, dpi=120)
         plt.close(fig)
-    rel = figdir.name
     lines = [f"# Transfer report: {', '.join(map(short, order['backbone']))} × freeze policies on "
              f"{meta['data.dataset']}", "", f"Generated {datetime.date.today().isoformat()} by "
              "`benchmarks/transfer_report.py`; every statement below is computed from the runs.", ""]
@@ -159,10 +164,12 @@ def write_report(records: list[dict], native: list[dict], meta: dict, report_pat
               f"![each policy against frozen]({rel}/policy_vs_frozen.png)", "",
               f"## Each policy against {PROBE}", "", "The same, against the converged linear probe on the same "
               "features (Kornblith et al.'s fixed-feature protocol).", "", *DELTA_HEADER, *delta_lines(vs_probe), ""]
+    lines += under_shift
     lines += champion_lines(rows)
     lines += layer_decay_lines(rows)
     lines += native_lines(native_rows, rows, meta)
     lines += published_findings(rows, native_rows, meta)
+    lines += ["", *recent_findings(rows, shift_rows)] if shift_rows else []
     lines += ["", "## Appendix: the parent runs' summary tables", "", markdown(rows, failed), ""]
     if native_rows:
         lines += ["At native size (one comparison per backbone, tabled together):", "",

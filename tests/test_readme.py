@@ -84,7 +84,7 @@ NOT_RUN = {
     r"make lint\b": "ruff and lint-imports over the checkout, seconds; .ci/run runs it before make test",
     r"make docs(?!-)": "mkdocs build --strict, about a second; .ci/run runs it before make test",
     r"make docs-serve\b": "a server that runs until stopped (mkdocs serve)",
-    r"\.venv/bin/python benchmarks/bench_(overhead|feature_cache)\.py ":
+    r"\.venv/bin/python benchmarks/bench_(overhead|feature_cache|prefix_cache)\.py ":
         "benchmarks of repeated ~40-s runs, minutes each (docs/performance.md's figures, measured by hand)",
     r"pip install \. -c constraints\.txt":
         "tests/test_package.py builds the wheel, installs it into a new venv with the lock as constraints and "
@@ -114,7 +114,7 @@ NOT_RUN = {
     r"sbatch backbones\.sbatch$": "needs a Slurm cluster; tests/test_slurm.py submits a --dry-run script by hand",
     r"mlflow run \. -e (compare|search) .*-P storage=postgresql":
         "placeholder PostgreSQL host; tests/test_workers.py runs such workers on a real PostgreSQL",
-    r"python benchmarks/transfer_report\.py ": "51 arms on Fashion-MNIST, about 34 minutes on 2 cores",
+    r"python benchmarks/transfer_report\.py ": "78 arms on Fashion-MNIST, about an hour on 2 cores",
     r"python benchmarks/bench_compare_budget\.py ": "about 280 arms on two datasets, about 27 minutes on 2 cores; "
         "tests/test_rank.py and test_racing.py run screening and racing on tiny grids",
     r"sudo apt-get install dataset-fashion-mnist": "a system package (root, network); .ci/run installs it",

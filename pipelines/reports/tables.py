@@ -22,7 +22,7 @@ from pipelines.reports.verdicts import (
 )
 
 ACCURACIES = ("best_val_acc", "test_acc", "test_f1_macro")
-COSTS = ("train_s", "images_per_s")
+COSTS = ("train_s", "images_per_s", "peak_memory_mb")  # peak_memory_mb: the arm's perf/peak_memory_mb
 GROUP_COLUMNS = ("backbone", "freeze", "seeds", *ACCURACIES, "params_trainable", *COSTS)
 DASH = "—"
 
@@ -56,7 +56,7 @@ def group_rows(records: list[dict]) -> list[dict]:
                "outcomes_by_seed": _by_seed(arms, "outcomes"),
                **lr_columns(arms, [r for r in records if (r["backbone"], r["freeze"]) == (backbone, freeze)])}
         for key in ACCURACIES + COSTS:
-            s = _summary([a[key] for a in arms if a[key] is not None])
+            s = _summary([a[key] for a in arms if a.get(key) is not None])
             row.update({key: s.mean, f"{key}_std": s.std})
             if key in ACCURACIES:
                 row.update({f"{key}_ci_lo": s.lo, f"{key}_ci_hi": s.hi})

@@ -2,9 +2,9 @@
 
 The head is an L2-regularised multinomial logistic regression fitted to convergence by scikit-learn's
 L-BFGS on the frozen backbone's features, its C chosen on validation over a log grid (ascending, each
-fit warm-started from the last). The features are standardised for the solver; the scaling is folded
-into the weights, which are then loaded into the network's own Linear head, so the logged model,
-`predict`, `mlflow models serve` and the safetensors export see an ordinary network.
+fit warm-started from the last). The features are centred and scaled by one number for the solver (not per
+feature: fit_probe says why); that is folded into the weights, loaded into the network's own Linear head,
+so the logged model, `predict`, `mlflow models serve` and the safetensors export see an ordinary network.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,8 +40,15 @@ def fit_probe(head: nn.Linear, found: dict[str, tuple[torch.Tensor, torch.Tensor
     started = time.perf_counter()
     (x_train, y_train), (x_val, y_val) = ((x.numpy().astype(np.float64), y.numpy()) for x, y in
                                           (found["train"], found["val"]))
-    scaler = StandardScaler().fit(x_train)
-    z_train, z_val = scaler.transform(x_train), scaler.transform(x_val)
+    # Centred, and scaled by one number for the whole feature vector (its RMS), not by each feature's std: the L2
+    # penalty then bounds the weights on the features as the network sees them. Scaled per feature, a
+    # near-constant feature got a weight of 1/std in the folded head (|W| 72 against a fine-tuned head's 2 on
+    # Fashion-MNIST with Lite0), and lp_ft's fine-tuning, which moves those features, swung the logits: val/acc
+    # fell from the probe's 0.80 to 0.40 in one epoch. The one scale keeps L-BFGS's tolerance meaningful
+    # whatever the features' magnitude (raw features of std 0.03 stopped it after one iteration).
+    mean = x_train.mean(axis=0)
+    scale = float(np.sqrt(np.mean((x_train - mean) ** 2))) or 1.0
+    z_train, z_val = (x_train - mean) / scale, (x_val - mean) / scale
     model = LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, warm_start=True, random_state=seed)
     tried, best = [], None
     for c in grid:
@@ -59,16 +65,17 @@ def fit_probe(head: nn.Linear, found: dict[str, tuple[torch.Tensor, torch.Tensor
         tqdm.write(f"linear_probe: L-BFGS stopped at {MAX_ITER} iterations for C in "
                    f"{[c for c, _, it in tried if it >= MAX_ITER]} before converging (reports/probe_c_grid.csv)")
     c, _, coef, intercept = best
-    _load_head(head, coef, intercept, scaler, classes=model.classes_)
+    _load_head(head, coef, intercept, (mean, scale), classes=model.classes_)
     return ProbeResult(c, tuple(tried), time.perf_counter() - started)
 
 
-def _load_head(head: nn.Linear, coef: np.ndarray, intercept: np.ndarray, scaler: StandardScaler,
+def _load_head(head: nn.Linear, coef: np.ndarray, intercept: np.ndarray, centring: tuple[np.ndarray, float],
                classes: np.ndarray) -> None:
-    """w·(x − μ)/σ + b = (w/σ)·x + (b − w·μ/σ): the standardisation folded into the head's own weights. A class
+    """w·(x − μ)/s + b = (w/s)·x + (b − w·μ/s): the centring and the one scale folded into the head. A class
     absent from the train split keeps a logit far below the others (scikit-learn never saw it)."""
-    weight = coef / scaler.scale_
-    bias = intercept - weight @ scaler.mean_
+    mean, scale = centring
+    weight = coef / scale
+    bias = intercept - weight @ mean
     if coef.shape[0] == 1:  # two classes: scikit-learn keeps one row, the logit of the second class
         weight, bias = np.vstack([-weight / 2, weight / 2]), np.array([-bias[0] / 2, bias[0] / 2])
     full_weight = np.zeros((head.out_features, head.in_features))

@@ -43,7 +43,7 @@ def arm_record(run: Run) -> dict:
             "run_id": run.info.run_id, "error": t.get(tags.ERROR, ""),
             "best_val_acc": m.get("best/val/acc"), "test_acc": m.get("test/acc"),
             "test_f1_macro": m.get("test/f1_macro"), "params_trainable": m.get("model/params_trainable"),
-            "train_s": train_s, "images_per_s": images_per_s,
+            "train_s": train_s, "images_per_s": images_per_s, "peak_memory_mb": m.get("perf/peak_memory_mb"),
             # compare.lr: the variant's lr (tag), what chooses among variants, and each one's cost in run seconds
             "lr": t.get(tags.LR), "monitor": monitor, "best_monitored": m.get(f"best/{monitor}"),
             "run_s": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
