@@ -22,7 +22,7 @@ from freezeframe.child_run import run_child
 from pipelines.cluster.workers import WORKER_ENV
 from pipelines.config import MONITORS, RunConfig, with_overrides
 from pipelines.errors import ConfigError, without_password
-from pipelines.studies.arms import Arm, Comparison, arm_configs, lr_text, queue_arms
+from pipelines.studies.arms import Arm, Comparison, arm_configs, queue_arms
 from pipelines.studies.child import ChildRun, Reporting
 from pipelines.studies.keys import (
     ARM_ATTR,
@@ -38,6 +38,7 @@ from pipelines.studies.keys import (
 from pipelines.studies.plan import PrunerSpec, StudyPlan
 from pipelines.studies.storage import DEFAULT_STORAGE, DIRECTIONS, make_storage, open_study, storage_id, study_lock
 from pipelines.studies.worker import StudyWorker, TrialBudget, reap_dead, requeue
+from pipelines.values import lr_text
 from tracking import links, tags
 from tracking.runs import session
 from tracking.store import ensure_reachable

@@ -20,7 +20,7 @@ import yaml
 from pipelines.errors import ConfigError
 from pipelines.policy import Policy
 from pipelines.shifts import parse_shifts
-from pipelines.values import build_tree
+from pipelines.values import build_tree, read_yaml, set_dotted
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def load_experiment(path: str | Path | None = None,
     source = str(path) if path else "defaults"
     sections = {name: raw.pop(name) for name in ENTRY_SECTIONS if name in raw}
     for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return from_dict(raw, source), sections
 
 
@@ -172,33 +172,9 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "ove
     loaded one: the one way code changes a config, so no value skips the checks."""
     raw = to_dict(cfg)
     for key, value in overrides.items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return from_dict(raw, source)
 
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1}" if where else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
-    return data
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key}: '{part}' is not a section")
-    node[leaf] = value
 
 def validate(cfg: RunConfig) -> None:
     """Value checks that do not need the model or the data (those come when they are built)."""
@@ -248,26 +224,14 @@ def validate(cfg: RunConfig) -> None:
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """Plain YAML/JSON-ready values: tuples become lists."""
-    def plain(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: plain(v) for k, v in node.items()}
-        return list(node) if isinstance(node, tuple) else node
-
-    return plain(dataclasses.asdict(cfg))
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:
-    """`{"train.lr": 0.001, ...}`: the keys MLflow shows as params columns."""
+    """`{"train.lr": 0.001, ...}`: the keys MLflow shows as params columns (sections hold values, not sections)."""
     out: dict[str, Any] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                out[f"{prefix}{key}"] = value
-
-    walk(to_dict(cfg), "")
+    for name, value in to_dict(cfg).items():
+        out.update({f"{name}.{key}": v for key, v in value.items()} if isinstance(value, dict) else {name: value})
     return out
 
 

@@ -52,6 +52,8 @@ class Policy:
         if bn not in BN_MODES:
             raise ConfigError(f"model.bn must be one of {BN_MODES}, got '{bn}'")
         rest = {"bn": bn, "unfreeze_at": tuple(unfreeze_at), "unfreeze_lr_mult": unfreeze_lr_mult}
+        if text in ("lp_ft:", "lp_ft:unfrozen"):  # one spelling per policy: one digest, one arm
+            raise ConfigError(f"freeze policy '{text}' is written lp_ft")
         if text == "lp_ft" or text.startswith("lp_ft:"):
             return _lp_ft(cls.parse(text.removeprefix("lp_ft").removeprefix(":") or "unfrozen", **rest), text)
         if text in ("unfrozen", "frozen", "gradual", "bias", "norm"):

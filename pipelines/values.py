@@ -2,16 +2,21 @@
 build a typed dataclass tree from a raw mapping the same way.
 
 PyYAML reads `1e-3` as a string and MLflow passes float-typed parameters as "5.0": numbers are cast
-here rather than trusted. Used by the config tree and by the compare/search sections and CLI flags.
+here rather than trusted. Used by the config tree and by the compare/search sections and CLI flags; also
+the experiment file's reading, and compare.lr's learning rates as values and as names write them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pipelines.errors import ConfigError
 
@@ -84,3 +89,48 @@ def build_tree(cls: type, raw: Any, prefix: str, source: str) -> Any:
         else:
             values[name] = coerce(raw[name], kind, f"{prefix}{name}", source)
     return cls(**values)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: '{part}' is not a section")
+    node[leaf] = value
+
+
+def lr_text(lr: float) -> str:
+    """3e-4 rather than 0.0003: a learning rate as experiment files and papers write it (names, the lr tag)."""
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def learning_rates(value: Any, source: str) -> list[float]:
+    """compare.lr: a non-empty list of distinct numbers > 0."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{source}: compare.lr must be a non-empty list of learning rates, e.g. [1e-4, 3e-4, 1e-3], "
+                          f"got {value!r}")
+    lrs = [coerce(v, float, f"compare.lr[{i}]", source) for i, v in enumerate(value)]
+    for lr in lrs:
+        if not 0 < lr < math.inf:
+            raise ConfigError(f"{source}: compare.lr values must be numbers > 0, got {lr}")
+        if lrs.count(lr) > 1:
+            raise ConfigError(f"{source}: compare.lr lists {lr_text(lr)} twice")
+    return lrs

@@ -1,5 +1,7 @@
 """The compare entry point and its grid, in-process against a real sqlite store."""
 
+import shutil
+
 import mlflow
 import optuna
 import pytest
@@ -184,7 +186,7 @@ def test_compare_lr_adds_variants_to_a_grid_and_reports_each_arm_at_its_lr_best_
     assert "timm/test_resnet · frozen · lr 1e-2 · seed 0: FINISHED earlier" in out
     runs = runs_in(tracking_store)
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    variants = {r.data.tags["lr"]: r for r in runs if r.data.tags.get("freeze") == "frozen"}
+    variants = {r.data.tags["lr_variant"]: r for r in runs if r.data.tags.get("freeze") == "frozen"}
     assert len(runs) == 3 and set(variants) == {"1e-2", "1e-3"} and variants["1e-3"].data.params["train.lr"] == "0.001"
     assert variants["1e-3"].info.run_name == "timm/test_resnet · frozen · lr 1e-3 · seed 0"
     # chosen on validation (a tie: the smaller step), reported on test
@@ -264,29 +266,42 @@ def test_feature_cache_is_off_with_augmentation_and_on_disk_when_asked(tmp_path)
     assert again.fit.test == pytest.approx(first.fit.test)
 
 
-@pytest.mark.parametrize("policy", ["last_n:1", "lp_ft:stage:2"])
-def test_a_partial_fine_tuning_trains_on_its_cached_prefix_with_the_uncached_runs_metrics(tmp_path, policy):
-    """The stages before the first trained one run once (pipelines/training/prefix.py): every epoch's metrics,
-    the test predictions and the trained weights are the uncached run's. lp_ft's probe comes first."""
+@pytest.mark.parametrize("policy, backbone", [("last_n:1", "timm/test_resnet"), ("lp_ft:stage:2", "timm/test_resnet"),
+                                              ("gradual", "torchvision/mobilenet_v3_small")])
+def test_a_partial_fine_tuning_trains_on_its_cached_prefix_with_the_uncached_runs_metrics(tmp_path, policy, backbone):
+    """The stages before the first trained one run once (pipelines/models/prefix.py): every epoch's metrics,
+    the test predictions and the trained weights are the uncached run's. lp_ft's probe comes first; gradual
+    thaws the same stages (a torchvision network's stages are found on the whole network, not the rest); a
+    cached run resumes from the uncached run's checkpoint (both hold the whole network)."""
     from pipelines.training import feature_cache
 
     results = {}
-    for mode in ("off", "memory"):
+    for mode in ("off", "memory", "resumed"):
         feature_cache.clear()
         cfg = load_config(None, tiny_overrides(tmp_path / mode, **{
-            "model.freeze": policy, "data.feature_cache": mode, "train.epochs": 2, "eval.shifts": ["blur:0.01"]}))
-        results[mode] = execute(prepare(cfg))
+            "model.backbone": backbone, "model.freeze": policy, "data.feature_cache": mode.replace("resumed", "memory"),
+            "train.epochs": 3, "eval.shifts": ["blur:0.01"], "train.resume": mode == "resumed"}))
+        prepared = prepare(cfg)
+        if mode == "resumed":  # the uncached run's last checkpoint, where the cached run looks for its own
+            shutil.copytree(results["off"].prepared.checkpoint_dir, prepared.checkpoint_dir)
+        results[mode] = execute(prepared)
+    assert results["resumed"].fit.resumed_from_epoch == 3
+    assert (results["resumed"].fit.test_predictions[1] == results["off"].fit.test_predictions[1]).all()
     plan = results["memory"].prepared.feature_cache
-    assert plan.on and plan.split is not None and str(plan).startswith("memory: the prefix before ")
+    assert plan.on and plan.cut is not None and str(plan).startswith("memory: the prefix before ")
     off, cached = results["off"].fit, results["memory"].fit
     for a, b in zip(off.history, cached.history, strict=True):
-        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        for key in ("train/acc", "val/acc"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
+        for key in ("train/loss", "val/loss"):  # the prefix ran at another batch size: float sums in another order
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert (off.test_predictions[1] == cached.test_predictions[1]).all()
     assert cached.extra["feature_cache_source"] == "computed" and "feature_cache_source" not in off.extra
     off_model, cached_model = (results[m].prepared.backbone.model for m in ("off", "memory"))
     for (name, a), b in zip(off_model.state_dict().items(), cached_model.state_dict().values(), strict=True):
-        assert torch.allclose(a.float(), b.float(), atol=1e-5), name  # the prefix is back, the rest trained alike
+        # the prefix is back, the rest trained alike (Adam divides by a gradient's own scale: float-order differences
+        # in a near-zero gradient move a weight by a fraction of lr)
+        assert torch.allclose(a.float(), b.float(), atol=1e-3), name
     # the whole network, prefix restored, is what the test under shift sees
     shifted = results["memory"].shifted["blur_0.01"].metrics["shift/blur_0.01/acc"]
     assert shifted == pytest.approx(cached.test["test/acc"])

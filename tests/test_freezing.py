@@ -324,3 +324,13 @@ def test_bad_new_policies_are_one_line_errors(text):
     with pytest.raises(ConfigError) as error:
         Policy.parse(text)
     assert "\n" not in str(error.value)
+
+
+def test_a_network_that_cannot_be_cut_trains_uncached_and_says_why():
+    """LeViT's forward does more than chain its modules (find_cut's check fails, whatever it raises): the run's
+    plan says so instead of failing."""
+    from pipelines.models.prefix import find_cut
+
+    model = build_backbone("timm/levit_128s", 4).model
+    cut, why = find_cut(model, len(stages(model)) - 1, torch.randn(1, 3, 224, 224))
+    assert cut is None and why

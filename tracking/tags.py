@@ -5,7 +5,9 @@ RUN_NAME = "mlflow.runName"
 # every run: what the MLflow UI groups and compares by
 BACKBONE, SOURCE, WEIGHTS, FREEZE = "backbone", "source", "weights", "freeze"
 DATASET, SEED, SPLIT_DIGEST, DEVICE, FEATURE_CACHE = "dataset", "seed", "split_digest", "device", "feature_cache"
-LR = "lr"  # a compare.lr variant's train.lr as its name writes it (3e-4); absent without compare.lr
+# a compare.lr variant's train.lr as its name writes it (3e-4), absent without compare.lr; not "lr", the per-epoch
+# metric of the head's scheduled lr
+LR = "lr_variant"
 EXPERIMENT_FILE = "experiment_file"  # on a study's parent: the experiment file it ran
 OPTUNA_DIRECTION = "optuna.direction"  # on a search's parent: maximize/minimize per objective
 ENTRY_POINT = "entry_point"  # train | pretrain | compare | search | rank

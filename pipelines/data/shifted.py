@@ -55,7 +55,7 @@ class ShiftedImages(Dataset):
 
     def __getitem__(self, i: int):
         with torch.random.fork_rng(devices=[]):  # the process's own RNG stream is left where it was
-            torch.manual_seed(image_seed(self.shift, i))
+            torch.default_generator.manual_seed(image_seed(self.shift, i))  # the CPU stream alone: CUDA's untouched
             return self.images[i]
 
 

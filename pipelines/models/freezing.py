@@ -31,8 +31,11 @@ _MIN_STAGES = 4
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 # The `norm` policy's layers, by type: torch's batch/instance norms (timm's BatchNormAct2d is one), group and
 # layer norms (timm's LayerNorm2d and GroupNorm subclass them), and timm's RMS norms.
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []),
           *(getattr(timm_layers, name) for name in ("RmsNorm", "RmsNorm2d") if hasattr(timm_layers, name)))
+# The `bias` policy's parameters: a layer's bias, and the attention biases that are not called `bias` (torch's
+# MultiheadAttention.in_proj_bias; timm's BEiT/EVA q_bias and v_bias), the ones BitFit cares most about.
+_BIASES = ("bias", "in_proj_bias", "q_bias", "k_bias", "v_bias")
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def apply_policy(model: nn.Module, policy: Policy) -> FreezeReport:
 
 
 def part_parameters(model: nn.Module, policy: Policy) -> set[str]:
-    """`bias`: each layer's own `bias` parameter; `norm`: every parameter of the normalisation layers; outside
+    """`bias`: each layer's own bias parameters (_BIASES); `norm`: every parameter of the normalisation layers; outside
     the head, chosen by the module that holds them, not by their names. Empty for the other policies."""
     if not policy.part:
         return set()
@@ -120,7 +123,7 @@ def part_parameters(model: nn.Module, policy: Policy) -> set[str]:
         if _under(prefix, head):
             continue
         for pname, param in module.named_parameters(recurse=False):
-            if (policy.part == "bias" and param is getattr(module, "bias", None)) or (
+            if (policy.part == "bias" and any(param is getattr(module, b, None) for b in _BIASES)) or (
                     policy.part == "norm" and isinstance(module, _NORMS)):
                 names.add(f"{prefix}.{pname}" if prefix else pname)
     if not names:

@@ -26,7 +26,6 @@ a gradual schedule that does not fit the epochs, a bad compare.lr.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,7 +49,7 @@ from pipelines.studies.keys import (
 )
 from pipelines.studies.racing import RACES
 from pipelines.studies.worker import fail_trial
-from pipelines.values import coerce
+from pipelines.values import coerce, learning_rates, lr_text
 
 _KEYS = ("name", "backbones", "freeze", "seeds", "arms", "screen", "racing", "lr")
 _ARM_KEYS = ("backbone", "weights", "freeze", "seed")
@@ -68,12 +67,6 @@ class Arm:
     def name(self) -> str:
         lr = "" if self.lr is None else f" · lr {lr_text(self.lr)}"
         return f"{self.backbone} · {self.freeze}{lr} · seed {self.seed}"
-
-
-def lr_text(lr: float) -> str:
-    """3e-4 rather than 0.0003: a learning rate as experiment files and papers write it (names, the lr tag)."""
-    mantissa, exponent = f"{lr:.6e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def fitted_without_lr(freeze: str) -> bool:
@@ -123,7 +116,7 @@ def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") 
     if not arms:
         raise ConfigError(f"{source}: the comparison grid is empty")
     if "lr" in section:
-        arms = _lr_variants(arms, _lrs(section["lr"], source), source)
+        arms = _lr_variants(arms, learning_rates(section["lr"], source), source)
     seen: set[Arm] = set()
     configs = []
     for arm in arms:
@@ -136,19 +129,6 @@ def parse_comparison(section: Any, base: RunConfig, source: str = "experiment") 
     if racing not in RACES:
         raise ConfigError(f"{source}: compare.racing must be one of {', '.join(RACES)}, got {racing!r}")
     return Comparison(name, tuple(arms), tuple(configs), screen, racing)
-
-
-def _lrs(value: Any, source: str) -> list[float]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{source}: compare.lr must be a non-empty list of learning rates, e.g. [1e-4, 3e-4, 1e-3], "
-                          f"got {value!r}")
-    lrs = [coerce(v, float, f"compare.lr[{i}]", source) for i, v in enumerate(value)]
-    for lr in lrs:
-        if not 0 < lr < math.inf:
-            raise ConfigError(f"{source}: compare.lr values must be numbers > 0, got {lr}")
-        if lrs.count(lr) > 1:
-            raise ConfigError(f"{source}: compare.lr lists {lr_text(lr)} twice")
-    return lrs
 
 
 def _lr_variants(arms: list[Arm], lrs: list[float], source: str) -> list[Arm]:

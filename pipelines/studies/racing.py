@@ -25,7 +25,11 @@ from optuna.trial import FrozenTrial
 from pipelines.studies.keys import BACKBONE_ATTR, FREEZE_ATTR, LR_ATTR, SEED_ATTR, WEIGHTS_ATTR
 
 RACES = ("none", "successive_halving")
-ONE_STEP = "linear_probe"  # reports one final value, never a training curve
+
+
+def one_step(trial: FrozenTrial) -> bool:
+    """A linear_probe arm (any grid of C) reports one final value, never a training curve."""
+    return str(trial.user_attrs.get(FREEZE_ATTR, "")).split(":")[0] == "linear_probe"
 
 
 def group_of(trial: FrozenTrial) -> tuple:
@@ -51,7 +55,7 @@ class _Rivals:
 
     def get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
         return [t for t in self._study.get_trials(*args, **kwargs) if t.number == self._judged.number or (
-            t.user_attrs.get(FREEZE_ATTR) != ONE_STEP and (group_of(t) != self._group or siblings(t, self._judged)))]
+            not one_step(t) and (group_of(t) != self._group or siblings(t, self._judged)))]
 
     def __getattr__(self, name: str):
         return getattr(self._study, name)
@@ -66,7 +70,7 @@ class RivalsPruner(optuna.pruners.BasePruner):
         self._inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if trial.user_attrs.get(FREEZE_ATTR) == ONE_STEP:
+        if one_step(trial):
             return False
         return self._inner.prune(_Rivals(study, trial), trial)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from pipelines.data.loaders import ImageDataset
 from pipelines.data.splits import SPLITS
 from pipelines.models.backbones import head_prefix
+from pipelines.models.prefix import Cut, find_cut, run_prefix
 from pipelines.training.device import autocast_context
-from pipelines.training.prefix import Split, find_split, run_prefix
 
 log = logging.getLogger(__name__)
 Features = dict[str, tuple[torch.Tensor, torch.Tensor]]  # split → (features or activations, labels)
@@ -40,12 +41,12 @@ _MEMORY_ENTRIES = 8  # besides the bytes: a comparison's backbones × (head feat
 
 @dataclass(frozen=True)
 class CachePlan:
-    """Whether a run trains on cached inputs (memory | disk), or not (off) and why; `split`: where a partial
+    """Whether a run trains on cached inputs (memory | disk), or not (off) and why; `cut`: where a partial
     fine-tuning's fixed prefix ends (None: a frozen backbone's head trains on its features)."""
 
     mode: str
     reason: str = ""
-    split: Split | None = None
+    cut: Cut | None = None
 
     @property
     def on(self) -> bool:
@@ -54,7 +55,7 @@ class CachePlan:
     def __str__(self) -> str:
         if not self.on:
             return f"off: {self.reason}"
-        return f"{self.mode}: the prefix before {self.split.cut}" if self.split else self.mode
+        return f"{self.mode}: the prefix before {self.cut.module}" if self.cut else self.mode
 
 
 def plan(prepared) -> CachePlan:
@@ -64,10 +65,14 @@ def plan(prepared) -> CachePlan:
     if not prepared.policy.trains_backbone:
         return CachePlan(prepared.cfg.data.feature_cache)
     val = prepared.data.datasets["val"]
-    sample = torch.stack([val[i][0] for i in range(min(2, len(val)))])  # two real images, to check the split on
+    sample = torch.stack([val[i][0] for i in range(min(2, len(val)))])  # two real images, to check the cut on
     first = prepared.policy.first_trained_stage(prepared.freeze.stages_total)
-    split, why = find_split(prepared.backbone.model, first, sample)
-    return CachePlan(prepared.cfg.data.feature_cache, split=split) if split else CachePlan("off", why)
+    model = prepared.backbone.model
+    cut, why = find_cut(model, first, sample)
+    if cut is None:
+        return CachePlan("off", why)
+    random = next(filter(None, (_random_in(model, p, head_prefix(model)) for p in cut.prefix)), None)
+    return CachePlan("off", random) if random else CachePlan(prepared.cfg.data.feature_cache, cut=cut)
 
 
 def blocker(prepared) -> str | None:
@@ -83,16 +88,23 @@ def blocker(prepared) -> str | None:
         return "model.bn is train: the frozen stages' BatchNorm normalises each batch by its own statistics"
     if cfg.data.augment:
         return "random augmentation: the train transform is not deterministic"
-    head = head_prefix(prepared.backbone.model)
-    for name, module in prepared.backbone.model.named_modules():
+    model = prepared.backbone.model
+    return None if policy.trains_backbone else _random_in(model, "", head_prefix(model))
+
+
+def _random_in(model: nn.Module, under: str, outside: str) -> str | None:
+    """A module under `under` ("" the whole network), not under `outside`, that is random in training: what
+    the cached part must not hold (after a cut, dropout draws the same masks cached or not)."""
+    for name, module in model.named_modules():
         random = (isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0) or (
             isinstance(module, DropPath) and module.drop_prob > 0)
-        if random and not name.startswith(head):
-            return f"{name} ({type(module).__name__}) is random in training, so features vary per epoch"
+        inside = not under or name == under or name.startswith(under + ".")
+        if random and inside and not name.startswith(outside):
+            return f"{name} ({type(module).__name__}) is random in training, so its output varies per epoch"
     return None
 
 
-def cache_key(prepared, split: Split | None = None) -> str:
+def cache_key(prepared, cut: Cut | None = None) -> str:
     """The backbone's actual tensors (not its name: a registry alias can move), split, transform and cut."""
     model, head = prepared.backbone.model, head_prefix(prepared.backbone.model)
     h = hashlib.sha256()
@@ -102,29 +114,31 @@ def cache_key(prepared, split: Split | None = None) -> str:
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     recipe = {"backbone": prepared.backbone.full_name, "split": prepared.data.split_digest,
               "size": prepared.data.image_size, "prep": repr(prepared.backbone.preprocessing),
-              "dataset": prepared.data.raw.name, **({"cut": split.cut} if split else {})}
+              "dataset": prepared.data.raw.name, **({"cut": cut.module} if cut else {}),
+              # mixed precision changes the numbers where it applies (CUDA); elsewhere keys stay as they were
+              **({"amp": True} if prepared.cfg.train.amp and prepared.device.type == "cuda" else {})}
     h.update(json.dumps(recipe, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
 
-def head_features(prepared, batch_size: int, split: Split | None = None) -> tuple[Features, dict]:
+def head_features(prepared, batch_size: int, cut: Cut | None = None) -> tuple[Features, dict]:
     """What a frozen backbone's head trains on (frozen arms) or is fitted to (the linear probe), or, with
-    `split`, what the trained part of a partial fine-tuning starts from: stored and reused unless
+    `cut`, what the trained part of a partial fine-tuning starts from: stored and reused unless
     data.feature_cache is off; and what that took, as the run logs it (perf/feature_extraction_s,
     feature_cache_source: memory | disk | computed)."""
     tick = time.perf_counter()
-    found, origin = features(prepared, batch_size, split)
+    found, origin = features(prepared, batch_size, cut)
     return found, {"perf/feature_extraction_s": time.perf_counter() - tick, "feature_cache_source": origin}
 
 
-def features(prepared, batch_size: int, split: Split | None = None) -> tuple[Features, str]:
+def features(prepared, batch_size: int, cut: Cut | None = None) -> tuple[Features, str]:
     """(split → (features, labels), where they came from: memory | disk | computed). They are computed in
     eval mode with the evaluation transform, so they are the same whichever run asks (a linear probe, an
     lp_ft run's probe under augmentation, a frozen arm)."""
     mode = prepared.cfg.data.feature_cache
     if mode == "off":
-        return extract(prepared, batch_size, split), "computed"
-    key, budget = cache_key(prepared, split), prepared.cfg.data.cache_memory_mb * 2**20
+        return extract(prepared, batch_size, cut), "computed"
+    key, budget = cache_key(prepared, cut), prepared.cfg.data.cache_memory_mb * 2**20
     path = _disk_path(prepared, key)
     if key in _MEMORY:
         _MEMORY.move_to_end(key)
@@ -135,7 +149,7 @@ def features(prepared, batch_size: int, split: Split | None = None) -> tuple[Fea
     if path.is_file():
         found, origin = torch.load(path, map_location="cpu", weights_only=True, mmap=True), "disk"
     else:
-        found, origin = extract(prepared, batch_size, split), "computed"
+        found, origin = extract(prepared, batch_size, cut), "computed"
         in_ram = sum(t.nbytes for pair in found.values() for t in pair)
         if mode == "disk" or in_ram > budget:  # too big to keep in memory: spilled
             _save(found, path)
@@ -148,7 +162,7 @@ def features(prepared, batch_size: int, split: Split | None = None) -> tuple[Fea
 
 def _save(found: Features, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two processes saving one key never share a file
     torch.save(found, tmp)
     tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
 
@@ -158,16 +172,16 @@ def _disk_path(prepared, key: str) -> Path:
     return Path(root).expanduser() / f"{key}.pt"
 
 
-def extract(prepared, batch_size: int, split: Split | None = None) -> Features:
+def extract(prepared, batch_size: int, cut: Cut | None = None) -> Features:
     """One inference pass per split: with the head swapped for Identity, what the head would see; with a
-    `split`, the input of its cut (the network stops there)."""
+    `cut`, its module's input (the network stops there), in the dtype the network made it."""
     model, device = prepared.backbone.model, prepared.device
     memory_format = torch.channels_last if prepared.cfg.train.channels_last else torch.contiguous_format
     path = head_prefix(model)
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     head = getattr(parent, attr)
-    if split is None:
+    if cut is None:
         setattr(parent, attr, nn.Identity())
     model.to(device=device, memory_format=memory_format).eval()
     evaluation = prepared.data.datasets["val"].transform  # the train split's too: see features()
@@ -178,13 +192,18 @@ def extract(prepared, batch_size: int, split: Split | None = None) -> Features:
                 images = ImageDataset(prepared.data.raw, prepared.data.indices[name], evaluation)
                 loader = DataLoader(images, batch_size=batch_size, shuffle=False,
                                     num_workers=prepared.cfg.data.num_workers)
-                feats, labels = [], []
+                feats, labels, start = None, [], 0
                 for x, y in loader:
                     x = x.to(device, memory_format=memory_format)
                     with autocast_context(device, prepared.cfg.train.amp):
-                        feats.append((model(x) if split is None else run_prefix(model, split, x)).float().cpu())
+                        batch = model(x).float() if cut is None else run_prefix(model, cut, x)
+                    if feats is None:  # filled in place: a prefix's activations can be large, so never held twice
+                        feats = torch.empty((len(images), *batch.shape[1:]), dtype=batch.dtype)
+                    feats[start:start + len(batch)] = batch.cpu()
+                    start += len(batch)
                     labels.append(y)
-                out[name] = (torch.cat(feats).contiguous(), torch.cat(labels))
+                out[name] = (feats if feats is not None else torch.empty(0), torch.cat(labels) if labels
+                             else torch.empty(0, dtype=torch.long))
     finally:
         setattr(parent, attr, head)
     return out

@@ -29,8 +29,8 @@ from pipelines.training.results import FitResult, PreparedTraining, ProbeResult
 from pipelines.training.stepper import evaluate
 
 MAX_ITER = 1000  # L-BFGS iterations per C: the warm start makes most fits converge in far fewer
-# lp_ft's probes, by (features' cache key, grid, seed): an lp_ft arm of a comparison that ran the same
-# backbone's linear_probe arm (or another lp_ft arm) starts from that head rather than fitting it again
+# The probes this process fitted, by (features' cache key, grid, seed): an lp_ft arm of a comparison whose
+# worker ran the same backbone's linear_probe arm (or another lp_ft arm) starts from that head, fitted once
 _FITTED: dict[tuple, tuple[ProbeResult, dict[str, torch.Tensor]]] = {}
 
 
@@ -86,28 +86,41 @@ def _load_head(head: nn.Linear, coef: np.ndarray, intercept: np.ndarray, centrin
         head.bias.copy_(torch.from_numpy(full_bias))
 
 
-def probe_head(prepared: PreparedTraining) -> tuple[ProbeResult, dict]:
+def start_from_probe(prepared: PreparedTraining) -> tuple[ProbeResult, dict]:
     """lp_ft's first stage: the network's head set to the converged probe of its frozen backbone (the
-    same fit as a linear_probe arm's, reused when this process fitted it already); returns the probe and
-    what the run logs of it (probe/c, probe/val_acc, its features' extraction seconds and source)."""
+    same fit as a linear_probe arm's: taken from this process's earlier fit of it, by a linear_probe or lp_ft
+    arm, when there is one); returns the probe and what the run logs of it (probe/c, probe/val_acc, the fit's
+    and its features' seconds, where each came from)."""
     cfg = prepared.cfg
     head = head_module(prepared.backbone.model)
-    key = (feature_cache.cache_key(prepared), prepared.policy.probe_c, cfg.seed)
-    found, extra = feature_cache.head_features(prepared, max(64, cfg.train.batch_size))
-    if key in _FITTED and cfg.data.feature_cache != "off":
+    key = _probe_key(prepared)
+    if key in _FITTED:
         probe, weights = _FITTED[key]
         head.load_state_dict(weights)
-        reused = "reused"
+        extra, reused = {"perf/feature_extraction_s": 0.0, "feature_cache_source": "reused"}, "reused"
     else:
-        probe = fit_probe(head, found, prepared.policy.probe_c, cfg.seed)
-        _FITTED[key] = (probe, {k: v.detach().clone() for k, v in head.state_dict().items()})
-        reused = "fitted"
+        found, extra = feature_cache.head_features(prepared, max(64, cfg.train.batch_size))
+        probe, reused = _remember(key, head, fit_probe(head, found, prepared.policy.probe_c, cfg.seed)), "fitted"
     val_acc = max(acc for c, acc, _ in probe.grid if c == probe.c)
     tqdm.write(f"lp_ft: the head starts from the linear probe ({reused}: C {probe.c:g}, val/acc {val_acc:.4f}), "
                "then the network trains")
-    return probe, {"probe/c": probe.c, "probe/val_acc": val_acc, "probe/fit_s": probe.fit_seconds,
-                   "probe/feature_extraction_s": extra["perf/feature_extraction_s"],
+    return probe, {"probe/c": probe.c, "probe/val_acc": val_acc, "probe/fit_s": probe.fit_seconds if reused ==
+                   "fitted" else 0.0, "probe/feature_extraction_s": extra["perf/feature_extraction_s"],
                    "probe_features_source": extra["feature_cache_source"], "probe_source": reused}
+
+
+def _probe_key(prepared: PreparedTraining) -> tuple | None:
+    """What a probe's fit depends on: its features (their cache key), the grid of C and the seed; None where
+    nothing may be reused (data.feature_cache off)."""
+    if prepared.cfg.data.feature_cache == "off":
+        return None
+    return feature_cache.cache_key(prepared), prepared.policy.probe_c, prepared.cfg.seed
+
+
+def _remember(key: tuple | None, head: nn.Linear, probe: ProbeResult) -> ProbeResult:
+    if key is not None:
+        _FITTED[key] = (probe, {k: v.detach().clone() for k, v in head.state_dict().items()})
+    return probe
 
 
 def run_probe(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) -> tuple[FitResult, ProbeResult]:
@@ -120,7 +133,7 @@ def run_probe(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) 
     found, extraction = feature_cache.head_features(prepared, batch)
     reset_peak(device)
     head = head_module(prepared.backbone.model)
-    probe = fit_probe(head, found, prepared.policy.probe_c, cfg.seed)
+    probe = _remember(_probe_key(prepared), head, fit_probe(head, found, prepared.policy.probe_c, cfg.seed))
     passes = evaluate(head, feature_cache.head_loaders(found, batch, cfg.seed), len(prepared.data.class_names),
                       device, cfg.train.label_smoothing)
     scores = score_features(*((x.numpy(), y.numpy()) for x, y in (found["train"], found["val"])))

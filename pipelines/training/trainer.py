@@ -20,13 +20,13 @@ from pipelines.data.sources import load_dataset
 from pipelines.errors import ConfigError, first_line
 from pipelines.models.backbones import Backbone, head_module
 from pipelines.models.build import build_model
+from pipelines.models.prefix import suffix_view
 from pipelines.models.weight_sources import check_source
 from pipelines.reports.predictions import predictions_csv
 from pipelines.training import distributed, feature_cache
 from pipelines.training.device import resolve_device, seed_everything
 from pipelines.training.engine import FitSetup, Listener, fit
-from pipelines.training.prefix import suffix_view
-from pipelines.training.probe import probe_head, run_probe
+from pipelines.training.probe import run_probe, start_from_probe
 from pipelines.training.results import FitResult, PreparedTraining, ProbeResult, TrainingOutcome
 from pipelines.training.stepper import evaluate_shifts
 
@@ -54,8 +54,8 @@ def _check_linear_head(backbone: Backbone) -> None:
     """linear_probe and lp_ft load a logistic regression into the network's head: one Linear with a bias."""
     head = head_module(backbone.model)
     if not isinstance(head, nn.Linear) or head.bias is None:
-        raise ConfigError(f"linear_probe needs a Linear head with a bias; {backbone.full_name}'s classifier is "
-                          f"{type(head).__name__}: use frozen for it")
+        raise ConfigError(f"linear_probe and lp_ft need a Linear head with a bias; {backbone.full_name}'s "
+                          f"classifier is {type(head).__name__}: use frozen (or unfrozen, for lp_ft) for it")
 
 
 def _check_image_size(backbone: Backbone, size: int) -> None:
@@ -88,22 +88,23 @@ def execute(prepared: PreparedTraining, listeners: tuple[Listener, ...] = ()) ->
         return _outcome(prepared, result, probe)
     model, train_cfg, extra, probe = prepared.backbone.model, cfg.train, {}, None
     if prepared.policy.probe_head:  # lp_ft: the head starts from the converged probe, then the policy trains
-        probe, extra = probe_head(prepared)
+        probe, extra = start_from_probe(prepared)
         seed_everything(cfg.seed)  # the training's shuffles as without the probe before it
     plan = prepared.feature_cache
     if not plan.on:
         loaders = make_loaders(prepared.data, cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
                                pin_memory=prepared.device.type == "cuda")
     else:  # trained on what the fixed part computes, once (pipelines/training/feature_cache.py, prefix.py)
-        found, cached = feature_cache.head_features(prepared, max(64, cfg.train.batch_size), plan.split)
+        found, cached = feature_cache.head_features(prepared, max(64, cfg.train.batch_size), plan.cut)
         extra = {**extra, **cached}
         loaders = feature_cache.head_loaders(found, cfg.train.batch_size, cfg.seed)
-        if plan.split is None:  # frozen: the head alone, on features [N, D]
+        if plan.cut is None:  # frozen: the head alone, on features [N, D]
             model = head_module(model)
+        if found["train"][0].dim() != 4:  # features [N, D], a transformer's tokens [N, T, D]: no channels
             train_cfg = dataclasses.replace(cfg.train, channels_last=False)
     setup = FitSetup(train_cfg, len(prepared.data.class_names), prepared.device, prepared.policy,
                      prepared.checkpoint_dir)
-    with suffix_view(model, plan.split) if plan.split else contextlib.nullcontext():
+    with suffix_view(model, plan.cut) if plan.cut else contextlib.nullcontext():
         result = fit(model, loaders, setup, listeners)
     result.extra.update(extra)
     return _outcome(prepared, result, probe)

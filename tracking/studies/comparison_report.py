@@ -31,9 +31,10 @@ def arm_record(run: Run) -> dict:
     m, t = run.data.metrics, run.data.tags
     monitor = run.data.params.get("train.monitor", "val/acc")
     train_s, images_per_s = m.get("perf/train_s"), m.get("perf/images_per_s")
-    if train_s is not None and "perf/feature_extraction_s" in m:
-        # cached frozen arm: its cost is the extraction pass plus the head's training, per image seen
-        train_s += m["perf/feature_extraction_s"]
+    paid = [m[k] for k in ("perf/feature_extraction_s", "probe/fit_s", "probe/feature_extraction_s") if k in m]
+    if train_s is not None and paid:
+        # a cached arm's cost is its extraction pass plus the training on it; lp_ft's, its probe's too
+        train_s += sum(paid)
         seen = float(run.data.params.get("data.n_train", 0)) * m.get("train/epochs_completed", 0)
         images_per_s = seen / train_s if train_s else None
     return {"backbone": t.get(tags.BACKBONE, "?"), "weights": t.get(tags.WEIGHTS, "?"),
