@@ -175,26 +175,30 @@ def test_a_parent_never_adopts_arms_of_a_study_its_storage_does_not_hold(trackin
 def test_compare_lr_adds_variants_to_a_grid_and_reports_each_arm_at_its_lr_best_on_validation(tracking_store, tmp_path,
                                                                                                capsys):
     """The grid first at train.lr 0.01, then with compare.lr [0.01, 0.001]: the 0.01 variant is the arm that
-    ran (the same config), reused and tagged; the 0.001 one trains."""
-    grid = "  name: lrs\n  freeze: [frozen]\n"
+    ran (the same config), reused and tagged; the 0.001 one trains. The arm is lp_ft:last_n:1 (its head from the
+    probe, then the last stage trains on its cached prefix): the new policies through the compare entry point."""
+    grid = "  name: lrs\n  freeze: [lp_ft:last_n:1]\n"
     assert main(["compare", "--experiment", write_experiment(tmp_path, grid, **{"train.epochs": 1})]) == 0
     capsys.readouterr()
     path = write_experiment(tmp_path, grid + "  lr: [0.01, 1e-3]\n", **{"train.epochs": 1})
     assert main(["compare", "--experiment", path]) == 0
     out = capsys.readouterr().out
     assert out.count("FINISHED earlier") == 1
-    assert "timm/test_resnet · frozen · lr 1e-2 · seed 0: FINISHED earlier" in out
+    assert "timm/test_resnet · lp_ft:last_n:1 · lr 1e-2 · seed 0: FINISHED earlier" in out
     runs = runs_in(tracking_store)
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    variants = {r.data.tags["lr_variant"]: r for r in runs if r.data.tags.get("freeze") == "frozen"}
+    variants = {r.data.tags["lr_variant"]: r for r in runs if r.data.tags.get("freeze") == "lp_ft:last_n:1"}
     assert len(runs) == 3 and set(variants) == {"1e-2", "1e-3"} and variants["1e-3"].data.params["train.lr"] == "0.001"
-    assert variants["1e-3"].info.run_name == "timm/test_resnet · frozen · lr 1e-3 · seed 0"
+    assert variants["1e-3"].info.run_name == "timm/test_resnet · lp_ft:last_n:1 · lr 1e-3 · seed 0"
+    trained = variants["1e-3"].data
+    assert trained.tags["feature_cache"].startswith("memory: the prefix before ") and trained.metrics["probe/c"] > 0
+    assert trained.tags["feature_cache_source"] in ("computed", "memory")
     # chosen on validation (a tie: the smaller step), reported on test
     chosen = max(variants, key=lambda lr: (variants[lr].data.metrics["best/val/acc"], -float(lr)))
     summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/summary/summary.md")
-    assert f"| timm/test_resnet | frozen | {chosen} | 2 |" in summary
+    assert f"| timm/test_resnet | lp_ft:last_n:1 | {chosen} | 2 |" in summary
     val, test = (variants[chosen].data.metrics[k] for k in ("best/val/acc", "test/acc"))
-    assert f"| timm/test_resnet | frozen | 1 | {val:.4f} ± — [—] | {test:.4f} ± — [—] |" in summary
+    assert f"| timm/test_resnet | lp_ft:last_n:1 | 1 | {val:.4f} ± — [—] | {test:.4f} ± — [—] |" in summary
     assert parent.data.tags["arms_total"] == "2" and parent.data.tags["best_run_id"] == variants[chosen].info.run_id
 
 

@@ -93,6 +93,9 @@ NOT_RUN = {
     r"make dashboard\b": "a server that runs until stopped; tests/test_dashboard.py starts one",
     r"MLFLOW_TRACKING_URI=http://127\.0\.0\.1:5000 mlflow run \. -e main ":
         "needs `make ui` running and the quickstart grid (minutes); tests/test_server.py does this tiny",
+    r"mlflow run \. -e compare --env-manager local --experiment-name policies "
+    r"-P experiment=experiments/policies\.yaml$":
+        "22 arms, minutes on 2 cores; tests/test_compare.py runs its policies, compare.lr and eval.shifts tiny",
     r"mlflow run \. -e compare --env-manager local --experiment-name backbones "
     r"-P experiment=experiments/backbones\.yaml$":
         "60 arms, hours on 2 cores, and -P cannot shrink a grid; the compare entry point runs through "
