@@ -55,7 +55,11 @@ class Policy:
         if text in ("lp_ft:", "lp_ft:unfrozen"):  # one spelling per policy: one digest, one arm
             raise ConfigError(f"freeze policy '{text}' is written lp_ft")
         if text == "lp_ft" or text.startswith("lp_ft:"):
-            return _lp_ft(cls.parse(text.removeprefix("lp_ft").removeprefix(":") or "unfrozen", **rest), text)
+            try:
+                inner = cls.parse(text.removeprefix("lp_ft").removeprefix(":") or "unfrozen", **rest)
+            except ConfigError as exc:
+                raise ConfigError(f"freeze policy '{text}': {exc}") from None
+            return _lp_ft(inner, text)
         if text in ("unfrozen", "frozen", "gradual", "bias", "norm"):
             return cls(text, **rest)
         match = re.fullmatch(r"last_n:(\d+)", text)
