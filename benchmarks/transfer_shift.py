@@ -35,6 +35,13 @@ def pooled_records(records: list[dict], names: list[str]) -> list[dict]:
     return pooled
 
 
+WORDS = {"agrees": "better", "disagrees": "worse"}  # transfer_findings' readings, said of a difference
+
+
+def word(d) -> str:
+    return WORDS.get(reading(d), reading(d))
+
+
 def delta_rows(rows: list[dict], policy: str | None = None) -> list[str]:
     """Each policy (or the one named) minus FT on the same backbone, paired."""
     out = []
@@ -42,7 +49,7 @@ def delta_rows(rows: list[dict], policy: str | None = None) -> list[str]:
         d = p["delta"]
         if d is not None and (policy is None or p["freeze"] == policy):
             out.append(f"| {short(p['backbone'])} | {p['freeze']} | {pct(d.mean, '+')} | {ci(*d.interval, '+')} | "
-                       f"{d.covers} | {reading(d).replace('agrees', 'better').replace('disagrees', 'worse')} |")
+                       f"{d.covers} | {word(d)} |")
     return out
 
 
@@ -102,6 +109,13 @@ def recent_findings(rows: list[dict], tables: dict) -> list[str]:
               "about fine-tuning on the shifted data; this report fine-tunes on clean data and tests under shift, "
               f"so it reads robustness, not adaptation. stage:0 minus unfrozen under shift (pooled): {_list(stage0)}.",
               ""]
+    clean_best = max(rows, key=lambda r: r["test_acc"])
+    ood = {(p["backbone"], p["freeze"]): p["test_acc"] for p in pooled}
+    robust = max(ood, key=ood.get) if ood else None
+    if robust:
+        best = f"{short(clean_best['backbone'])} · {clean_best['freeze']} ({pct(clean_best['test_acc'])} %)"
+        lines += [f"Best clean: {best}; best under shift (mean over the shifts): {short(robust[0])} · {robust[1]} "
+                  f"({pct(ood[robust])} %).", ""]
     return lines
 
 
@@ -112,8 +126,7 @@ def _deltas(rows: list[dict], policy: str) -> list[tuple[str, object]]:
 
 
 def _list(deltas: list[tuple[str, object]]) -> str:
-    return "; ".join(f"{b} {said(d)} ({reading(d).replace('agrees', 'better').replace('disagrees', 'worse')})"
-                     for b, d in deltas) or "not measured"
+    return "; ".join(f"{b} {said(d)} ({word(d)})" for b, d in deltas) or "not measured"
 
 
 def _verdict_words(deltas: list[tuple[str, object]], want: str) -> str:
