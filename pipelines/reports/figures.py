@@ -187,23 +187,39 @@ def ranking_figure(rows: list[dict], labels: dict[str, str], title: str) -> Figu
 
 
 def id_vs_ood_figure(points: list[dict], title: str) -> Figure:
-    """One labelled point per backbone × policy: its clean test accuracy against its mean accuracy under the
-    shifts (eval.shifts). The diagonal is no loss under shift; the distance below it, the group's drop."""
-    fig = Figure(figsize=(7, 6))
+    """One point per backbone × policy: its clean test accuracy against its mean accuracy under the shifts
+    (eval.shifts); a colour per policy, a marker per backbone (labels on points overlap once groups cluster).
+    Each axis spans its own values; the dashed line is no loss under shift."""
+    fig = Figure(figsize=(8, 5.5))
     ax = fig.subplots()
+    policies = list(dict.fromkeys(p["freeze"] for p in points))
+    backbones = list(dict.fromkeys(p["backbone"] for p in points))
+    colours, markers = fig_colours(len(policies)), "osD^v<>Px*"
     for p in points:
-        ax.scatter(p["id_acc"], p["ood_acc"], s=30)
-        ax.annotate(f"{p['backbone']} · {p['freeze']}", (p["id_acc"], p["ood_acc"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
-    values = [v for p in points for v in (p["id_acc"], p["ood_acc"])]
-    low, high = max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05)
-    ax.plot([low, high], [low, high], "--", color="grey", linewidth=0.8, label="no loss under shift")
-    ax.set_xlim(low, high)
-    ax.set_ylim(low, high)
+        ax.scatter(p["id_acc"], p["ood_acc"], s=45, color=colours[policies.index(p["freeze"])],
+                   marker=markers[backbones.index(p["backbone"]) % len(markers)], edgecolors="black", linewidths=0.4)
+    xs, ys = [p["id_acc"] for p in points], [p["ood_acc"] for p in points]
+    ax.set_xlim(min(xs) - 0.01, max(xs) + 0.01)
+    ax.set_ylim(min(ys) - 0.02, max(ys) + 0.02)
+    low, high = min(xs + ys), max(xs + ys)
+    ax.plot([low, high], [low, high], "--", color="grey", linewidth=0.8)
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=name)
+               for name, c in zip(policies, colours, strict=True)]
+    handles += [Line2D([], [], color="black", markerfacecolor="white", marker=markers[i % len(markers)], linestyle="",
+                       label=b)
+                for i, b in enumerate(backbones)]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel("clean test accuracy (mean over seeds)")
     ax.set_ylabel("test accuracy under shift (mean over shifts and seeds)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def fig_colours(count: int) -> list:
+    """`count` distinct colours: matplotlib's tab10, then tab20 past ten."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
