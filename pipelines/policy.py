@@ -138,7 +138,7 @@ class Policy:
 
     def first_trained_stage(self, stages: int) -> int:
         """The first stage any of whose parameters ever trains (`stages`: none does): the stages before it
-        are a fixed prefix whose output can be computed once (pipelines/training/prefix.py)."""
+        are a fixed prefix whose output can be computed once (pipelines/models/prefix.py)."""
         if self.part:
             return 0
         if self.kind == "gradual":
@@ -148,6 +148,12 @@ class Policy:
     def thaw_schedule(self, stages: list[list[str]]) -> dict[int, list[str]]:
         """gradual's schedule: epoch → parameter names to thaw before it, the last stage first, then inwards."""
         return {epoch: stages[-(i + 1)] for i, epoch in enumerate(self.unfreeze_at)}
+
+
+def fitted_without_lr(text: str) -> bool:
+    """linear_probe (any grid of C): the head is one L-BFGS fit on fixed features, with no lr to vary, no
+    training curve to race and nothing to spread over devices."""
+    return Policy.parse(text).kind == "linear_probe"
 
 
 def _lp_ft(inner: Policy, text: str) -> Policy:

@@ -54,11 +54,12 @@ def stages(model: nn.Module) -> list[list[str]]:
         groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
     else:
         groups = _natural_stages(model, head)
-    groups = [[p for p in g if not _under(p, head)] for g in groups]
+    groups = [[p for p in g if not under(p, head)] for g in groups]
     return [g for g in groups if g]
 
 
-def _under(name: str, prefix: str) -> bool:
+def under(name: str, prefix: str) -> bool:
+    """Whether `name` is the module or parameter `prefix`, or inside it."""
     return name == prefix or name.startswith(prefix + ".")
 
 
@@ -77,7 +78,7 @@ def _natural_stages(model: nn.Module, head: str) -> list[list[str]]:
     groups: list[list[str]] = [[] for _ in prefixes]
     loose: list[str] = []  # parameters held by a container itself (a class token, say) join the first stage
     for pname, _ in model.named_parameters():
-        owner = next((i for i, p in enumerate(prefixes) if _under(pname, p)), None)
+        owner = next((i for i, p in enumerate(prefixes) if under(pname, p)), None)
         (groups[owner] if owner is not None else loose).append(pname)
     if groups:
         groups[0] = loose + groups[0]
@@ -89,7 +90,7 @@ def _parametrized_children(module: nn.Module, prefix: str, head: str) -> list[st
     out = []
     for name, child in module.named_children():
         path = prefix + name
-        if _under(head, path) and path != head:
+        if under(head, path) and path != head:
             out += _parametrized_children(child, path + ".", head)
         elif path != head and any(True for _ in child.parameters()):
             out.append(path)
@@ -107,7 +108,7 @@ def apply_policy(model: nn.Module, policy: Policy) -> FreezeReport:
     if policy.part and policy.holds_batchnorm:  # their affine parameters train, their statistics stay ImageNet's
         head = head_prefix(model)
         for name, module in model.named_modules():
-            if isinstance(module, _BATCHNORM) and not _under(name, head) and not held_in_eval(module):
+            if isinstance(module, _BATCHNORM) and not under(name, head) and not held_in_eval(module):
                 module.register_forward_pre_hook(_hold_eval)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return FreezeReport(str(policy), len(groups), len(trained), trainable, sum(p.numel() for p in model.parameters()))
@@ -120,7 +121,7 @@ def part_parameters(model: nn.Module, policy: Policy) -> set[str]:
         return set()
     head, names = head_prefix(model), set()
     for prefix, module in model.named_modules():
-        if _under(prefix, head):
+        if under(prefix, head):
             continue
         for pname, param in module.named_parameters(recurse=False):
             if (policy.part == "bias" and any(param is getattr(module, b, None) for b in _BIASES)) or (

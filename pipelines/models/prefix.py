@@ -23,7 +23,7 @@ from torch import nn
 
 from pipelines.errors import first_line
 from pipelines.models.backbones import head_prefix
-from pipelines.models.freezing import stages
+from pipelines.models.freezing import stages, under
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,11 @@ def _cut_at(model: nn.Module, order: list[tuple[str, str]], owners: set[str]) ->
         return None, "none of the stage's modules ran"
     cut_at, cut = starts[0], order[starts[0]][1]
     done = {name for event, name in order[:cut_at] if event == "end" and name}
-    prefix = [n for n in done if not any(_under(n, other) for other in done if other != n)]
+    prefix = [n for n in done if not any(under(n, other) for other in done if other != n)]
     again = {name for event, name in order[cut_at:] if event == "start"} & set(prefix)
-    if not prefix or again or any(_under(head_prefix(model), p) for p in prefix):
+    if not prefix or again or any(under(head_prefix(model), p) for p in prefix):
         return None, f"{type(model).__name__}'s modules before {cut} are called again after it"
     return Cut(cut, tuple(sorted(prefix, key=lambda n: order.index(("end", n))))), ""
-
-
-def _under(name: str, prefix: str) -> bool:
-    return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
 def run_prefix(model: nn.Module, cut: Cut, x: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 
 from pipelines.config import RunConfig, digest, with_overrides
 from pipelines.errors import ConfigError
-from pipelines.policy import Policy
+from pipelines.policy import fitted_without_lr
 from pipelines.ranking import SCORES
 from pipelines.studies.keys import (
     ARM_ATTR,
@@ -67,12 +67,6 @@ class Arm:
     def name(self) -> str:
         lr = "" if self.lr is None else f" · lr {lr_text(self.lr)}"
         return f"{self.backbone} · {self.freeze}{lr} · seed {self.seed}"
-
-
-def fitted_without_lr(freeze: str) -> bool:
-    """linear_probe: the head is one L-BFGS fit on cached features, with no lr to vary and nothing to
-    spread over devices."""
-    return Policy.parse(freeze).kind == "linear_probe"
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,16 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
+from pipelines.policy import fitted_without_lr
 from pipelines.studies.keys import BACKBONE_ATTR, FREEZE_ATTR, LR_ATTR, SEED_ATTR, WEIGHTS_ATTR
 
 RACES = ("none", "successive_halving")
 
 
 def one_step(trial: FrozenTrial) -> bool:
-    """A linear_probe arm (any grid of C) reports one final value, never a training curve."""
-    return str(trial.user_attrs.get(FREEZE_ATTR, "")).split(":")[0] == "linear_probe"
+    """A linear_probe arm reports one final value (a converged fit), never a training curve."""
+    freeze = trial.user_attrs.get(FREEZE_ATTR)
+    return freeze is not None and fitted_without_lr(freeze)
 
 
 def group_of(trial: FrozenTrial) -> tuple:

@@ -2,7 +2,7 @@
 recompute the same features. Compute them once per (backbone weights, split, transform), then
 train only the head on them: the same optimiser steps on the same numbers, far fewer FLOPs.
 
-The same holds for the fixed prefix of a partial fine-tuning (last_n, stage, gradual; pipelines/training/
+The same holds for the fixed prefix of a partial fine-tuning (last_n, stage, gradual; pipelines/models/
 prefix.py): its output, the input of the first trained stage, is cached under the same key plus the cut.
 
 Kept in memory for the process (comparison arms over several seeds and policies share them, up to
@@ -29,6 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from pipelines.data.loaders import ImageDataset
 from pipelines.data.splits import SPLITS
 from pipelines.models.backbones import head_prefix
+from pipelines.models.freezing import under
 from pipelines.models.prefix import Cut, find_cut, run_prefix
 from pipelines.training.device import autocast_context
 
@@ -92,14 +93,13 @@ def blocker(prepared) -> str | None:
     return None if policy.trains_backbone else _random_in(model, "", head_prefix(model))
 
 
-def _random_in(model: nn.Module, under: str, outside: str) -> str | None:
-    """A module under `under` ("" the whole network), not under `outside`, that is random in training: what
+def _random_in(model: nn.Module, inside: str, outside: str) -> str | None:
+    """A module inside `inside` ("" the whole network), not inside `outside`, that is random in training: what
     the cached part must not hold (after a cut, dropout draws the same masks cached or not)."""
     for name, module in model.named_modules():
         random = (isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0) or (
             isinstance(module, DropPath) and module.drop_prob > 0)
-        inside = not under or name == under or name.startswith(under + ".")
-        if random and inside and not name.startswith(outside):
+        if random and (not inside or under(name, inside)) and not name.startswith(outside):
             return f"{name} ({type(module).__name__}) is random in training, so its output varies per epoch"
     return None
 
